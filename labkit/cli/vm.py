@@ -1,0 +1,8 @@
+"""labkit vm: placeholder until its issue part lands."""
+
+import click
+
+
+@click.group("vm")
+def command() -> None:
+    """(not yet built)"""

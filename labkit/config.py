@@ -1,0 +1,67 @@
+"""Where a labkit installation keeps its state, read once from the environment.
+
+Everything lives under ``LABKIT_HOME`` (design.md, "State"). Paths are derived here and nowhere else, so a test can point a
+whole installation at a temporary folder with one variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The repository's own recipe folder, when labkit runs from a checkout.
+_CHECKOUT_RECIPES = Path(__file__).resolve().parent.parent / "base_images"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The folders and settings of one installation."""
+
+    home: Path
+    db_url: str
+    recipes: Path
+    cache: Path
+    run_dir: Path
+
+    @property
+    def images(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def overlays(self) -> Path:
+        return self.home / "overlays"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def seeds(self) -> Path:
+        return self.home / "seeds"
+
+    def ensure(self) -> None:
+        """Create the state folders (private to the user: they hold keys and students' work)."""
+        for path in (self.home, self.images, self.overlays, self.snapshots, self.logs, self.keys, self.seeds,
+                     self.run_dir, self.cache):
+            path.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
+        self.keys.chmod(0o700)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("LABKIT_HOME") or Path.home() / ".local/share/labkit").expanduser().absolute()
+        db_url = env.get("LABKIT_DB") or f"sqlite:///{home / 'labkit.db'}"
+        recipes = Path(env.get("LABKIT_RECIPES") or _CHECKOUT_RECIPES).expanduser().absolute()
+        cache = Path(env.get("LABKIT_CACHE") or Path.home() / ".cache/labkit").expanduser().absolute()
+        run_dir = Path(env.get("LABKIT_RUN") or home / "run").expanduser().absolute()
+        return cls(home=home, db_url=db_url, recipes=recipes, cache=cache, run_dir=run_dir)

@@ -1,0 +1,54 @@
+"""The one Overlay interface every copy-on-write kind implements (UML COW now; qcow2 and VirtualBox beside it)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    """What an overlay file says about itself."""
+
+    kind: str
+    path: Path
+    backing_file: Path
+    virtual_size: int
+    allocated_bytes: int
+    file_bytes: int
+    details: tuple[tuple[str, str], ...] = ()
+
+
+class Overlay(ABC):
+    """Create, inspect, reset, snapshot and restore copy-on-write overlays of a read-only base image.
+
+    Methods are abstract so that a kind that forgets one cannot be instantiated (a test proves this for every kind).
+    Every write goes to a temporary file that is renamed into place, so a full disk or a crash never leaves half a file.
+    """
+
+    kind: str = ""
+
+    @abstractmethod
+    def create(self, base: Path, path: Path) -> OverlayInfo:
+        """Write a new, empty overlay of ``base`` at ``path`` (refuse if ``path`` exists)."""
+
+    @abstractmethod
+    def reset(self, path: Path, base: Path) -> OverlayInfo:
+        """Replace the overlay at ``path`` with a fresh empty one: all changes are gone."""
+
+    @abstractmethod
+    def info(self, path: Path) -> OverlayInfo:
+        """Read the overlay's header and allocation."""
+
+    @abstractmethod
+    def snapshot(self, path: Path, dest: Path) -> OverlayInfo:
+        """Keep a sparse copy of the overlay at ``dest``."""
+
+    @abstractmethod
+    def restore(self, snapshot: Path, path: Path) -> OverlayInfo:
+        """Bring a snapshot back as the overlay at ``path``."""
+
+    @abstractmethod
+    def delete(self, path: Path) -> None:
+        """Remove the overlay file (the caller has recorded why)."""

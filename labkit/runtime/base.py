@@ -1,0 +1,116 @@
+"""The one Backend interface every machine runtime implements (style guide 1 and 2).
+
+A backend knows nothing about courses or students: it boots a `MachineSpec` and answers with plain `MachineStatus` values.
+Its own truth lives in the machine's run folder and the process table, never in the database.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.progress import Reporter, silent
+
+
+class State(enum.StrEnum):
+    """Where a machine is in its life (qemu.qmp's Runstate is the model)."""
+
+    DEFINED = "defined"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A TCP port forward from the host to the guest. ``host_port`` 0 means: pick a free port at start."""
+
+    host_port: int
+    guest_port: int
+
+    def __str__(self) -> str:
+        return f"{self.host_port}:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything a backend needs to run one machine, and nothing about who owns it."""
+
+    name: str
+    image: Path
+    overlay: Path
+    run_dir: Path
+    console_log: Path
+    memory_mb: int = 128
+    mac: str = ""
+    seed: Path | None = None
+    forwards: tuple[Forward, ...] = ()
+    #: extra kernel command line words (already validated by the caller)
+    kernel_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    """What is true about a machine right now, read from its run folder and the process table."""
+
+    state: State
+    pid: int | None = None
+    supervisor_pid: int | None = None
+    forwards: tuple[Forward, ...] = ()
+    started_at: float | None = None
+    ready: bool = False
+    detail: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs machines. Every verb is abstract, so a backend that forgets one cannot be instantiated."""
+
+    #: registry key, e.g. "uml"
+    kind: str = ""
+
+    @abstractmethod
+    def check(self) -> list[str]:
+        """Return what is missing on this host to run machines (empty when all is well)."""
+
+    @abstractmethod
+    def start(self, spec: MachineSpec, *, wait: bool = True, timeout: float = 60.0,
+              progress: Reporter = silent) -> MachineStatus:
+        """Boot the machine; with ``wait`` return once the guest reports ready, else raise with the console tail."""
+
+    @abstractmethod
+    def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
+        """Ask the guest to shut down cleanly, and halt it after ``timeout``."""
+
+    @abstractmethod
+    def kill(self, spec: MachineSpec) -> MachineStatus:
+        """End the machine at once (no clean shutdown)."""
+
+    @abstractmethod
+    def pause(self, spec: MachineSpec) -> MachineStatus:
+        """Freeze a running machine."""
+
+    @abstractmethod
+    def resume(self, spec: MachineSpec) -> MachineStatus:
+        """Continue a paused machine."""
+
+    @abstractmethod
+    def status(self, spec: MachineSpec) -> MachineStatus:
+        """Tell the truth about the machine, cleaning up what a crash left behind."""
+
+    @abstractmethod
+    def console_socket(self, spec: MachineSpec) -> Path:
+        """The UNIX stream socket where console clients attach (several at once)."""
+
+    @abstractmethod
+    def ssh_endpoint(self, spec: MachineSpec) -> tuple[str, int] | None:
+        """Host and port where the guest's SSH server is reached, or None when it is not forwarded."""
+
+    @abstractmethod
+    def sync(self, spec: MachineSpec) -> None:
+        """Ask a running guest to write its dirty buffers to disk (before a live snapshot)."""
