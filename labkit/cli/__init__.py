@@ -1,6 +1,7 @@
 """The ``labkit`` command: ``labkit <noun> <verb>`` (style guide 10, after hatch and click's ``repo`` example).
 
-The root group puts an `App` into ``ctx.obj``. Each noun lives in its own module with thin verbs that call the layers below.
+The root group puts an `App` into ``ctx.obj``. Each noun lives in its own module with thin verbs that call the
+layers below.
 A `LabkitError` becomes one line on stderr and exit code 1; ``LABKIT_DEBUG=1`` shows the traceback instead.
 """
 

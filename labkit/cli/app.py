@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from labkit.config import Settings
+
+if TYPE_CHECKING:
+    from labkit.services.db import Database
+    from labkit.services.machines import Machines
 
 
 @dataclass
@@ -21,6 +25,24 @@ class App:
     @classmethod
     def from_env(cls) -> App:
         return cls(settings=Settings.from_env())
+
+    _db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        """The database, opened (and migrated) on first use only, so ``--help`` stays fast."""
+        if self._db is None:
+            from labkit.services.db import Database
+
+            self._db = Database(self.settings)
+            self.on_close(self._db.close)
+        return self._db
+
+    @property
+    def machines(self) -> Machines:
+        from labkit.services.machines import Machines
+
+        return Machines(self.settings, self.db)
 
     def close(self) -> None:
         for closer in reversed(self._closers):

@@ -1,8 +1,77 @@
-"""labkit doctor: placeholder until its issue part lands."""
+"""``labkit doctor``: check every prerequisite and print the fix for each one missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
 
 import click
 
+from labkit.cli.app import App, echo_json, json_option
 
-@click.group("doctor")
-def command() -> None:
-    """(not yet built)"""
+pass_app = click.make_pass_decorator(App)
+
+
+@dataclass(frozen=True)
+class Finding:
+    what: str
+    ok: bool
+    fix: str = ""
+
+
+#: program -> Debian package that provides it
+PROGRAMS = {
+    "linux": "user-mode-linux",
+    "slirp": "slirp",
+    "vde_switch": "vde2",
+    "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "fakeroot": "fakeroot",
+    "busybox": "busybox-static",
+    "dropbear": "dropbear-bin",
+    "mmdebstrap": "mmdebstrap",
+}
+EXTRA_PATH = ("/usr/sbin", "/sbin")
+
+
+def _which(program: str) -> str | None:
+    path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(EXTRA_PATH)
+    return shutil.which(program, path=path)
+
+
+def findings(app: App) -> list[Finding]:
+    found = [Finding(f"program {p}", _which(p) is not None, f"sudo apt-get install -y {pkg}")
+             for p, pkg in PROGRAMS.items()]
+    home = app.settings.home
+    try:
+        app.settings.ensure()
+        writable = os.access(home, os.W_OK)
+    except OSError:
+        writable = False
+    found.append(Finding(f"state folder {home} is writable", writable,
+                         "make it writable by you, or set LABKIT_HOME to a folder you own"))
+    sock = app.settings.run_dir / ("x" * 32) / "mconsole"
+    found.append(Finding(f"socket paths under {app.settings.run_dir} fit in 108 bytes", len(str(sock)) < 108,
+                         "set LABKIT_RUN to a short folder such as /tmp/labkit-$USER"))
+    if os.path.exists("/dev/shm"):
+        found.append(Finding("/dev/shm is writable (UML keeps guest memory there)", os.access("/dev/shm", os.W_OK),
+                             "mount a writable tmpfs on /dev/shm, or set TMPDIR to a writable folder"))
+    return found
+
+
+@click.command("doctor")
+@json_option
+@pass_app
+def command(app: App, as_json: bool) -> None:
+    """Check that this host can build images and run machines."""
+    results = findings(app)
+    if as_json:
+        echo_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            click.echo(f"[{'ok' if r.ok else 'MISSING'}] {r.what}" + ("" if r.ok else f"\n          fix: {r.fix}"))
+    if not all(r.ok for r in results):
+        sys.exit(1)

@@ -1,0 +1,6 @@
+"""Looking inside guests from outside: the one `Guest` handle and its transports (SSH, console)."""
+
+from labkit.guest.handle import Guest
+from labkit.guest.result import Result
+
+__all__ = ["Guest", "Result"]

@@ -1,0 +1,364 @@
+"""Machines: the one place that turns CLI and web requests into overlay, seed and backend calls, and records them.
+
+Each public method takes a machine name, checks the machine's real state first (the database records intent, the process
+table is reality), refuses illegal transitions with a `StateError` that names the state, and records an audit event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labkit.config import Settings
+from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
+from labkit.guest import Guest
+from labkit.guest.console import ConsoleTransport
+from labkit.guest.keys import ensure_key, public_key
+from labkit.guest.ssh import SshTransport
+from labkit.images.seed import SeedSpec, build_seed
+from labkit.names import check_name
+from labkit.overlays import get_overlay
+from labkit.progress import Reporter, silent
+from labkit.runtime import get_backend
+from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, State
+from labkit.runtime.network import machine_mac
+from labkit.services import images as image_service
+from labkit.services.audit import current_actor, record
+from labkit.services.db import Database
+from labkit.services.models import Machine, Snapshot
+
+SSH_PORT = 22
+LIVE = (State.RUNNING, State.PAUSED, State.STARTING, State.STOPPING)
+
+
+@dataclass(frozen=True)
+class MachineView:
+    """What ``vm status`` shows about one machine."""
+
+    name: str
+    image: str
+    state: str
+    pid: int | None
+    supervisor_pid: int | None
+    forwards: list[str]
+    ssh: str | None
+    uptime: float | None
+    overlay_bytes: int
+    snapshots: list[str]
+    memory_mb: int
+    mac: str
+    console_log: str
+
+
+class Machines:
+    """Create, run and look after single machines (``labkit vm ...``)."""
+
+    def __init__(self, settings: Settings, db: Database, actor: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.actor = actor or current_actor()
+        settings.ensure()
+
+    # ---- paths -------------------------------------------------------------------------------------------------
+    def _overlay_path(self, name: str) -> Path:
+        return self.settings.overlays / f"{name}.cow"
+
+    def _seed_path(self, name: str) -> Path:
+        return self.settings.seeds / f"{name}.img"
+
+    def _snapshot_dir(self, name: str) -> Path:
+        return self.settings.snapshots / name
+
+    def spec(self, machine: Machine) -> MachineSpec:
+        return MachineSpec(
+            name=machine.name,
+            image=Path(machine.image.path),
+            overlay=Path(machine.overlay_path),
+            run_dir=self.settings.run_dir / machine.name,
+            console_log=self.settings.logs / f"{machine.name}.console.log",
+            memory_mb=machine.memory_mb,
+            mac=machine.mac,
+            seed=Path(machine.seed_path),
+            forwards=tuple(Forward(host, guest) for host, guest in machine.forwards),
+        )
+
+    def _backend(self, machine: Machine) -> Backend:
+        return get_backend(machine.backend)
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """One state-changing action per machine at a time, across processes (a double-clicked start is a no-op)."""
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _get(self, session: Session, name: str) -> Machine:
+        machine = session.scalar(select(Machine).where(Machine.name == name))
+        if machine is None:
+            known = session.scalars(select(Machine.name).order_by(Machine.name)).all()
+            hint = f"; known machines: {', '.join(known)}" if known else "; there are no machines yet"
+            raise NotFoundError(f"no machine named {name!r}{hint}")
+        return machine
+
+    # ---- creating ----------------------------------------------------------------------------------------------
+    def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None) -> MachineView:
+        check_name(name, "machine name")
+        if not 32 <= memory_mb <= 16384:
+            raise BadNameError(f"memory {memory_mb} MB is outside 32-16384 MB")
+        wanted = list(forwards or [])
+        hosts = [f.host_port for f in wanted if f.host_port]
+        if len(hosts) != len(set(hosts)):
+            raise ConflictError(f"the same host port is forwarded twice in {', '.join(map(str, wanted))}")
+        if not any(f.guest_port == SSH_PORT for f in wanted):
+            wanted.append(Forward(0, SSH_PORT))
+        overlay_path, seed_path = self._overlay_path(name), self._seed_path(name)
+        with self.db.transaction() as session:
+            if session.scalar(select(Machine).where(Machine.name == name)) is not None:
+                raise ConflictError(f"a machine named {name!r} already exists")
+            image_row = image_service.resolve(session, self.settings, image)
+            image_service.require_intact(session, self.settings, image_row)
+            for leftover in (overlay_path, seed_path):
+                if leftover.exists():
+                    raise ConflictError(
+                        f"{leftover} already exists (left from an earlier machine {name!r}?); labkit never overwrites "
+                        "it: move it away or choose another name")
+            machine = Machine(
+                name=name, image=image_row, overlay_path=str(overlay_path), seed_path=str(seed_path),
+                memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
+                console_password=secrets.token_urlsafe(12),
+            )
+            overlay = get_overlay(machine.overlay_kind)
+            try:
+                overlay.create(Path(image_row.path), overlay_path)
+                self._write_seed(machine)
+                session.add(machine)
+                record(session, self.actor, "create", name, f"image {image_row.label}, {memory_mb} MB")
+                session.flush()
+            except BaseException:
+                overlay_path.unlink(missing_ok=True)
+                seed_path.unlink(missing_ok=True)
+                raise
+            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def _write_seed(self, machine: Machine) -> None:
+        spec = SeedSpec(
+            hostname=machine.name,
+            authorized_keys=[public_key(self.settings.keys)],
+            root_password=machine.console_password,
+            seed_id=secrets.token_hex(8),
+        )
+        build_seed(spec, Path(machine.seed_path))
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+    def status(self, name: str | None = None) -> list[MachineView]:
+        """Reconcile the database with the processes and return the truth for one machine or all."""
+        with self.db.transaction() as session:
+            machines = [self._get(session, name)] if name else list(
+                session.scalars(select(Machine).order_by(Machine.name)))
+            return [self._view(machine, self._reconcile(session, machine)) for machine in machines]
+
+    def _reconcile(self, session: Session, machine: Machine) -> MachineStatus:
+        status = self._backend(machine).status(self.spec(machine))
+        if status.state.value != machine.state:
+            if machine.state in {s.value for s in LIVE} and status.state == State.STOPPED:
+                record(session, "labkit", "found-stopped", machine.name,
+                       f"recorded as {machine.state}, but its processes are gone")
+            machine.state = status.state.value
+        machine.pid = status.pid
+        machine.supervisor_pid = status.supervisor_pid
+        machine.bound_forwards = [[f.host_port, f.guest_port] for f in status.forwards]
+        if status.started_at is not None:
+            machine.started_at = dt.datetime.fromtimestamp(status.started_at, dt.UTC)
+        elif status.state == State.STOPPED:
+            machine.started_at = None
+        return status
+
+    def _view(self, machine: Machine, status: MachineStatus) -> MachineView:
+        overlay = Path(machine.overlay_path)
+        allocated = get_overlay(machine.overlay_kind).info(overlay).allocated_bytes if overlay.exists() else 0
+        ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
+        uptime = None
+        if status.started_at is not None and status.state in LIVE:
+            uptime = max(0.0, dt.datetime.now(dt.UTC).timestamp() - status.started_at)
+        return MachineView(
+            name=machine.name, image=machine.image.label, state=status.state.value, pid=status.pid,
+            supervisor_pid=status.supervisor_pid,
+            forwards=[str(f) for f in (status.forwards or tuple(Forward(h, g) for h, g in machine.forwards))],
+            ssh=f"ssh -p {ssh} -i {self.settings.keys / 'labkit_ed25519'} root@127.0.0.1" if ssh else None,
+            uptime=uptime, overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
+            memory_mb=machine.memory_mb, mac=machine.mac, console_log=str(self.spec(machine).console_log),
+        )
+
+    # ---- running -----------------------------------------------------------------------------------------------
+    def start(self, name: str, wait: bool = True, timeout: float = 60.0, progress: Reporter = silent) -> MachineView:
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            status = self._reconcile(session, machine)
+            if status.state in LIVE:
+                raise StateError(f"machine {name} is already {status.state.value}", status.state)
+            image_service.require_intact(session, self.settings, machine.image)
+            if not Path(machine.seed_path).exists():
+                self._write_seed(machine)
+            ensure_key(self.settings.keys)
+            try:
+                status = self._backend(machine).start(self.spec(machine), wait=wait, timeout=timeout,
+                                                      progress=progress)
+            except LabkitError as err:
+                record(session, self.actor, "start-failed", name, str(err)[:2000])
+                session.commit()
+                raise
+            self._apply(machine, status)
+            record(session, self.actor, "start", name, ", ".join(map(str, status.forwards)))
+            return self._view(machine, status)
+
+    def _apply(self, machine: Machine, status: MachineStatus) -> None:
+        machine.state = status.state.value
+        machine.pid = status.pid
+        machine.supervisor_pid = status.supervisor_pid
+        machine.bound_forwards = [[f.host_port, f.guest_port] for f in status.forwards]
+        machine.started_at = dt.datetime.fromtimestamp(status.started_at, dt.UTC) if status.started_at else None
+
+    def _act(self, name: str, action: str, allowed: tuple[State, ...], detail: str = "") -> MachineView:
+        """Run one backend verb on a machine whose real state is in ``allowed``."""
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            status = self._reconcile(session, machine)
+            if status.state not in allowed:
+                raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
+            backend, spec = self._backend(machine), self.spec(machine)
+            verbs = {"stop": backend.stop, "kill": backend.kill, "pause": backend.pause, "resume": backend.resume}
+            status = verbs[action](spec)
+            self._apply(machine, status)
+            record(session, self.actor, action, name, detail)
+            return self._view(machine, status)
+
+    def stop(self, name: str) -> MachineView:
+        return self._act(name, "stop", (State.RUNNING, State.PAUSED, State.STARTING))
+
+    def kill(self, name: str) -> MachineView:
+        return self._act(name, "kill", (*LIVE, State.ERROR))
+
+    def pause(self, name: str) -> MachineView:
+        return self._act(name, "pause", (State.RUNNING,))
+
+    def resume(self, name: str) -> MachineView:
+        return self._act(name, "resume", (State.PAUSED,))
+
+    # ---- the overlay -------------------------------------------------------------------------------------------
+    @contextmanager
+    def _stopped(self, name: str, action: str) -> Iterator[tuple[Session, Machine]]:
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            status = self._reconcile(session, machine)
+            if status.state in LIVE:
+                raise StateError(f"cannot {action} machine {name} while it is {status.state.value}; stop it first",
+                                 status.state)
+            yield session, machine
+
+    def reset(self, name: str) -> MachineView:
+        """Throw away every change in the machine's overlay (explicit, recorded)."""
+        with self._stopped(name, "reset") as (session, machine):
+            image_service.require_intact(session, self.settings, machine.image)
+            get_overlay(machine.overlay_kind).reset(Path(machine.overlay_path), Path(machine.image.path))
+            record(session, self.actor, "reset", name, "overlay replaced by an empty one")
+            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def snapshot(self, name: str, snapshot: str) -> MachineView:
+        """Keep a named copy of the overlay. A running machine is synced and paused for the copy, then resumed."""
+        check_name(snapshot, "snapshot name")
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            if any(s.name == snapshot for s in machine.snapshots):
+                raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
+            status = self._reconcile(session, machine)
+            if status.state in (State.STARTING, State.STOPPING):
+                raise StateError(f"cannot snapshot machine {name} while it is {status.state.value}", status.state)
+            dest = self._snapshot_dir(name) / f"{snapshot}.cow"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            backend, spec = self._backend(machine), self.spec(machine)
+            live = status.state == State.RUNNING
+            if live:
+                backend.sync(spec)
+                backend.pause(spec)
+            try:
+                info = get_overlay(machine.overlay_kind).snapshot(Path(machine.overlay_path), dest)
+            finally:
+                if live:
+                    backend.resume(spec)
+            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=info.allocated_bytes))
+            record(session, self.actor, "snapshot", name, f"{snapshot} ({'live' if live else status.state.value})")
+            return self._view(machine, backend.status(spec))
+
+    def restore(self, name: str, snapshot: str) -> MachineView:
+        """Bring a snapshot back as the overlay; changes made since are gone (explicit, recorded)."""
+        with self._stopped(name, "restore") as (session, machine):
+            chosen = self._snapshot(machine, snapshot)
+            get_overlay(machine.overlay_kind).restore(Path(chosen.path), Path(machine.overlay_path))
+            record(session, self.actor, "restore", name, snapshot)
+            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            chosen = self._snapshot(machine, snapshot)
+            Path(chosen.path).unlink(missing_ok=True)
+            machine.snapshots.remove(chosen)
+            record(session, self.actor, "snapshot-delete", name, snapshot)
+
+    def _snapshot(self, machine: Machine, snapshot: str) -> Snapshot:
+        for candidate in machine.snapshots:
+            if candidate.name == snapshot:
+                return candidate
+        have = ", ".join(s.name for s in machine.snapshots) or "none"
+        raise NotFoundError(f"machine {machine.name} has no snapshot {snapshot!r} (it has: {have})")
+
+    def remove(self, name: str) -> None:
+        """Delete the machine with its overlay, seed and snapshots (the explicit purge; recorded)."""
+        with self._stopped(name, "remove") as (session, machine):
+            overlay = get_overlay(machine.overlay_kind)
+            if Path(machine.overlay_path).exists():
+                overlay.delete(Path(machine.overlay_path))
+            Path(machine.seed_path).unlink(missing_ok=True)
+            shutil.rmtree(self._snapshot_dir(name), ignore_errors=True)
+            shutil.rmtree(self.settings.run_dir / name, ignore_errors=True)
+            record(session, self.actor, "remove", name, f"{len(machine.snapshots)} snapshots removed")
+            session.delete(machine)
+
+    def snapshots(self, name: str) -> list[dict[str, object]]:
+        with self.db.transaction() as session:
+            machine = self._get(session, name)
+            return [{"name": s.name, "created_at": s.created_at.isoformat(), "size": s.size, "path": s.path}
+                    for s in machine.snapshots]
+
+    # ---- inside the guest --------------------------------------------------------------------------------------
+    def console_socket(self, name: str) -> Path:
+        """Where console clients attach, for a machine that is up."""
+        with self.db.transaction() as session:
+            machine = self._get(session, name)
+            status = self._reconcile(session, machine)
+            if status.state not in LIVE:
+                raise StateError(f"machine {name} is {status.state.value}; start it to use its console", status.state)
+            return self._backend(machine).console_socket(self.spec(machine))
+
+    def open_guest(self, name: str) -> Guest:
+        """A Guest handle for a running machine: SSH through its forward, the console as fallback."""
+        with self.db.transaction() as session:
+            machine = self._get(session, name)
+            status = self._reconcile(session, machine)
+            if status.state != State.RUNNING:
+                raise StateError(f"machine {name} is {status.state.value}; start it to run commands", status.state)
+            backend, spec = self._backend(machine), self.spec(machine)
+            endpoint = backend.ssh_endpoint(spec)
+            ssh = SshTransport(endpoint[0], endpoint[1], ensure_key(self.settings.keys)) if endpoint else None
+            console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
+            return Guest(name, ssh, console)

@@ -1,0 +1,83 @@
+"""The machine lifecycle passes for an ordinary user, not only for root (CI runs as root).
+
+The test creates the user, gives it a copy of this checkout and a virtual environment built from Debian's
+/usr/bin/python3 (root's Python may live in a folder other users cannot read), and runs test_vm_lifecycle.py as that
+user. Nothing in it uses root: no sudo, no setuid helper, no capabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.guest,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the whole suite already runs as an ordinary user"),
+]
+
+USER = "labkit-ci"
+REPO = Path(__file__).resolve().parents[2]
+COPY = ("labkit", "base_images", "tests", "pyproject.toml", "README.md")
+
+
+def ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        return pwd.getpwnam(USER)
+
+
+def as_user(user: pwd.struct_passwd, *command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {"HOME": user.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
+           "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    return subprocess.run(["runuser", "-u", USER, "--", *command], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def end_processes_of(uid: int) -> None:
+    """Stop, by PID, anything the user's run left behind (it should leave nothing)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+
+
+def test_lifecycle_as_an_ordinary_user() -> None:
+    user = ensure_user()
+    work = Path(tempfile.mkdtemp(prefix="lku", dir="/tmp"))
+    try:
+        for name in COPY:
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, work / "src" / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+            else:
+                shutil.copy2(source, work / "src" / name)
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(work)], check=True)
+        work.chmod(0o755)
+
+        venv = work / "venv"
+        made = as_user(user, "/usr/bin/python3", "-m", "venv", str(venv), timeout=120)
+        assert made.returncode == 0, made.stderr
+        installed = as_user(user, str(venv / "bin/pip"), "install", "-q", "-e", f"{work / 'src'}[dev]", timeout=600)
+        assert installed.returncode == 0, installed.stderr[-3000:]
+
+        run = as_user(user, str(venv / "bin/pytest"), "-p", "no:cacheprovider", "-q", "-rA",
+                      str(work / "src/tests/guests/test_vm_lifecycle.py"), timeout=900)
+        report = run.stdout[-6000:] + run.stderr[-2000:]
+        assert run.returncode == 0, report
+        assert " passed" in run.stdout and "skipped" not in run.stdout and "failed" not in run.stdout, report
+    finally:
+        end_processes_of(user.pw_uid)
+        shutil.rmtree(work, ignore_errors=True)
