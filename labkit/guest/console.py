@@ -21,7 +21,10 @@ from pexpect import fdpexpect
 from labkit.errors import GuestError
 from labkit.guest.result import OUTPUT_LIMIT, Result
 
-_PROMPTS = [re.compile(rb"login: ?$", re.M), re.compile(rb"[Pp]assword: ?$", re.M), re.compile(rb"[#$] ?$", re.M)]
+#: Terminal control sequences a shell may print after its prompt (busybox ash asks for the cursor position: ESC [6n).
+_CONTROL = rb"(?:\x1b\[[0-9;?]*[A-Za-z])*"
+_PROMPTS = [re.compile(rb"login: ?" + _CONTROL + rb"$", re.M), re.compile(rb"[Pp]assword: ?" + _CONTROL + rb"$", re.M),
+            re.compile(rb"[#$] ?" + _CONTROL + rb"$", re.M)]
 LOGIN, PASSWORD, SHELL = 0, 1, 2
 
 

@@ -133,7 +133,8 @@ class Machines:
                         f"{leftover} already exists (left from an earlier machine {name!r}?); labkit never overwrites "
                         "it: move it away or choose another name")
             machine = Machine(
-                name=name, image=image_row, overlay_path=str(overlay_path), seed_path=str(seed_path),
+                name=name, image=image_row, backend="uml", overlay_kind="umlcow",
+                overlay_path=str(overlay_path), seed_path=str(seed_path),
                 memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
                 console_password=secrets.token_urlsafe(12),
             )

@@ -1,0 +1,43 @@
+"""The fixed points between labkit on the host and the boot hook inside a guest.
+
+The boot hook (``labkit/images/guest/boot-hook.sh``) and the host code must agree on these names; other layers
+import them from here (for example the runtime waits for `READY_MARKER` on the console) instead of repeating the
+strings.
+"""
+
+from __future__ import annotations
+
+#: The exact line a guest prints on /dev/console once it is up and its SSH server listens.
+READY_MARKER = "labkit-guest: ready"
+
+#: Where both builders install the boot hook inside the image.
+HOOK_PATH = "/usr/lib/labkit/boot-hook"
+
+#: The seed disk is attached read-only as the second UML disk (``ubd1r=seed.img``) and shows up as this device.
+SEED_DEVICE = "/dev/ubdb"
+#: The UML option index of the seed disk (``ubd1r=``).
+SEED_UBD_INDEX = 1
+#: File system label of every seed disk.
+SEED_LABEL = "LABKITSEED"
+#: Where the hook mounts the seed inside the guest (read-only, unmounted again after use).
+SEED_MOUNT = "/run/labkit/seed"
+
+#: Paths inside the seed file system.
+SEED_ENV = "labkit/seed.env"
+SEED_AUTHORIZED_KEYS = "labkit/authorized_keys"
+SEED_ROOT_PASSWORD = "labkit/root_password"
+SEED_FILES = "labkit/files"
+SEED_STARTUP = "labkit/startup"
+
+#: A file ``seed-<seed_id>`` here means "files/ of this seed were already copied into this overlay".
+GUEST_STATE_DIR = "/var/lib/labkit"
+#: The startup scripts' output, inside the guest.
+STARTUP_LOG = "/var/log/labkit-startup.log"
+
+#: Default network of a guest behind classic slirp.
+SLIRP_GUEST_ADDRESS = "10.0.2.15/24"
+SLIRP_HOST_ADDRESS = "10.0.2.2"
+SLIRP_DNS = "10.0.2.3"
+
+#: A guest that cannot become ready prints a line starting with this instead of `READY_MARKER`.
+ERROR_MARKER = "labkit-guest: error:"

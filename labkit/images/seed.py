@@ -1,0 +1,203 @@
+"""Seed disks: a small ext4 image per machine that the guest's boot hook reads (hostname, network, keys, files).
+
+It is built without root (``mkfs.ext4 -d`` under fakeroot, so files are root's inside) and attached read-only as the
+second UML disk. The layout inside is the contract with ``guest/boot-hook.sh``; the paths are in guest_contract.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.errors import BadNameError, ImageError
+from labkit.images.guest_contract import (
+    SEED_AUTHORIZED_KEYS,
+    SEED_ENV,
+    SEED_FILES,
+    SEED_LABEL,
+    SEED_ROOT_PASSWORD,
+    SEED_STARTUP,
+    SLIRP_DNS,
+    SLIRP_GUEST_ADDRESS,
+)
+from labkit.images.programs import find_program
+from labkit.names import check_name
+
+_IFNAME = re.compile(r"[a-z][a-z0-9]{0,14}")
+_SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MIN_SEED_BYTES = 4 << 20
+
+
+def _default_interfaces() -> dict[str, str]:
+    return {"eth0": SLIRP_GUEST_ADDRESS}
+
+
+@dataclass
+class SeedSpec:
+    """What one machine's seed disk says. ``seed_id`` changes when the contents change (derived when left empty)."""
+
+    hostname: str
+    interfaces: dict[str, str] = field(default_factory=_default_interfaces)
+    default_route: str | None = "dev eth0"
+    dns: str | None = SLIRP_DNS
+    authorized_keys: list[str] = field(default_factory=list)
+    root_password: str | None = None
+    files_dir: Path | None = None
+    startup_scripts: list[tuple[str, str]] = field(default_factory=list)
+    seed_id: str = ""
+
+    def validate(self) -> None:
+        """Raise `ImageError` (or `BadNameError` for the hostname) on the first wrong value."""
+        check_name(self.hostname, "hostname")
+        for name, address in self.interfaces.items():
+            if not _IFNAME.fullmatch(name):
+                raise ImageError(f"seed for {self.hostname}: {name!r} is not an interface name like eth0")
+            if "/" not in address:
+                raise ImageError(f"seed for {self.hostname}: address {address!r} of {name} needs a prefix (/24)")
+            try:
+                ipaddress.ip_interface(address)
+            except ValueError as err:
+                raise ImageError(f"seed for {self.hostname}: {address!r} of {name} is not an address: {err}") from err
+        if self.default_route:
+            self._check_route(self.default_route)
+        for server in (self.dns or "").split():
+            try:
+                ipaddress.ip_address(server)
+            except ValueError as err:
+                raise ImageError(f"seed for {self.hostname}: DNS server {server!r} is not an IP address") from err
+        for key in self.authorized_keys:
+            if "\n" in key.strip() or len(key.split()) < 2:
+                raise ImageError(f"seed for {self.hostname}: {key[:40]!r} is not one OpenSSH public key line")
+        if self.root_password is not None and (not self.root_password or any(c in self.root_password
+                                                                              for c in "\n\r\0")):
+            raise ImageError(f"seed for {self.hostname}: the root password must be one non-empty line")
+        if self.files_dir is not None and not Path(self.files_dir).is_dir():
+            raise ImageError(f"seed for {self.hostname}: files folder {self.files_dir} does not exist")
+        seen = set()
+        for name, text in self.startup_scripts:
+            try:
+                check_name(name, "startup script name")
+            except BadNameError as err:
+                raise ImageError(f"seed for {self.hostname}: {err}") from err
+            if name in seen:
+                raise ImageError(f"seed for {self.hostname}: two startup scripts are called {name}")
+            if not isinstance(text, str):
+                raise ImageError(f"seed for {self.hostname}: startup script {name} is not text")
+            seen.add(name)
+        if len(self.startup_scripts) > 99:
+            raise ImageError(f"seed for {self.hostname}: at most 99 startup scripts")
+        if self.seed_id and not _SEED_ID.fullmatch(self.seed_id):
+            raise ImageError(f"seed for {self.hostname}: seed id {self.seed_id!r} may hold only letters, digits, . _ -")
+
+    def _check_route(self, route: str) -> None:
+        words = route.split()
+        if not words or len(words) % 2:
+            raise ImageError(f"seed for {self.hostname}: default route {route!r} is not like 'dev eth0'")
+        for keyword, value in zip(words[::2], words[1::2], strict=True):
+            if keyword == "dev" and _IFNAME.fullmatch(value):
+                continue
+            if keyword == "via":
+                try:
+                    ipaddress.ip_address(value)
+                    continue
+                except ValueError:
+                    pass
+            raise ImageError(f"seed for {self.hostname}: default route {route!r}: '{keyword} {value}' is not allowed")
+
+    def content_id(self) -> str:
+        """A short hash of everything the seed holds, used as seed_id when none was given."""
+        digest = hashlib.sha256()
+        for part in (self.hostname, sorted(self.interfaces.items()), self.default_route, self.dns,
+                     self.authorized_keys, self.root_password, self.startup_scripts):
+            digest.update(repr(part).encode() + b"\0")
+        if self.files_dir is not None:
+            root = Path(self.files_dir)
+            for path in sorted(root.rglob("*")):
+                info = path.lstat()
+                digest.update(f"{path.relative_to(root)} {info.st_mode:o}".encode())
+                if stat.S_ISLNK(info.st_mode):
+                    digest.update(os.readlink(path).encode())
+                elif stat.S_ISREG(info.st_mode):
+                    digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
+
+    @property
+    def effective_id(self) -> str:
+        return self.seed_id or self.content_id()
+
+
+def seed_env(spec: SeedSpec) -> str:
+    """The shell-sourceable ``labkit/seed.env``: every value goes through shlex.quote."""
+    values = {
+        "LABKIT_SEED_ID": spec.effective_id,
+        "LABKIT_HOSTNAME": spec.hostname,
+        "LABKIT_INTERFACES": " ".join(f"{name}={address}" for name, address in spec.interfaces.items()),
+        "LABKIT_DEFAULT_ROUTE": spec.default_route or "",
+        "LABKIT_DNS": spec.dns or "",
+    }
+    lines = ["# labkit seed: written by labkit/images/seed.py, read by /usr/lib/labkit/boot-hook"]
+    lines.extend(f"{key}={shlex.quote(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def _tree_bytes(root: Path) -> tuple[int, int]:
+    """(bytes, entries) of a folder, to size the file system."""
+    total = entries = 0
+    for path in root.rglob("*"):
+        entries += 1
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+    return total, entries
+
+
+def build_seed(spec: SeedSpec, dest: Path) -> Path:
+    """Write the seed disk for ``spec`` to ``dest`` atomically and return ``dest``."""
+    spec.validate()
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        root = staging / "root"
+        (root / "labkit").mkdir(parents=True)
+        (root / SEED_ENV).write_text(seed_env(spec))
+        keys = root / SEED_AUTHORIZED_KEYS
+        keys.write_text("".join(key.strip() + "\n" for key in spec.authorized_keys))
+        if spec.root_password is not None:
+            secret = root / SEED_ROOT_PASSWORD
+            secret.touch(mode=0o600)
+            secret.write_text(spec.root_password)
+        if spec.files_dir is not None:
+            shutil.copytree(spec.files_dir, root / SEED_FILES, symlinks=True)
+        startup = root / SEED_STARTUP
+        startup.mkdir()
+        for number, (name, text) in enumerate(spec.startup_scripts, start=1):
+            script = startup / f"{number:02d}-{name}.sh"
+            script.write_text(text if text.endswith("\n") else text + "\n")
+            script.chmod(0o755)
+        content, entries = _tree_bytes(root)
+        size = max(MIN_SEED_BYTES, (content * 3 // 2 + entries * 4096 + (2 << 20) + (1 << 20) - 1) >> 20 << 20)
+        image = staging / "seed.img"
+        script = (
+            f"chown -R 0:0 {shlex.quote(str(root))} && "
+            + shlex.join([find_program("mkfs.ext4"), "-q", "-F", "-L", SEED_LABEL, "-O", "^has_journal",
+                          "-N", str(entries + 128), "-d", str(root), str(image), f"{size // 1024}k"])
+        )
+        result = subprocess.run([find_program("fakeroot"), "--", "/bin/sh", "-e", "-c", script],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ImageError(f"cannot make the seed disk {dest}: {result.stderr.strip() or result.stdout.strip()}")
+        os.replace(image, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)
+    return dest

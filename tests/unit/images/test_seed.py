@@ -1,0 +1,118 @@
+"""Seed disks: built without root, read back with debugfs, and every input checked."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import BadNameError, ImageError
+from labkit.images.guest_contract import SEED_LABEL
+from labkit.images.programs import find_program
+from labkit.images.seed import SeedSpec, build_seed
+
+
+def debugfs(image: Path, request: str) -> str:
+    result = subprocess.run([find_program("debugfs"), "-R", request, str(image)], capture_output=True, text=True,
+                            check=True)
+    return result.stdout
+
+
+def sourced(env_text: str, tmp_path: Path, variable: str) -> str:
+    """What a POSIX shell sees in ``variable`` after sourcing the seed.env text."""
+    env = tmp_path / "seed.env"
+    env.write_text(env_text)
+    result = subprocess.run(["sh", "-c", f'. "$1"; printf %s "${variable}"', "sh", str(env)], capture_output=True,
+                            text=True, check=True)
+    return result.stdout
+
+
+def test_seed_content_reads_back(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    (files / "etc").mkdir(parents=True)
+    (files / "etc" / "motd").write_text("welcome\n")
+    spec = SeedSpec(
+        hostname="web1",
+        interfaces={"eth0": "10.0.2.15/24", "eth1": "192.168.10.1/24"},
+        authorized_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE grader@labkit"],
+        root_password="it's $ecret",
+        files_dir=files,
+        startup_scripts=[("web", "echo web\n"), ("db", "echo db")],
+        seed_id="abc123",
+    )
+    image = build_seed(spec, tmp_path / "out" / "seed.img")
+    assert image == tmp_path / "out" / "seed.img"
+    assert sorted(p.name for p in image.parent.iterdir()) == ["seed.img"]  # no temporary left behind
+
+    env = debugfs(image, "cat /labkit/seed.env")
+    assert "LABKIT_HOSTNAME=web1" in env
+    assert sourced(env, tmp_path, "LABKIT_INTERFACES") == "eth0=10.0.2.15/24 eth1=192.168.10.1/24"
+    assert sourced(env, tmp_path, "LABKIT_DEFAULT_ROUTE") == "dev eth0"
+    assert sourced(env, tmp_path, "LABKIT_DNS") == "10.0.2.3"
+    assert sourced(env, tmp_path, "LABKIT_SEED_ID") == "abc123"
+    assert debugfs(image, "cat /labkit/authorized_keys") == spec.authorized_keys[0] + "\n"
+    assert debugfs(image, "cat /labkit/root_password") == "it's $ecret"
+    assert debugfs(image, "cat /labkit/files/etc/motd") == "welcome\n"
+    assert debugfs(image, "cat /labkit/startup/01-web.sh") == "echo web\n"
+    assert debugfs(image, "cat /labkit/startup/02-db.sh") == "echo db\n"
+    stat = debugfs(image, "stat /labkit/root_password")
+    assert "User:     0" in stat and "Mode:  0600" in stat
+    assert "User:     0" in debugfs(image, "stat /labkit/files/etc/motd")
+    label = subprocess.run([find_program("e2label"), str(image)], capture_output=True, text=True, check=True)
+    assert label.stdout.strip() == SEED_LABEL
+
+
+def test_values_are_shell_quoted(tmp_path: Path) -> None:
+    """A hostile-looking but valid value stays one word and runs nothing."""
+    spec = SeedSpec(hostname="h", dns="10.0.2.3 1.1.1.1", default_route="via 10.0.2.2 dev eth0")
+    image = build_seed(spec, tmp_path / "seed.img")
+    env = debugfs(image, "cat /labkit/seed.env")
+    assert sourced(env, tmp_path, "LABKIT_DNS") == "10.0.2.3 1.1.1.1"
+    assert sourced(env, tmp_path, "LABKIT_DEFAULT_ROUTE") == "via 10.0.2.2 dev eth0"
+
+
+def test_no_password_no_file(tmp_path: Path) -> None:
+    image = build_seed(SeedSpec(hostname="h"), tmp_path / "seed.img")
+    assert "not found" in subprocess.run([find_program("debugfs"), "-R", "stat /labkit/root_password", str(image)],
+                                         capture_output=True, text=True, check=False).stderr.lower()
+
+
+def test_seed_id_follows_content(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a").write_text("1")
+    spec = SeedSpec(hostname="h", files_dir=files)
+    first = spec.effective_id
+    assert SeedSpec(hostname="h", files_dir=files).effective_id == first
+    (files / "a").write_text("2")
+    assert spec.effective_id != first
+    assert SeedSpec(hostname="h2", files_dir=files).effective_id != spec.effective_id
+    assert SeedSpec(hostname="h", seed_id="fixed").effective_id == "fixed"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "words"),
+    [
+        ({"hostname": "Bad_Host"}, BadNameError, "hostname"),
+        ({"interfaces": {"eth0": "10.0.2.15"}}, ImageError, "prefix"),
+        ({"interfaces": {"eth0": "10.0.2.999/24"}}, ImageError, "not an address"),
+        ({"interfaces": {"eth0; reboot": "10.0.2.15/24"}}, ImageError, "interface name"),
+        ({"default_route": "dev eth0; reboot"}, ImageError, "default route"),
+        ({"default_route": "via nowhere"}, ImageError, "default route"),
+        ({"dns": "10.0.2.3 $(reboot)"}, ImageError, "DNS server"),
+        ({"authorized_keys": ["ssh-ed25519 AAAA a\nssh-rsa BBBB b"]}, ImageError, "public key"),
+        ({"root_password": "two\nlines"}, ImageError, "password"),
+        ({"files_dir": Path("/nonexistent/files")}, ImageError, "does not exist"),
+        ({"startup_scripts": [("a", "x"), ("a", "y")]}, ImageError, "two startup scripts"),
+        ({"startup_scripts": [("../evil", "x")]}, ImageError, "startup script name"),
+        ({"seed_id": "a/b"}, ImageError, "seed id"),
+    ],
+)
+def test_bad_inputs_are_refused(tmp_path: Path, changes: dict, error: type[Exception], words: str) -> None:
+    spec = SeedSpec(hostname="h")
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    with pytest.raises(error, match=words):
+        build_seed(spec, tmp_path / "seed.img")
+    assert list(tmp_path.iterdir()) == []
