@@ -1,7 +1,7 @@
 """Where a labkit installation keeps its state, read once from the environment.
 
-Everything lives under ``LABKIT_HOME`` (design.md, "State"). Paths are derived here and nowhere else, so a test can point a
-whole installation at a temporary folder with one variable.
+Everything lives under ``LABKIT_HOME`` (design.md, "State"). Paths are derived here and nowhere else, so a test
+can point a whole installation at a temporary folder with one variable.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One error tree for labkit.
 
-Every error labkit raises on purpose is a `LabkitError`. Its message is one sentence a person can act on; the CLI prints it
-and exits 1, the web app maps it to a status code. Lower-level causes are kept with ``raise ... from err``.
+Every error labkit raises on purpose is a `LabkitError`. Its message is one sentence a person can act on; the CLI
+prints it and exits 1, the web app maps it to a status code. Lower-level causes are kept with ``raise ... from err``.
 """
 
 from __future__ import annotations

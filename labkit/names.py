@@ -1,4 +1,4 @@
-"""Names that users give (machines, snapshots, images) become file names, umids and hostnames, so they are checked once here."""
+"""Names that users give (machines, snapshots, images) become file names, umids and hostnames: checked once, here."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from labkit.config import Settings
 
 if TYPE_CHECKING:
     from labkit.services.db import Database
+    from labkit.services.images import Images
     from labkit.services.machines import Machines
 
 
@@ -37,6 +38,12 @@ class App:
             self._db = Database(self.settings)
             self.on_close(self._db.close)
         return self._db
+
+    @property
+    def images(self) -> Images:
+        from labkit.services.images import Images
+
+        return Images(self.settings, self.db)
 
     @property
     def machines(self) -> Machines:

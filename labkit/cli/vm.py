@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from labkit.cli.app import App, echo_json, json_option
 from labkit.errors import StateError
 from labkit.runtime.network import parse_forward
-from labkit.services.machines import MachineView
+
+if TYPE_CHECKING:
+    from labkit.services.machines import MachineView
 
 pass_app = click.make_pass_decorator(App)
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 KEY_NAME = "labkit_ed25519"
 
 
@@ -16,6 +13,9 @@ def ensure_key(keys_dir: Path) -> Path:
     private = keys_dir / KEY_NAME
     if private.exists():
         return private
+    from cryptography.hazmat.primitives import serialization  # only on first use: it is slow to import
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     keys_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,

@@ -1,6 +1,7 @@
 """The one Backend interface every machine runtime implements (style guide 1 and 2).
 
-A backend knows nothing about courses or students: it boots a `MachineSpec` and answers with plain `MachineStatus` values.
+A backend knows nothing about courses or students: it boots a `MachineSpec` and answers with plain `MachineStatus`
+values.
 Its own truth lives in the machine's run folder and the process table, never in the database.
 """
 

@@ -6,15 +6,20 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labkit.config import Settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: Revisions are numbered 0001, 0002, ... so the newest is the largest file name prefix.
+HEAD = max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -33,15 +38,32 @@ def make_engine(settings: Settings) -> Engine:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError):
+        return None
+
+
 def upgrade(settings: Settings, engine: Engine) -> None:
-    """Bring the schema to head. A lock file keeps two labkit processes from migrating at once."""
+    """Bring the schema to head. A lock file keeps two labkit processes from migrating at once.
+
+    Alembic is imported only when there is something to do: every CLI call opens the database, and most find it current.
+    """
     settings.ensure()
+    if current_revision(engine) == HEAD:
+        return
+    from alembic import command
+
     with open(settings.home / ".migrate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with engine.begin() as connection:

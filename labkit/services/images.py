@@ -4,6 +4,7 @@ point at them, and every use checked against tampering with the list of machines
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -11,7 +12,12 @@ from sqlalchemy.orm import Session
 
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, TamperedImageError
+from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageRecord, ImageStore
+from labkit.progress import Reporter, silent
+from labkit.services.audit import current_actor
+from labkit.services.audit import record as record_event
+from labkit.services.db import Database
 from labkit.services.models import Image, Machine
 
 
@@ -56,30 +62,70 @@ def require_intact(session: Session, settings: Settings, image: Image) -> None:
         raise TamperedImageError(f"{err}{broken}") from err
 
 
-def verify(session: Session, settings: Settings, name: str | None = None) -> list[tuple[ImageRecord, list[str],
-                                                                                      list[str]]]:
-    """Every stored version (of ``name``) with its problems and the machines on it."""
-    store = ImageStore(settings)
-    results = []
-    for record in store.list():
-        if name and record.name != name:
-            continue
-        row = mirror(session, record)
-        results.append((record, store.verify(record, full=True), dependents(session, row)))
-    return results
+class Images:
+    """``labkit image ...``: the image store, with the database's knowledge of which machines stand on which image."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = ImageStore(settings)
+
+    def build(self, name: str, recipes: Path | None = None, if_missing: bool = False,
+              progress: Reporter = silent) -> tuple[ImageRecord, bool]:
+        """Build image NAME (a new version); with ``if_missing`` keep the newest one built from the same recipe.
+
+        Returns the record and whether a build happened.
+        """
+        recipe = find_recipe(recipes or self.settings.recipes, name)
+        if if_missing:
+            current = [r for r in self.store.list(name) if r.recipe_digest == recipe.digest]
+            if current and not self.store.verify(current[-1], full=False):
+                return current[-1], False
+        record = self.store.build(recipe, progress=progress)
+        with self.db.transaction() as session:
+            mirror(session, record)
+            record_event(session, current_actor(), "image-build", record.ref, record.sha256)
+        return record, True
+
+    def verify(self, name: str | None = None, full: bool = True) -> list[ImageCheck]:
+        """Every stored version (of ``name``) with its problems and the machines standing on it."""
+        records = self.store.list(name)
+        if name and not records:
+            self.store.get(name)  # raises NotFoundError naming the images there are
+        with self.db.transaction() as session:
+            return [self._check(session, record, full) for record in records]
+
+    def show(self, ref: str) -> ImageCheck:
+        record = self.store.get(*parse_ref(ref))
+        with self.db.transaction() as session:
+            return self._check(session, record, full=False)
+
+    def _check(self, session: Session, record: ImageRecord, full: bool) -> ImageCheck:
+        return ImageCheck(record, self.store.verify(record, full=full), dependents(session, mirror(session, record)))
+
+    def remove(self, ref: str) -> ImageRecord:
+        """Delete one stored version, refusing while any machine's overlay depends on it."""
+        name, version = parse_ref(ref)
+        if version is None:
+            raise BadNameError(f"say which version of {name} to remove, as {name}:VERSION")
+        record = self.store.get(name, version)
+        with self.db.transaction() as session:
+            row = mirror(session, record)
+            users = dependents(session, row)
+            if users:
+                raise ConflictError(f"image {record.ref} is the base of machines {', '.join(users)}; remove them first")
+            self.store.remove(record)
+            session.delete(row)
+            record_event(session, current_actor(), "image-remove", record.ref)
+        return record
 
 
-def remove(session: Session, settings: Settings, ref: str) -> Path:
-    """Delete one stored version, refusing while any machine's overlay depends on it."""
-    name, version = parse_ref(ref)
-    if version is None:
-        raise BadNameError(f"say which version of {name} to remove, as {name}:VERSION")
-    store = ImageStore(settings)
-    record = store.get(name, version)
-    row = mirror(session, record)
-    users = dependents(session, row)
-    if users:
-        raise ConflictError(f"image {name}:{version} is the base of machines {', '.join(users)}; remove them first")
-    store.remove(record)
-    session.delete(row)
-    return Path(record.path)
+@dataclass(frozen=True)
+class ImageCheck:
+    record: ImageRecord
+    problems: list[str]
+    machines: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.record.to_json(), "ref": self.record.ref, "ok": not self.problems, "problems": self.problems,
+                "machines": self.machines}

@@ -14,16 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
-from labkit.guest import Guest
-from labkit.guest.console import ConsoleTransport
 from labkit.guest.keys import ensure_key, public_key
-from labkit.guest.ssh import SshTransport
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.names import check_name
 from labkit.overlays import get_overlay
@@ -35,6 +33,9 @@ from labkit.services import images as image_service
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.models import Machine, Snapshot
+
+if TYPE_CHECKING:
+    from labkit.guest import Guest
 
 SSH_PORT = 22
 LIVE = (State.RUNNING, State.PAUSED, State.STARTING, State.STOPPING)
@@ -353,6 +354,10 @@ class Machines:
 
     def open_guest(self, name: str) -> Guest:
         """A Guest handle for a running machine: SSH through its forward, the console as fallback."""
+        from labkit.guest import Guest  # paramiko and pexpect load only for commands that talk to a guest
+        from labkit.guest.console import ConsoleTransport
+        from labkit.guest.ssh import SshTransport
+
         with self.db.transaction() as session:
             machine = self._get(session, name)
             status = self._reconcile(session, machine)

@@ -57,4 +57,4 @@ def test_image_errors_are_one_line(cli_env: dict[str, str]) -> None:
     code, _, err = run(cli_env, "image", "rm", "tiny")
     assert code == 1 and "which version" in err
     code, _, err = run(cli_env, "image", "show", "tiny:x")
-    assert code == 1 and "must be a number" in err
+    assert code == 1 and "whole-number version" in err

@@ -1,0 +1,124 @@
+"""Host-side networking facts every backend needs: stable MACs, forward parsing, free and listening ports.
+
+Nothing here talks to a guest; it only looks at names and at the host's own sockets (bind tests, /proc/net/tcp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+from labkit.errors import BadNameError, ConflictError
+from labkit.runtime.base import Forward
+
+
+def machine_mac(name: str) -> str:
+    """A MAC address derived from ``name``: the same name always gets the same MAC (so DHCP leases and forwards to a
+    fixed guest address keep working across boots), locally administered and unicast so it never clashes with a
+    vendor's address."""
+    digest = bytearray(hashlib.sha256(f"labkit-mac:{name}".encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02  # clear multicast bit, set locally administered bit
+    return ":".join(f"{b:02x}" for b in digest)
+
+
+def parse_forward(text: str) -> Forward:
+    """Parse ``HOST:GUEST`` (``0:22`` = any free host port to guest 22) into a Forward."""
+    host, sep, guest = text.strip().partition(":")
+    if not sep or not host.isdigit() or not guest.isdigit():
+        raise BadNameError(f"port forward {text!r} must look like HOST:GUEST with two port numbers (HOST 0 = any free)")
+    forward = Forward(int(host), int(guest))
+    check_forward(forward)
+    return forward
+
+
+def check_forward(forward: Forward) -> None:
+    """Refuse port numbers outside 0..65535 (host) and 1..65535 (guest)."""
+    if not 0 <= forward.host_port <= 65535:
+        raise BadNameError(f"host port {forward.host_port} of forward {forward} is not between 0 and 65535")
+    if not 1 <= forward.guest_port <= 65535:
+        raise BadNameError(f"guest port {forward.guest_port} of forward {forward} is not between 1 and 65535")
+
+
+def port_is_free(port: int, address: str = "0.0.0.0") -> bool:
+    """True when a TCP listener could bind ``address:port`` now (SO_REUSEADDR, like the listeners we start, so a
+    connection in TIME_WAIT does not count as busy; a listener on any address does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def pick_free_port(avoid: set[int] | frozenset[int] = frozenset(), address: str = "0.0.0.0") -> int:
+    """A TCP port free on ``address`` now and not in ``avoid`` (the kernel's choice from the ephemeral range)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((address, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise ConflictError(f"found no free TCP port on {address} after 100 tries")
+
+
+def resolve_forwards(forwards: tuple[Forward, ...], address: str = "0.0.0.0") -> tuple[Forward, ...]:
+    """Give every ``host_port`` 0 a free port and check that every fixed host port is free and used once.
+
+    Raises ConflictError naming the port and its forward. A port can still be taken between this check and the
+    listener starting; backends confirm afterwards with `listening_ports`.
+    """
+    taken: set[int] = set()
+    for forward in forwards:
+        check_forward(forward)
+        if forward.host_port:
+            if forward.host_port in taken:
+                raise ConflictError(f"host port {forward.host_port} appears in two forwards ({forward} and another)")
+            taken.add(forward.host_port)
+    resolved = []
+    for forward in forwards:
+        if forward.host_port == 0:
+            port = pick_free_port(taken, address)
+            taken.add(port)
+            resolved.append(Forward(port, forward.guest_port))
+            continue
+        if not port_is_free(forward.host_port, address):
+            raise ConflictError(f"host port {forward.host_port} of forward {forward} is already in use on {address}")
+        resolved.append(forward)
+    return tuple(resolved)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports on which one of ``pids`` holds a listening socket (from /proc/net/tcp and tcp6).
+
+    Used to confirm that a forward is served by the machine's own helper, not by some other program that took the port.
+    """
+    inodes: set[int] = set()
+    for pid in pids:
+        inodes |= _socket_inodes(pid)
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[9]) in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

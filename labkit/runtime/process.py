@@ -1,0 +1,163 @@
+"""Pid files that cannot be fooled by a reused PID: each records the process's start time from /proc/<pid>/stat.
+
+Backends keep no process handles in memory (the CLI exits, the web app restarts), so the run folder's pid files plus
+/proc are the only truth. A pid file names a live process only if that PID exists now *and* started at the recorded
+time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks after boot), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ')', so split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (R, S, Z, t ...), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A PID together with its start time: the identity of one process for as long as the host runs."""
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord:
+        start = process_start_time(pid)
+        if start is None:
+            raise ProcessLookupError(pid)
+        return cls(pid, start)
+
+    def alive(self) -> bool:
+        """True while this very process exists and has not exited (a zombie counts as gone)."""
+        return process_start_time(self.pid) == self.start_time and process_state(self.pid) not in (None, "Z", "X")
+
+    def write(self, path: Path) -> None:
+        """Write ``PID START_TIME`` atomically."""
+        write_atomic(path, f"{self.pid} {self.start_time}\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ProcessRecord | None:
+        """The record in ``path``, or None when the file is missing or unreadable (a crash mid-write cannot happen:
+        writes are atomic, so garbage means someone else wrote it)."""
+        try:
+            pid, start = path.read_text().split()
+            return cls(int(pid), int(start))
+        except (OSError, ValueError):
+            return None
+
+    def send(self, signum: int) -> bool:
+        """Send ``signum`` if this is still the recorded process; False when it was already gone."""
+        if not self.alive():
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+            return True
+        return False
+
+    def kill_group(self, signum: int = signal.SIGKILL) -> bool:
+        """Signal the process group this process leads (its PID is the group id).
+
+        Safe even after the leader died: the kernel does not hand out a PID while a process group still uses it as
+        its id, so a non-empty group with this id is still ours.
+        """
+        leader_alive = self.alive()
+        if not leader_alive and not process_group_members(self.pid):
+            return False
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def processes_running(argv: list[str]) -> list[int]:
+    """PIDs of live processes whose command line is exactly ``argv``.
+
+    UML's helper threads are clones of ``linux`` that keep its command line, and one of them (the SIGWINCH thread a tty
+    console gets) calls setsid(), leaving the process group. A machine's argv holds its unique ``umid=`` and
+    ``uml_dir=``, so it names that machine's processes and no one else's.
+    """
+    wanted = b"\0".join(os.fsencode(a) for a in argv) + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes() != wanted:
+                continue
+        except OSError:
+            continue
+        if process_state(int(entry.name)) not in (None, "Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def end_processes(pgid: int | None, argv: list[str] | None, timeout: float = 5.0) -> list[int]:
+    """SIGKILL process group ``pgid`` and every process running exactly ``argv``, until none is left or ``timeout``
+    passes; return the PIDs still alive (empty on success)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = set(process_group_members(pgid) if pgid else ()) | set(processes_running(argv) if argv else ())
+        if not left:
+            return []
+        if pgid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return sorted(left)
+        time.sleep(0.05)

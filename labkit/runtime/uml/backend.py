@@ -1,0 +1,406 @@
+"""UmlBackend: runs a `MachineSpec` as an unprivileged User-Mode Linux guest (docs/runtime.md tells the whole story).
+
+Nothing is held in memory between calls: every verb reads the run folder (pid files with start times, ready and pause
+marks, recorded forwards) and the process table, so a restarted CLI or web app sees the same truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import labkit
+from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, StateError
+from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
+from labkit.names import check_name
+from labkit.progress import ProgressEvent, Reporter, silent
+from labkit.runtime.base import Backend, MachineSpec, MachineStatus, State
+from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
+from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
+from labkit.runtime.uml.rundir import RunDir
+from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
+
+#: sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+#: Debian packages providing the programs this backend runs.
+PACKAGES = {"linux": "user-mode-linux"}
+
+
+def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
+    """The last ``lines`` lines of a console log (or a note that there is none), for error messages."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return f"(no console log at {path})"
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
+
+
+class UmlBackend(Backend):
+    """Machines as ``linux`` processes, each under its own console supervisor, networked through `UmlNetwork`."""
+
+    kind = "uml"
+
+    def __init__(self, linux_binary: str = "linux", network: UmlNetwork | None = None,
+                 python: str = sys.executable, ready_marker: str = READY_MARKER) -> None:
+        self.linux_binary = linux_binary
+        self.network = network or SlirpNetwork()
+        self.python = python
+        self.ready_marker = ready_marker
+
+    # ---- paths
+
+    @staticmethod
+    def uml_dir(spec: MachineSpec) -> Path:
+        """UML's own folder (``uml_dir=``), shared by the machines of one run root and short, for the mconsole path.
+
+        Not the run root itself: UML owns ``<uml_dir>/<umid>/`` and empties it at start and exit, so with the run root
+        it would wipe the run folder ``<root>/<name>``. A leading dot keeps it apart from every valid machine name.
+        """
+        return spec.run_dir.parent / ".uml"
+
+    def instance_dir(self, spec: MachineSpec) -> Path:
+        return self.uml_dir(spec) / spec.name
+
+    def mconsole_path(self, spec: MachineSpec) -> Path:
+        return self.instance_dir(spec) / "mconsole"
+
+    def mconsole(self, spec: MachineSpec, timeout: float = 5.0) -> MconsoleClient:
+        return MconsoleClient(self.mconsole_path(spec), timeout)
+
+    # ---- checks
+
+    def _find_linux(self) -> str:
+        found = shutil.which(self.linux_binary)
+        if found is None:
+            raise ConfigError(f"the UML kernel {self.linux_binary!r} is not installed or not on PATH "
+                              "(Debian package 'user-mode-linux')")
+        return found
+
+    def check(self) -> list[str]:
+        missing = []
+        if shutil.which(self.linux_binary) is None:
+            missing.append(f"{self.linux_binary} (Debian package {PACKAGES['linux']}) is not installed or not on PATH")
+        for binary, package in self.network.requirements().items():
+            if shutil.which(binary) is None:
+                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH")
+        tmp = os.environ.get("TMPDIR") or "/tmp"
+        if not os.access(tmp, os.W_OK) and not os.access("/dev/shm", os.W_OK):
+            missing.append(f"neither {tmp} nor /dev/shm is writable: UML keeps guest memory in a file there")
+        return missing
+
+    def _check_spec(self, spec: MachineSpec) -> None:
+        check_name(spec.name, "machine name")
+        for label, path in (("mconsole socket", self.mconsole_path(spec)),
+                            ("console socket", RunDir(spec.run_dir).console_sock)):
+            if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+                raise ConfigError(f"the {label} path {path} is {len(os.fsencode(path))} bytes, over the UNIX socket "
+                                  f"limit of {MAX_SOCKET_PATH}; set LABKIT_RUN to a shorter folder (e.g. /tmp/lk)")
+        if not spec.image.is_file():
+            raise NotFoundError(f"base image {spec.image} of machine {spec.name} does not exist")
+        if spec.seed is not None and not spec.seed.is_file():
+            raise NotFoundError(f"seed disk {spec.seed} of machine {spec.name} does not exist")
+        for path in (spec.image, spec.overlay, *((spec.seed,) if spec.seed else ())):
+            if "," in str(path) or any(c.isspace() for c in str(path)):
+                raise ConfigError(f"{path} holds a comma or white space, which UML's ubd option cannot carry")
+
+    def command_line(self, spec: MachineSpec, linux: str, net_args: list[str]) -> list[str]:
+        """The ``linux`` argv. ``ubd0=COW,BACKING`` opens an existing COW overlay (UML checks that its recorded
+        backing file, size and mtime match) or creates it; the seed is attached read-only as the second disk."""
+        argv = [linux, f"mem={spec.memory_mb}M", f"umid={spec.name}", f"uml_dir={self.uml_dir(spec)}",
+                f"ubd0={spec.overlay.absolute()},{spec.image.absolute()}"]
+        if spec.seed is not None:
+            argv.append(f"ubd1r={spec.seed.absolute()}")
+        argv += ["root=/dev/ubda", "rw", *net_args, "con=null", "ssl=null", "con0=fd:0,fd:1", *spec.kernel_args]
+        return argv
+
+    # ---- status
+
+    def status(self, spec: MachineSpec) -> MachineStatus:
+        run = RunDir(spec.run_dir)
+        sup = ProcessRecord.read(run.supervisor_pid)
+        linux = ProcessRecord.read(run.linux_pid)
+        sup_alive = bool(sup and sup.alive())
+        linux_alive = bool(linux and linux.alive())
+        forwards = self.network.recorded_forwards(spec.run_dir)
+        extra = {"console_socket": str(run.console_sock), "mconsole": str(self.mconsole_path(spec)),
+                 "console_log": str(spec.console_log)}
+        started_at = None
+        with contextlib.suppress(OSError):
+            started_at = run.linux_pid.stat().st_mtime
+
+        if not sup_alive and not linux_alive:
+            detail = self._last_exit(run)
+            if any(path.exists() for path in run.runtime_files()):
+                # A supervisor that died cannot clean up after itself: do it now, including UML's helpers.
+                end_processes(linux.pid if linux else None, run.machine_argv())
+                self._clean_after_crash(spec)
+                detail = "the machine's processes were gone without a clean exit; cleaned up what they left"
+            return MachineStatus(State.STOPPED, forwards=forwards, detail=detail, extra=extra)
+        linux_pid = linux.pid if linux and linux_alive else None
+        sup_pid = sup.pid if sup and sup_alive else None
+
+        def report(state: State, detail: str = "", ready: bool = False) -> MachineStatus:
+            return MachineStatus(state, pid=linux_pid, supervisor_pid=sup_pid, forwards=forwards,
+                                 started_at=started_at if linux_pid else None, ready=ready, detail=detail, extra=extra)
+
+        if not linux_alive:
+            if linux is None:
+                return report(State.STARTING, "the supervisor is starting linux")
+            return report(State.STOPPING, "linux ended; the supervisor is cleaning up")
+        if not sup_alive:
+            return report(State.ERROR, f"linux (pid {linux_pid}) runs without its console supervisor; stop or kill it")
+        ready = run.ready.exists()
+        if run.paused.exists():
+            return report(State.PAUSED, ready=ready)
+        return report(State.RUNNING if ready else State.STARTING, ready=ready)
+
+    @staticmethod
+    def _last_exit(run: RunDir) -> str:
+        record = run.read_json(run.exit_record)
+        if not isinstance(record, dict):
+            return ""
+        return f"last run {record.get('reason', 'ended')} with code {record.get('returncode')}"
+
+    def _clean_after_crash(self, spec: MachineSpec) -> None:
+        """Remove the run folder's live-run files and UML's stale ``<uml_dir>/<umid>/`` (left by a killed linux)."""
+        RunDir(spec.run_dir).clean_runtime_files()
+        instance = self.instance_dir(spec)
+        try:
+            owner = int((instance / "pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            owner = None
+        if owner is not None:
+            try:
+                cmdline = Path(f"/proc/{owner}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                cmdline = []
+            if f"umid={spec.name}".encode() in cmdline:
+                return  # a live UML with this umid owns it (not one of ours: ours is gone)
+        for name in ("mconsole", "pid"):
+            with contextlib.suppress(OSError):
+                (instance / name).unlink()
+        with contextlib.suppress(OSError):
+            instance.rmdir()
+
+    def _require(self, spec: MachineSpec, allowed: tuple[State, ...], verb: str) -> MachineStatus:
+        current = self.status(spec)
+        if current.state not in allowed:
+            raise StateError(f"cannot {verb} machine {spec.name}: it is {current.state}", current.state)
+        return current
+
+    # ---- start
+
+    def start(self, spec: MachineSpec, *, wait: bool = True, timeout: float = 60.0,
+              progress: Reporter = silent) -> MachineStatus:
+        self._check_spec(spec)
+        current = self.status(spec)
+        if current.state != State.STOPPED:
+            raise StateError(f"cannot start machine {spec.name}: it is already {current.state}", current.state)
+        linux = self._find_linux()
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an earlier run that escaped every clean-up would hold the disks' locks.
+        end_processes(None, RunDir(spec.run_dir).machine_argv())
+        self.uml_dir(spec).mkdir(exist_ok=True)
+        spec.console_log.parent.mkdir(parents=True, exist_ok=True)
+        spec.overlay.parent.mkdir(parents=True, exist_ok=True)
+        run = RunDir(spec.run_dir)
+        progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
+        net_args, forwards = self.network.prepare(spec)
+        with contextlib.suppress(FileNotFoundError):
+            run.exit_record.unlink()
+        run.write_json(run.supervisor_spec, {
+            "argv": self.command_line(spec, linux, net_args),
+            "console_log": str(spec.console_log.absolute()),
+            "ready_marker": self.ready_marker,
+            "error_marker": ERROR_MARKER,
+            "instance_dir": str(self.instance_dir(spec)),
+        })
+        progress(ProgressEvent("boot", message=f"starting {spec.name}"))
+        deadline = time.monotonic() + timeout
+        try:
+            self._spawn_supervisor(spec)
+            record = self._wait_for_linux(spec, deadline)
+            if not wait:
+                return self.status(spec)
+            self._wait_until_ready(spec, deadline)
+            progress(ProgressEvent("network", message=f"checking the forwards of {spec.name}"))
+            self.network.confirm(spec, forwards, lambda: process_group_members(record.pid),
+                                 timeout=min(10.0, max(2.0, deadline - time.monotonic())))
+        except BaseException:
+            self._teardown(spec)
+            raise
+        progress(ProgressEvent("ready", message=f"{spec.name} is ready"))
+        return self.status(spec)
+
+    def _spawn_supervisor(self, spec: MachineSpec) -> None:
+        run = RunDir(spec.run_dir)
+        env = dict(os.environ)
+        package_root = str(Path(labkit.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        with open(run.supervisor_log, "ab") as log:
+            launcher = subprocess.Popen(
+                [self.python, "-m", "labkit.runtime.uml.supervisor", "--detach", str(spec.run_dir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
+                cwd=spec.run_dir, env=env)
+        try:
+            code = launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired as err:
+            launcher.kill()
+            launcher.wait()
+            raise RuntimeBackendError(f"the console supervisor of {spec.name} did not detach; see "
+                                      f"{run.supervisor_log}") from err
+        if code != 0:
+            raise RuntimeBackendError(f"the console supervisor of {spec.name} failed to start (exit {code}); see "
+                                      f"{run.supervisor_log}")
+
+    def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
+        return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
+                                   f"{console_tail(spec.console_log)}")
+
+    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | None:
+        run = RunDir(spec.run_dir)
+        if run.exit_record.exists():
+            return self._failure(spec, self._last_exit(run).replace("last run", "ended while starting:"))
+        sup = ProcessRecord.read(run.supervisor_pid)
+        if sup is not None and not sup.alive():
+            return self._failure(spec, f"lost its console supervisor while starting (see {run.supervisor_log})")
+        return None
+
+    def _wait_for_linux(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
+        run = RunDir(spec.run_dir)
+        while True:
+            record = ProcessRecord.read(run.linux_pid)
+            if record is not None:
+                return record
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise self._failure(spec, "was not started by its supervisor in time")
+            time.sleep(0.02)
+
+    def _wait_until_ready(self, spec: MachineSpec, deadline: float) -> None:
+        run = RunDir(spec.run_dir)
+        while not run.ready.exists():
+            if run.guest_error.exists():
+                time.sleep(0.3)  # let the rest of the error line reach the log
+                lines = [line for line in console_tail(spec.console_log, 200).splitlines() if ERROR_MARKER in line]
+                reason = lines[-1].split(ERROR_MARKER, 1)[1].strip() if lines else "(see the console log)"
+                raise self._failure(spec, f"reported that it cannot become ready: {reason}")
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
+            time.sleep(0.05)
+
+    # ---- stop, kill
+
+    def _teardown(self, spec: MachineSpec, grace: float = 5.0) -> None:
+        """End everything of this machine that runs, by recorded PIDs, process group and command line, and clean its
+        run folder."""
+        run = RunDir(spec.run_dir)
+        linux = ProcessRecord.read(run.linux_pid)
+        sup = ProcessRecord.read(run.supervisor_pid)
+        end_processes(linux.pid if linux else None, run.machine_argv())
+        # The supervisor notices, records the exit and removes its files; if it does not, it goes too.
+        if sup is not None and not self._wait_gone(sup, grace):
+            sup.send(signal.SIGKILL)
+            self._wait_gone(sup, 2.0)
+        end_processes(linux.pid if linux else None, run.machine_argv())
+        self._clean_after_crash(spec)
+
+    @staticmethod
+    def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while record.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _wait_supervisor(self, spec: MachineSpec, sup_pid: int | None, timeout: float) -> None:
+        run = RunDir(spec.run_dir)
+        sup = ProcessRecord.read(run.supervisor_pid)
+        if sup is not None and sup.pid == sup_pid and not self._wait_gone(sup, timeout):
+            self._teardown(spec)
+
+    def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
+        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
+                                "stop")
+        run = RunDir(spec.run_dir)
+        linux = ProcessRecord.read(run.linux_pid)
+        if linux is not None and current.state != State.STOPPING:
+            with self.mconsole(spec) as console:
+                if current.state == State.PAUSED:
+                    with contextlib.suppress(MconsoleError):
+                        console.go()
+                    with contextlib.suppress(FileNotFoundError):
+                        run.paused.unlink()
+                asked = False
+                with contextlib.suppress(MconsoleError):
+                    console.cad()
+                    asked = True
+                if not (asked and self._wait_gone(linux, timeout)):
+                    with contextlib.suppress(MconsoleError):
+                        console.halt()
+                    if not self._wait_gone(linux, 5.0):
+                        end_processes(linux.pid, run.machine_argv())
+        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        return self.status(spec)
+
+    def kill(self, spec: MachineSpec) -> MachineStatus:
+        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
+                                "kill")
+        run = RunDir(spec.run_dir)
+        linux = ProcessRecord.read(run.linux_pid)
+        end_processes(linux.pid if linux else None, run.machine_argv())
+        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        return self.status(spec)
+
+    # ---- pause, resume, sync
+
+    def pause(self, spec: MachineSpec) -> MachineStatus:
+        self._require(spec, (State.RUNNING,), "pause")
+        with self.mconsole(spec) as console:
+            console.stop()
+        RunDir(spec.run_dir).paused.write_text(f"{time.time()}\n")
+        return self.status(spec)
+
+    def resume(self, spec: MachineSpec) -> MachineStatus:
+        self._require(spec, (State.PAUSED,), "resume")
+        with self.mconsole(spec) as console:
+            console.go()
+        with contextlib.suppress(FileNotFoundError):
+            RunDir(spec.run_dir).paused.unlink()
+        return self.status(spec)
+
+    def sync(self, spec: MachineSpec) -> None:
+        self._require(spec, (State.RUNNING,), "sync")
+        with self.mconsole(spec) as console:
+            console.sysrq("s")
+
+    # ---- endpoints
+
+    def console_socket(self, spec: MachineSpec) -> Path:
+        return RunDir(spec.run_dir).console_sock
+
+    def ssh_endpoint(self, spec: MachineSpec) -> tuple[str, int] | None:
+        current = self.status(spec)
+        if current.state == State.STOPPED:
+            return None
+        for forward in current.forwards:
+            if forward.guest_port == 22:
+                return ("127.0.0.1", forward.host_port)
+        return None

@@ -1,0 +1,92 @@
+"""The files in one UML machine's run folder: the only place its runtime state lives (docs/runtime.md lists them).
+
+The backend writes the spec, the slirp wrapper, the forwards and the pause mark; the supervisor writes the pid files,
+the console socket, the ready mark and the exit record. Either side, and `UmlBackend.status` after a crash, may remove
+what a dead process left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit.runtime.process import write_atomic
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Names of the files in a machine's run folder."""
+
+    path: Path
+
+    @property
+    def supervisor_spec(self) -> Path:
+        """What the supervisor runs (JSON, written by the backend before it starts the supervisor)."""
+        return self.path / "supervisor.json"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.path / "supervisor.pid"
+
+    @property
+    def linux_pid(self) -> Path:
+        """The main ``linux`` process; its PID is also its process group id."""
+        return self.path / "linux.pid"
+
+    @property
+    def console_sock(self) -> Path:
+        return self.path / "console.sock"
+
+    @property
+    def ready(self) -> Path:
+        """Exists once the guest printed the readiness marker during this boot."""
+        return self.path / "ready"
+
+    @property
+    def guest_error(self) -> Path:
+        """Exists once the guest printed its error marker (it cannot become ready) during this boot."""
+        return self.path / "guest-error"
+
+    @property
+    def exit_record(self) -> Path:
+        """How the last run ended (JSON: returncode, ended_at, reason)."""
+        return self.path / "exit.json"
+
+    @property
+    def paused(self) -> Path:
+        """Exists while the machine is paused through mconsole ``stop``."""
+        return self.path / "paused"
+
+    @property
+    def supervisor_log(self) -> Path:
+        """The supervisor's own stdout/stderr (its errors, not the guest console)."""
+        return self.path / "supervisor.log"
+
+    def runtime_files(self) -> tuple[Path, ...]:
+        """Files that describe a live run, removed when it ends (the exit record and forwards stay as history)."""
+        return (self.supervisor_pid, self.linux_pid, self.console_sock, self.ready, self.paused, self.guest_error)
+
+    def clean_runtime_files(self) -> None:
+        for path in self.runtime_files():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def machine_argv(self) -> list[str] | None:
+        """The ``linux`` command line of the current (or last) run: it names that machine's processes."""
+        spec = self.read_json(self.supervisor_spec)
+        if isinstance(spec, dict) and isinstance(spec.get("argv"), list):
+            return [str(a) for a in spec["argv"]]
+        return None
+
+    def write_json(self, path: Path, value: Any) -> None:
+        write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, path: Path) -> Any:
+        """The JSON in ``path``, or None when missing or unreadable."""
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None

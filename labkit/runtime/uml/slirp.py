@@ -1,0 +1,122 @@
+"""A UML guest's network, behind a small interface; classic SLIRP (unprivileged user-space NAT) is the first transport.
+
+UML starts a slirp helper itself when the guest brings eth0 up (``eth0=slirp,MAC,HELPER``). It splits that argument on
+commas and spaces (and turns '_' into a space), so slirp's own options go into a per-machine wrapper script in the run
+folder, named relative to it (``linux`` runs there). Classic slirp's
+``redir`` listens on 0.0.0.0, so forwarded ports are reachable from other hosts too (docs/runtime.md).
+
+VDE or the vector transport (Linux >= 6.16 dropped the legacy ``slirp``/``vde`` transports) plug in as further
+`UmlNetwork` classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
+from labkit.runtime.base import Forward, MachineSpec
+from labkit.runtime.network import listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.process import write_atomic
+
+FORWARDS_FILE = "forwards.json"
+
+
+class UmlNetwork(ABC):
+    """How one machine's eth0 reaches the host, and how its host port forwards are set up and confirmed."""
+
+    @abstractmethod
+    def requirements(self) -> dict[str, str]:
+        """Host programs this transport runs: program -> Debian package that provides it."""
+
+    @abstractmethod
+    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
+        """Check host resources, write helper files into the run folder; return kernel arguments and the forwards
+        with every host port resolved. Raises ConflictError for a busy port."""
+
+    @abstractmethod
+    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+                timeout: float) -> None:
+        """Return once every forward is served by the machine's own processes (``machine_pids`` lists them now),
+        else raise ConflictError."""
+
+    @staticmethod
+    def record_forwards(run_dir: Path, forwards: tuple[Forward, ...]) -> None:
+        write_atomic(run_dir / FORWARDS_FILE,
+                     json.dumps([{"host_port": f.host_port, "guest_port": f.guest_port} for f in forwards]) + "\n")
+
+    @staticmethod
+    def recorded_forwards(run_dir: Path) -> tuple[Forward, ...]:
+        """The forwards written at the last start (empty when there is no record)."""
+        try:
+            rows = json.loads((run_dir / FORWARDS_FILE).read_text())
+            return tuple(Forward(int(row["host_port"]), int(row["guest_port"])) for row in rows)
+        except (OSError, ValueError, KeyError, TypeError):
+            return ()
+
+
+class SlirpNetwork(UmlNetwork):
+    """Classic slirp 1.0.17 on eth0: guest 10.0.2.15/24, host seen as 10.0.2.2, DNS 10.0.2.3."""
+
+    WRAPPER = "slirp.sh"
+
+    def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2") -> None:
+        self.slirp_binary = slirp_binary
+        self.host_addr = host_addr
+
+    def requirements(self) -> dict[str, str]:
+        return {self.slirp_binary: "slirp"}
+
+    def binary(self) -> str:
+        found = shutil.which(self.slirp_binary)
+        if found is None:
+            raise ConfigError(f"the slirp program {self.slirp_binary!r} is not installed (Debian package 'slirp')")
+        return found
+
+    def wrapper_text(self, binary: str, forwards: tuple[Forward, ...]) -> str:
+        """The helper script UML runs: slirp with ``host addr`` (so forwarded connections do not arrive from loopback,
+        which the guest drops) and one ``redir HOST GUEST`` per forward. Only integers go in, so nothing needs quoting
+        beyond the binary's path."""
+        words = [f'"host addr {self.host_addr}"'] + [f'"redir {f.host_port} {f.guest_port}"' for f in forwards]
+        quoted_binary = "'" + binary.replace("'", "'\\''") + "'"
+        return ("#!/bin/sh\n# Written by labkit: the slirp helper UML starts for eth0 of this machine.\n"
+                f"exec {quoted_binary} {' '.join(words)}\n")
+
+    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
+        binary = self.binary()
+        forwards = resolve_forwards(spec.forwards)
+        wrapper = spec.run_dir / self.WRAPPER
+        write_atomic(wrapper, self.wrapper_text(binary, forwards))
+        os.chmod(wrapper, 0o755)
+        self.record_forwards(spec.run_dir, forwards)
+        mac = spec.mac or machine_mac(spec.name)
+        # UML's slirp transport splits the helper on commas and turns every '_' into a space before it execs it, so an
+        # absolute path like /tmp/lk_x/... breaks. linux runs in the run folder, so a relative path is both short and
+        # free of those characters.
+        return [f"eth0=slirp,{mac},./{self.WRAPPER}"], forwards
+
+    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+                timeout: float) -> None:
+        if not forwards:
+            return
+        wanted = {f.host_port for f in forwards}
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = machine_pids()
+            missing = wanted - listening_ports(pids)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        port = min(missing)
+        forward = next(f for f in forwards if f.host_port == port)
+        if not pids:
+            raise RuntimeBackendError(f"machine {spec.name} ended before its forward {forward} was listening")
+        raise ConflictError(f"host port {port} of forward {forward} of machine {spec.name} is not served by its slirp "
+                            f"after {timeout:g} s: another program may hold it, or the guest never brought eth0 up")

@@ -1,0 +1,340 @@
+"""The per-machine console supervisor: ``python -m labkit.runtime.uml.supervisor RUN_DIR``.
+
+It outlives the CLI that started it (the backend starts it in a new session) and owns one ``linux`` process:
+- ``linux`` gets a pty slave as stdin/stdout/stderr (``con0=fd:0,fd:1``); the supervisor holds the master.
+- Every byte the guest prints is appended to the console log and sent to every client of ``RUN_DIR/console.sock``
+  (a UNIX stream socket, raw bytes both ways; input from any client goes to the guest).
+- When the readiness marker shows up in the output, it writes ``RUN_DIR/ready``; the guest's error marker gives
+  ``RUN_DIR/guest-error``.
+- It writes pid files (with /proc start times) for itself and for ``linux``; ``linux`` leads its own process group, so
+  UML's helper processes (its I/O threads, the guest's process hosts, slirp) can be killed as one group.
+- When ``linux`` exits it kills whatever is left of it (its group, and helpers that left the group), records the exit
+  in ``exit.json``, removes the socket and pid files, and exits.
+
+If the supervisor itself is SIGKILLed, ``linux`` receives SIGTERM (PR_SET_PDEATHSIG), on which UML tears itself and
+its helpers down; `UmlBackend.status` then finds both processes gone, removes what they left and reports STOPPED.
+SIGTERM or SIGINT to the supervisor are passed on to ``linux`` the same way; the supervisor exits once it is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import tty
+from pathlib import Path
+from typing import Any
+
+from labkit.runtime.process import ProcessRecord, end_processes, write_atomic
+from labkit.runtime.uml.rundir import RunDir
+
+#: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).
+CLIENT_BUFFER_LIMIT = 1 << 20
+#: Input waiting for the guest beyond this is dropped (a paused guest reads nothing).
+INPUT_BUFFER_LIMIT = 1 << 16
+_PR_SET_PDEATHSIG = 1
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = bytearray()
+
+
+class Supervisor:
+    """Runs one ``linux`` under a pty and serves its console; `run` returns the exit code of ``linux``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run = RunDir(run_dir)
+        spec = self.run.read_json(self.run.supervisor_spec)
+        if not isinstance(spec, dict) or not spec.get("argv"):
+            raise SystemExit(f"labkit supervisor: {self.run.supervisor_spec} is missing or has no argv")
+        self.argv: list[str] = [str(a) for a in spec["argv"]]
+        self.console_log = Path(spec["console_log"])
+        #: output marker -> file written when it first appears
+        self.markers = {str(text).encode(): path for text, path in ((spec.get("ready_marker"), self.run.ready),
+                                                                    (spec.get("error_marker"), self.run.guest_error))
+                        if text}
+        self.instance_dir = Path(spec["instance_dir"]) if spec.get("instance_dir") else None
+        self.selector = selectors.DefaultSelector()
+        self.clients: dict[int, _Client] = {}
+        self.to_guest = bytearray()
+        self.window = b""
+        self.terminating = False
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # ---- start
+
+    def run_machine(self) -> int:
+        self.run.clean_runtime_files()
+        ProcessRecord.of(os.getpid()).write(self.run.supervisor_pid)
+        master, slave = os.openpty()
+        tty.setraw(slave)  # UML sets raw mode itself, but not before it has started: no echo of early input
+        os.set_blocking(master, False)
+        self.master = master
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.run.console_sock))
+        os.chmod(self.run.console_sock, 0o600)
+        listener.listen(16)
+        listener.setblocking(False)
+        self.listener = listener
+        self.log = open(self.console_log, "ab", buffering=0)  # noqa: SIM115 (held for the life of the machine)
+
+        signal.signal(signal.SIGTERM, self._on_terminate)
+        signal.signal(signal.SIGINT, self._on_terminate)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getpid()
+
+        def die_with_supervisor() -> None:
+            # If the supervisor dies (even by SIGKILL), linux gets SIGTERM and UML tears down itself and its helpers.
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                         cwd=self.run.path, process_group=0, preexec_fn=die_with_supervisor)
+        except OSError as err:
+            message = f"labkit: cannot start {self.argv[0]}: {err}\n"
+            self.log.write(message.encode())
+            self._finish(127, f"cannot start {self.argv[0]}: {err.strerror}")
+            return 127
+        finally:
+            os.close(slave)
+        ProcessRecord.of(self.proc.pid).write(self.run.linux_pid)
+
+        self.selector.register(master, selectors.EVENT_READ, "pty")
+        self.selector.register(listener, selectors.EVENT_READ, "listen")
+        try:
+            code = self._loop()
+        except BaseException:
+            traceback.print_exc()
+            self._end_machine()
+            code = self.proc.wait()
+            self._finish(code, "supervisor failed; see supervisor.log")
+            raise
+        return code
+
+    def _on_terminate(self, _signum: int, _frame: Any) -> None:
+        self.terminating = True
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+
+    # ---- main loop
+
+    def _loop(self) -> int:
+        assert self.proc is not None
+        pty_open = True
+        while True:
+            for key, events in self.selector.select(timeout=0.25):
+                if key.data == "pty":
+                    if events & selectors.EVENT_READ:
+                        pty_open = self._read_guest()
+                    if events & selectors.EVENT_WRITE:
+                        self._write_guest()
+                elif key.data == "listen":
+                    self._accept()
+                else:
+                    client = self.clients.get(key.fd)
+                    if client is not None:
+                        self._serve_client(client, events)
+            if not pty_open or self._linux_exited():
+                return self._wind_down()
+
+    def _linux_exited(self) -> bool:
+        """Look without reaping, so the PID (and group id) stay reserved until the group is killed."""
+        assert self.proc is not None
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None and info.si_pid != 0
+
+    def _end_machine(self) -> None:
+        """Kill everything left of the machine: its process group, and UML helpers that left the group (see
+        `labkit.runtime.process.processes_running`)."""
+        assert self.proc is not None
+        left = end_processes(self.proc.pid, self.argv)
+        if left:
+            print(f"labkit supervisor: processes {left} of the machine survived SIGKILL", file=sys.stderr)
+
+    def _wind_down(self) -> int:
+        assert self.proc is not None
+        # linux exited, or closed its console. Whatever is left of it (after kill -9 of the main process UML's helpers
+        # keep running, one busy-looping, one holding the disk locks) goes now, before the leader is reaped.
+        deadline = time.monotonic() + 5
+        while not self._linux_exited() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._end_machine()
+        code = self.proc.wait()
+        self._drain_guest(time.monotonic() + 1.0)
+        reason = "exited" if code >= 0 else f"killed by signal {-code}"
+        if self.terminating:
+            reason += " (supervisor was asked to terminate)"
+        self._finish(code, reason)
+        return code
+
+    def _drain_guest(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(self.master, 65536)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            self._output(data)
+
+    def _finish(self, code: int, reason: str) -> None:
+        for client in list(self.clients.values()):
+            with contextlib.suppress(OSError):
+                client.sock.setblocking(True)
+                client.sock.settimeout(0.5)
+                client.sock.sendall(bytes(client.pending))
+            self._drop(client)
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        self.run.write_json(self.run.exit_record, {"returncode": code, "ended_at": time.time(), "reason": reason})
+        self.run.clean_runtime_files()
+        if self.instance_dir is not None:
+            # UML removes <uml_dir>/<umid>/ on a clean exit; after a kill the stale mconsole socket and pid stay.
+            for name in ("mconsole", "pid"):
+                with contextlib.suppress(OSError):
+                    (self.instance_dir / name).unlink()
+            with contextlib.suppress(OSError):
+                self.instance_dir.rmdir()
+        with contextlib.suppress(OSError):
+            self.log.close()
+
+    # ---- guest side
+
+    def _read_guest(self) -> bool:
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as err:
+            if err.errno == errno.EIO:  # every slave end closed: linux and its helpers are gone
+                return False
+            raise
+        if not data:
+            return False
+        self._output(data)
+        return True
+
+    def _output(self, data: bytes) -> None:
+        self.log.write(data)
+        if self.markers:
+            # Look at the new bytes plus the tail of the old ones, so a marker split across two reads is found.
+            window = self.window + data
+            for marker, path in list(self.markers.items()):
+                if marker in window:
+                    write_atomic(path, f"{time.time()}\n")
+                    del self.markers[marker]
+            self.window = window[-max((len(m) for m in self.markers), default=0):] if self.markers else b""
+        for client in list(self.clients.values()):
+            client.pending += data
+            if len(client.pending) > CLIENT_BUFFER_LIMIT:
+                self._drop(client)
+            else:
+                self._flush(client)
+
+    def _write_guest(self) -> None:
+        try:
+            sent = os.write(self.master, self.to_guest)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.to_guest.clear()
+            sent = 0
+        del self.to_guest[:sent]
+        self._update_pty_events()
+
+    def _update_pty_events(self) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.to_guest else 0)
+        self.selector.modify(self.master, events, "pty")
+
+    # ---- console clients
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        self.clients[sock.fileno()] = _Client(sock)
+        self.selector.register(sock, selectors.EVENT_READ, "client")
+
+    def _serve_client(self, client: _Client, events: int) -> None:
+        if events & selectors.EVENT_READ:
+            try:
+                data = client.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self._drop(client)
+                return
+            if data:
+                room = INPUT_BUFFER_LIMIT - len(self.to_guest)
+                self.to_guest += data[:max(room, 0)]
+                self._write_guest()
+        if events & selectors.EVENT_WRITE:
+            self._flush(client)
+
+    def _flush(self, client: _Client) -> None:
+        if client.pending:
+            try:
+                sent = client.sock.send(client.pending)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(client)
+                return
+            del client.pending[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.pending else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.modify(client.sock, events, "client")
+
+    def _drop(self, client: _Client) -> None:
+        fd = client.sock.fileno()
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.sock)
+        self.clients.pop(fd, None)
+        client.sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. With ``--detach`` fork once more so the caller can reap its child at once and the supervisor is
+    adopted by init (no zombie in a long-lived web process), in a session of its own."""
+    args = sys.argv[1:] if argv is None else argv
+    detach = bool(args) and args[0] == "--detach"
+    if detach:
+        args = args[1:]
+    if len(args) != 1:
+        print("usage: python -m labkit.runtime.uml.supervisor [--detach] RUN_DIR", file=sys.stderr)
+        return 2
+    if detach:
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+    code = Supervisor(Path(args[0])).run_machine()
+    return code if 0 <= code < 256 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

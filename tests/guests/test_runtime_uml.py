@@ -1,0 +1,272 @@
+"""UmlBackend against real `linux` and real classic slirp: boot, console, forwards, pause, stop, crashes.
+
+The guest is the tiny BusyBox + Dropbear image (the session's `tiny_image`) with a seed disk for the slirp network: it
+prints the readiness marker once dropbear listens and keeps a root shell on the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import ConfigError, ConflictError, StateError
+from labkit.images.guest_contract import READY_MARKER
+from labkit.images.seed import SeedSpec, build_seed
+from labkit.images.store import ImageRecord
+from labkit.runtime.base import Forward, MachineSpec, State
+from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.uml.backend import UmlBackend
+from labkit.runtime.uml.console import connect
+from labkit.runtime.uml.rundir import RunDir
+
+pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
+
+@pytest.fixture(scope="session")
+def guest_image(tiny_image: ImageRecord) -> Path:
+    """The tiny BusyBox + Dropbear image (tests/conftest.py), used read-only as every test machine's backing file."""
+    return tiny_image.path
+
+
+@pytest.fixture(scope="session")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed disk giving eth0 the classic slirp address and route."""
+    return build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
+
+
+def _end_by_pid(run_dir: Path) -> None:
+    """Teardown: end whatever the machine in ``run_dir`` still runs, by its recorded PIDs (linux's process group and
+    the processes running its exact command line, then the supervisor)."""
+    run = RunDir(run_dir)
+    linux = ProcessRecord.read(run.linux_pid)
+    sup = ProcessRecord.read(run.supervisor_pid)
+    assert end_processes(linux.pid if linux else None, run.machine_argv()) == []
+    if sup is not None:
+        sup.send(signal.SIGKILL)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A short run root (UNIX socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
+    yield path
+    for run_dir in path.iterdir():
+        if run_dir.is_dir():
+            _end_by_pid(run_dir)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1",
+              forwards: tuple[Forward, ...] = ()) -> MachineSpec:
+    return MachineSpec(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / name,
+                       console_log=root / f"{name}.log", memory_mb=64, seed=seed, forwards=forwards)
+
+
+@pytest.fixture
+def backend() -> UmlBackend:
+    backend = UmlBackend()
+    if backend.check():
+        pytest.skip("; ".join(backend.check()))
+    return backend
+
+
+@pytest.fixture
+def running(backend: UmlBackend, root: Path, guest_image: Path, seed: Path) -> MachineSpec:
+    spec = make_spec(root, guest_image, seed, forwards=(Forward(0, 22),))
+    status = backend.start(spec, timeout=60)
+    assert status.state == State.RUNNING and status.ready
+    return spec
+
+
+def read_until(sock: socket.socket, needle: bytes, timeout: float = 15.0) -> bytes:
+    sock.settimeout(0.5)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} did not arrive; got {seen[-500:]!r}")
+        with contextlib.suppress(TimeoutError):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"console closed before {needle!r}; got {seen[-500:]!r}")
+            seen += chunk
+    return seen
+
+
+def console_run(sock: socket.socket, command: str, timeout: float = 15.0) -> str:
+    """Run a shell command on the console and return its output, found between two marks that the shell computes
+    (so the echo of the typed line, wrapped or not, never matches them)."""
+    mark = f"m{time.monotonic_ns()}"
+    sock.sendall(f"\necho {mark}-$((1+1))B; {command}; echo; echo {mark}-$((2+1))E\n".encode())
+    out = read_until(sock, f"{mark}-3E".encode(), timeout).decode(errors="replace").replace("\r", "")
+    return out.split(f"{mark}-2B\n", 1)[1].split(f"{mark}-3E", 1)[0]
+
+
+def ssh_banner(port: int, timeout: float = 10.0) -> bytes:
+    """The first line the guest's SSH server sends through the forward (raises on timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        return read_until(sock, b"\n", timeout).strip()
+
+
+def wait_state(backend: UmlBackend, spec: MachineSpec, state: State, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while backend.status(spec).state != state:
+        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: MachineSpec) -> None:
+    spec = running
+    assert READY_MARKER in spec.console_log.read_text(errors="replace")
+    status = backend.status(spec)
+    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
+    group = status.pid
+
+    # Two console clients at once: input from one, output to both.
+    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
+    with first, second:
+        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))")
+        read_until(second, b"labkit-test-42")
+
+    # A host port forwarded to the guest's SSH server, as ssh_endpoint reports it.
+    endpoint = backend.ssh_endpoint(spec)
+    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
+    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
+
+    # Clean stop via ctrl-alt-del: the guest's init powers off, the supervisor records exit 0 and cleans up.
+    stopped = backend.stop(spec, timeout=30)
+    assert stopped.state == State.STOPPED
+    assert "code 0" in stopped.detail
+    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
+    assert process_group_members(group) == []
+    assert not backend.console_socket(spec).exists()
+    assert not backend.mconsole_path(spec).exists()
+    with pytest.raises(StateError, match="stopped"):
+        backend.stop(spec)
+
+
+def test_guest_reaches_host_service(backend: UmlBackend, running: MachineSpec) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello-from-host")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with connect(backend.console_socket(running)) as sock:
+            out = console_run(sock, f"wget -q -O - http://10.0.2.2:{server.server_port}/", timeout=20)
+        assert "hello-from-host" in out
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec, guest_image: Path) -> None:
+    spec = running
+    with pytest.raises(StateError, match="already running"):
+        backend.start(spec)
+    with pytest.raises(StateError, match="running"):
+        backend.resume(spec)
+    assert backend.pause(spec).state == State.PAUSED
+    assert backend.status(spec).state == State.PAUSED
+    with pytest.raises(StateError, match="paused"):
+        backend.pause(spec)
+    port = backend.status(spec).forwards[0].host_port
+    # While paused the guest answers nothing: slirp accepts the connection, but no SSH banner comes.
+    with pytest.raises(AssertionError, match="did not arrive"):
+        ssh_banner(port, timeout=2)
+    assert backend.resume(spec).state == State.RUNNING
+    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    backend.sync(spec)
+    # Stopping a paused machine resumes it first, so ctrl-alt-del still works.
+    backend.pause(spec)
+    assert backend.stop(spec, timeout=30).state == State.STOPPED
+    with pytest.raises(StateError, match="stopped"):
+        backend.kill(spec)
+
+
+def test_busy_forward_port_is_a_conflict(backend: UmlBackend, root: Path, guest_image: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
+        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
+            backend.start(spec)
+    run = RunDir(spec.run_dir)
+    assert ProcessRecord.read(run.supervisor_pid) is None
+    assert ProcessRecord.read(run.linux_pid) is None
+    assert backend.status(spec).state == State.STOPPED
+
+
+def test_kill_9_of_linux_leaves_nothing(backend: UmlBackend, running: MachineSpec) -> None:
+    spec = running
+    status = backend.status(spec)
+    assert status.pid is not None
+    assert len(process_group_members(status.pid)) > 1  # UML's helpers share the group
+    os.kill(status.pid, signal.SIGKILL)
+    wait_state(backend, spec, State.STOPPED)
+    deadline = time.monotonic() + 5
+    while process_group_members(status.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_group_members(status.pid) == []
+    # UML's SIGWINCH helper leaves the group (setsid); it is found by the machine's command line.
+    assert processes_running(RunDir(spec.run_dir).machine_argv() or ["?"]) == []
+    assert not backend.console_socket(spec).exists()
+    assert not RunDir(spec.run_dir).linux_pid.exists()
+    assert "signal 9" in backend.status(spec).detail
+    assert backend.start(spec, timeout=60).state == State.RUNNING
+    assert backend.kill(spec).state == State.STOPPED
+
+
+def test_kill_9_of_supervisor_ends_machine_and_recovers(backend: UmlBackend, running: MachineSpec) -> None:
+    spec = running
+    status = backend.status(spec)
+    assert status.pid is not None and status.supervisor_pid is not None
+    os.kill(status.supervisor_pid, signal.SIGKILL)
+    # linux gets SIGTERM (parent-death signal) and UML tears itself down; status reports it and cleans up.
+    wait_state(backend, spec, State.STOPPED)
+    assert process_group_members(status.pid) == []
+    assert processes_running(RunDir(spec.run_dir).machine_argv() or ["?"]) == []
+    after = backend.status(spec)
+    assert not RunDir(spec.run_dir).supervisor_pid.exists()
+    assert not backend.console_socket(spec).exists()
+    assert not backend.mconsole_path(spec).exists()
+    assert after.pid is None
+    assert backend.start(spec, timeout=60).state == State.RUNNING
+    assert backend.stop(spec, timeout=30).state == State.STOPPED
+
+
+def test_missing_linux_binary_is_a_clear_error(root: Path, guest_image: Path) -> None:
+    backend = UmlBackend(linux_binary="/nonexistent/linux")
+    assert any("user-mode-linux" in line for line in backend.check())
+    spec = make_spec(root, guest_image)
+    with pytest.raises(ConfigError, match="user-mode-linux"):
+        backend.start(spec)
+    assert backend.status(spec).state == State.STOPPED
+
+
+def test_boot_failure_raises_with_console_tail(backend: UmlBackend, root: Path, guest_image: Path) -> None:
+    spec = MachineSpec(name="bad", image=guest_image, overlay=root / "bad.cow", run_dir=root / "bad",
+                       console_log=root / "bad.log", memory_mb=64, kernel_args=("init=/nonexistent",))
+    with pytest.raises(Exception, match="last console lines") as info:
+        backend.start(spec, timeout=30)
+    assert "nonexistent" in str(info.value) or "panic" in str(info.value).lower()
+    assert backend.status(spec).state == State.STOPPED
+    assert ProcessRecord.read(RunDir(spec.run_dir).linux_pid) is None

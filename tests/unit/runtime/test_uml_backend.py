@@ -1,0 +1,102 @@
+"""UmlBackend without booting a kernel: its command line, path checks, state guards, slirp wrapper and prerequisites."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import ConfigError, NotFoundError, StateError
+from labkit.runtime.base import Forward, MachineSpec, State
+from labkit.runtime.network import machine_mac
+from labkit.runtime.uml.backend import UmlBackend, console_tail
+from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
+
+
+def make_spec(root: Path, name: str = "web", **kw: object) -> MachineSpec:
+    image = root / "base.img"
+    image.touch()
+    fields: dict = dict(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / "run" / name,
+                        console_log=root / f"{name}.log", memory_mb=96)
+    fields.update(kw)
+    return MachineSpec(**fields)
+
+
+def test_command_line(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.img"
+    seed.touch()
+    spec = make_spec(tmp_path, seed=seed, kernel_args=("quiet",))
+    argv = UmlBackend().command_line(spec, "/usr/bin/linux", ["eth0=slirp,x,./slirp.sh"])
+    assert argv == [
+        "/usr/bin/linux", "mem=96M", "umid=web", f"uml_dir={tmp_path}/run/.uml",
+        f"ubd0={tmp_path}/web.cow,{tmp_path}/base.img", f"ubd1r={seed}", "root=/dev/ubda", "rw",
+        "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1", "quiet",
+    ]
+
+
+def test_socket_path_over_the_limit_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    spec = make_spec(deep)
+    with pytest.raises(ConfigError, match="LABKIT_RUN"):
+        UmlBackend().start(spec)
+
+
+def test_missing_image_and_bad_paths(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, image=tmp_path / "nope.img")
+    with pytest.raises(NotFoundError, match=r"nope\.img"):
+        UmlBackend().start(spec)
+    spec = make_spec(tmp_path, overlay=tmp_path / "a,b.cow")
+    with pytest.raises(ConfigError, match="comma"):
+        UmlBackend().start(spec)
+
+
+def test_a_machine_that_never_ran_is_stopped_and_refuses_verbs(tmp_path: Path) -> None:
+    backend, spec = UmlBackend(), make_spec(tmp_path)
+    status = backend.status(spec)
+    assert status.state == State.STOPPED and status.pid is None and not status.ready
+    for verb in (backend.stop, backend.kill, backend.pause, backend.resume, backend.sync):
+        with pytest.raises(StateError, match="it is stopped") as info:
+            verb(spec)
+        assert info.value.state == State.STOPPED
+    assert backend.ssh_endpoint(spec) is None
+    assert backend.console_socket(spec) == spec.run_dir / "console.sock"
+
+
+def test_check_names_debian_packages() -> None:
+    backend = UmlBackend(linux_binary="/nonexistent/linux", network=SlirpNetwork("/nonexistent/slirp"))
+    missing = backend.check()
+    assert any("user-mode-linux" in line for line in missing)
+    assert any("package slirp" in line for line in missing)
+
+
+def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, forwards=(Forward(0, 22), Forward(0, 80)))
+    spec.run_dir.mkdir(parents=True)
+    args, forwards = SlirpNetwork("sh", host_addr="10.0.2.2").prepare(spec)
+    assert args == [f"eth0=slirp,{machine_mac('web')},./slirp.sh"]
+    wrapper = spec.run_dir / "slirp.sh"
+    assert os.access(wrapper, os.X_OK)
+    text = wrapper.read_text()
+    assert '"host addr 10.0.2.2"' in text
+    for forward in forwards:
+        assert f'"redir {forward.host_port} {forward.guest_port}"' in text
+    assert UmlNetwork.recorded_forwards(spec.run_dir) == forwards
+    assert json.loads((spec.run_dir / "forwards.json").read_text())[0]["guest_port"] == 22
+    assert UmlNetwork.recorded_forwards(tmp_path) == ()
+
+
+def test_explicit_mac_wins(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, mac="02:00:00:00:00:01")
+    spec.run_dir.mkdir(parents=True)
+    args, _ = SlirpNetwork("sh").prepare(spec)
+    assert args[0].startswith("eth0=slirp,02:00:00:00:00:01,")
+
+
+def test_console_tail(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    log.write_bytes(b"".join(f"line {i}\r\n".encode() for i in range(100)))
+    assert console_tail(log, lines=2) == "line 98\nline 99"
+    assert "no console log" in console_tail(tmp_path / "none.log")
