@@ -6,7 +6,7 @@ LABKIT := $(VENV)/bin/labkit
 PYTEST_ARGS ?=
 
 # Debian 12 packages labkit runs on (engine) and tests with.
-DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap \
+DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
 	cpio python3-venv ca-certificates
 
 .PHONY: run test lint system-deps venv clean-venv

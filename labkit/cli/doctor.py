@@ -33,6 +33,7 @@ PROGRAMS = {
     "busybox": "busybox-static",
     "dropbear": "dropbear-bin",
     "mmdebstrap": "mmdebstrap",
+    "fakechroot": "fakechroot",
 }
 EXTRA_PATH = ("/usr/sbin", "/sbin")
 

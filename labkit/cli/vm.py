@@ -115,7 +115,9 @@ def console(app: App, name: str) -> None:
     """Attach to NAME's console (several clients may attach; Ctrl-] detaches)."""
     from labkit.runtime.uml.console import attach
 
-    attach(app.machines.console_socket(name))
+    access = app.machines.console(name)
+    click.echo(f"[labkit: console of {name}; if it asks, log in as root with password {access.password}]")
+    attach(access.socket, log=access.log)
 
 
 @command.command("exec", context_settings={"ignore_unknown_options": True})

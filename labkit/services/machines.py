@@ -60,6 +60,15 @@ class MachineView:
     console_log: str
 
 
+@dataclass(frozen=True)
+class ConsoleAccess:
+    """How to reach a machine's console: the supervisor's socket, the log of what it printed, root's password."""
+
+    socket: Path
+    log: Path
+    password: str
+
+
 class Machines:
     """Create, run and look after single machines (``labkit vm ...``)."""
 
@@ -343,14 +352,16 @@ class Machines:
                     for s in machine.snapshots]
 
     # ---- inside the guest --------------------------------------------------------------------------------------
-    def console_socket(self, name: str) -> Path:
-        """Where console clients attach, for a machine that is up."""
+    def console(self, name: str) -> ConsoleAccess:
+        """Where console clients attach, for a machine that is up, and the root password its console asks for."""
         with self.db.transaction() as session:
             machine = self._get(session, name)
             status = self._reconcile(session, machine)
             if status.state not in LIVE:
                 raise StateError(f"machine {name} is {status.state.value}; start it to use its console", status.state)
-            return self._backend(machine).console_socket(self.spec(machine))
+            spec = self.spec(machine)
+            return ConsoleAccess(self._backend(machine).console_socket(spec), spec.console_log,
+                                 machine.console_password)
 
     def open_guest(self, name: str) -> Guest:
         """A Guest handle for a running machine: SSH through its forward, the console as fallback."""

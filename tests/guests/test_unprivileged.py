@@ -60,7 +60,7 @@ def test_lifecycle_as_an_ordinary_user() -> None:
         for name in COPY:
             source = REPO / name
             if source.is_dir():
-                shutil.copytree(source, work / "src" / name,
+                shutil.copytree(source, work / "src" / name, symlinks=True,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
             else:
                 shutil.copy2(source, work / "src" / name)
