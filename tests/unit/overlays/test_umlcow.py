@@ -302,6 +302,38 @@ def test_long_runs(tmp_path: Path) -> None:
     assert umlcow.count_allocated(cow) == 41
 
 
+def test_runs_across_holes_in_a_sparse_bitmap(tmp_path: Path) -> None:
+    """A bitmap of 16 KB: bits in its first and last 4 KB block, holes between. Runs end where a hole starts."""
+    base = tmp_path / "base.img"
+    with open(base, "wb") as f:
+        f.truncate(131072 * 512)  # 131072 sectors: a bitmap of four 4 KB blocks
+    cow = tmp_path / "a.cow"
+    header = umlcow.write_cow(cow, base)
+    with open(cow, "r+b") as f:
+        f.seek(header.bitmap_offset + 4095)  # sectors 32760-32767: the last byte before a hole
+        f.write(b"\xff")
+        f.seek(header.bitmap_offset + 3 * 4096)  # sector 98304: first bit after the hole
+        f.write(b"\x01")
+        f.seek(header.bitmap_offset + 4 * 4096 - 1)  # sectors 131064-131071: the very last byte
+        f.write(b"\xff")
+    with open(cow, "rb") as f:
+        extents = list(data_extents(f.fileno(), header.bitmap_offset, header.bitmap_offset + header.bitmap_bytes))
+    assert len(extents) == 2, "the middle of the bitmap must really be a hole for this test to mean anything"
+    assert list(umlcow.allocated_runs(cow)) == [(32760, 8), (98304, 1), (131064, 8)]
+    assert umlcow.count_allocated(cow) == 17
+
+
+def test_a_fresh_overlay_reads_no_bitmap(tmp_path: Path) -> None:
+    base = tmp_path / "base.img"
+    with open(base, "wb") as f:
+        f.truncate(2 << 30)
+    cow = tmp_path / "a.cow"
+    umlcow.write_cow(cow, base)
+    assert umlcow.count_allocated(cow) == 0
+    assert list(umlcow.allocated_runs(cow)) == []
+    assert os.stat(cow).st_blocks * 512 <= 16384
+
+
 # ---------------------------------------------------------------- reading through the overlay
 
 

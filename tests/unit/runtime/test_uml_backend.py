@@ -27,13 +27,16 @@ def make_spec(root: Path, name: str = "web", **kw: object) -> MachineSpec:
 def test_command_line(tmp_path: Path) -> None:
     seed = tmp_path / "seed.img"
     seed.touch()
-    spec = make_spec(tmp_path, seed=seed, kernel_args=("quiet",))
+    spec = make_spec(tmp_path, seed=seed, kernel_args=("loglevel=3",))
     argv = UmlBackend().command_line(spec, "/usr/bin/linux", ["eth0=slirp,x,./slirp.sh"])
     assert argv == [
         "/usr/bin/linux", "mem=96M", "umid=web", f"uml_dir={tmp_path}/run/.uml",
         f"ubd0={tmp_path}/web.cow,{tmp_path}/base.img", f"ubd1r={seed}", "root=/dev/ubda", "rw",
-        "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1", "quiet",
+        "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1",
+        "quiet", "initcall_blacklist=raid6_select_algo", "loglevel=3",
     ]
+    # A lab that teaches RAID 5/6 keeps the kernel's RAID6 set-up.
+    assert "initcall_blacklist=raid6_select_algo" not in UmlBackend(boot_args=()).command_line(spec, "linux", [])
 
 
 def test_socket_path_over_the_limit_is_a_config_error(tmp_path: Path) -> None:
