@@ -86,3 +86,7 @@ class LabFormatError(LabkitError):
         super().__init__(f"{where}{message}")
         self.file = file
         self.line = line
+
+
+class RosterError(LabFormatError):
+    """A roster file is wrong; says which file and line."""

@@ -40,9 +40,9 @@ def main(ctx: click.Context) -> None:
 
 def _register() -> None:
     # Explicit list, no string-built imports (style guide 3).
-    from labkit.cli import cow, doctor, image, vm
+    from labkit.cli import course, cow, doctor, image, lab, vm
 
-    for module in (image, cow, vm, doctor):
+    for module in (image, cow, vm, lab, course, doctor):
         main.add_command(module.command)
 
 

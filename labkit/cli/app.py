@@ -11,6 +11,7 @@ import click
 from labkit.config import Settings
 
 if TYPE_CHECKING:
+    from labkit.services.courses import Courses
     from labkit.services.db import Database
     from labkit.services.images import Images
     from labkit.services.machines import Machines
@@ -38,6 +39,12 @@ class App:
             self._db = Database(self.settings)
             self.on_close(self._db.close)
         return self._db
+
+    @property
+    def courses(self) -> Courses:
+        from labkit.services.courses import Courses
+
+        return Courses(self.settings, self.db)
 
     @property
     def images(self) -> Images:

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import click
 
 from labkit.cli.app import App, echo_json, json_option
-from labkit.progress import ProgressEvent
-
-
-class StatusLine:
-    """Renders build progress as one rewritten line on stderr (one line per step when stderr is not a terminal)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last_step = ""
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if event.total:
-            text = f"[{event.step}] {100 * event.done // event.total:3d}% {event.message}"
-        else:
-            text = f"[{event.step}] {event.message}"
-        if self.tty:
-            width = shutil.get_terminal_size().columns - 1
-            click.echo("\r" + text[:width].ljust(width), err=True, nl=False)
-        elif event.step != self.last_step:
-            click.echo(text, err=True)
-        self.last_step = event.step
-
-    def finish(self) -> None:
-        if self.tty:
-            click.echo("", err=True)
+from labkit.cli.progress import StatusLine
 
 
 @click.group("image")

@@ -39,6 +39,43 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """A private lab network: one switch that some machines of one student join, and nothing else.
+
+    ``folder`` holds everything the network has on the host (the switch's sockets, its pid file and log). It must be
+    short: the switch's UNIX socket paths live inside it.
+    """
+
+    name: str
+    folder: Path
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """One extra interface of a machine, plugged into a lab network. Attachments become eth1, eth2 ... in order.
+
+    ``mac`` "" means: derive it from the machine and network names (`labkit.runtime.network.network_mac`), so the
+    same machine always has the same MAC on the same network.
+    """
+
+    network: NetworkSpec
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkStatus:
+    """What is true about a lab network right now, read from its folder and the process table."""
+
+    state: State
+    pid: int | None = None
+    started_at: float | None = None
+    #: endpoints (machine interfaces) plugged into the switch now
+    attached: int = 0
+    detail: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything a backend needs to run one machine, and nothing about who owns it."""
 
@@ -51,6 +88,8 @@ class MachineSpec:
     mac: str = ""
     seed: Path | None = None
     forwards: tuple[Forward, ...] = ()
+    #: lab networks, joined as eth1, eth2 ... in this order (eth0 is the way out to the host)
+    networks: tuple[NetworkAttachment, ...] = ()
     #: extra kernel command line words (already validated by the caller)
     kernel_args: tuple[str, ...] = ()
 
@@ -115,3 +154,19 @@ class Backend(ABC):
     @abstractmethod
     def sync(self, spec: MachineSpec) -> None:
         """Ask a running guest to write its dirty buffers to disk (before a live snapshot)."""
+
+    # ---- lab networks
+
+    @abstractmethod
+    def start_network(self, spec: NetworkSpec, *, timeout: float = 10.0) -> NetworkStatus:
+        """Start the network's switch; a running network is left alone and its status returned."""
+
+    @abstractmethod
+    def stop_network(self, spec: NetworkSpec, *, timeout: float = 5.0) -> NetworkStatus:
+        """End the network's switch by its recorded PID and remove its sockets; a stopped network is left alone.
+
+        Machines still plugged in lose that link until they are restarted on a running network."""
+
+    @abstractmethod
+    def network_status(self, spec: NetworkSpec) -> NetworkStatus:
+        """Tell the truth about the network, cleaning up what a dead switch left."""

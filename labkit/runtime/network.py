@@ -9,20 +9,42 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 
 from labkit.errors import BadNameError, ConflictError
 from labkit.runtime.base import Forward
 
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
+def _derived_mac(text: str) -> str:
+    digest = bytearray(hashlib.sha256(text.encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02  # clear multicast bit, set locally administered bit
+    return ":".join(f"{b:02x}" for b in digest)
+
 
 def machine_mac(name: str) -> str:
     """A MAC address derived from ``name``: the same name always gets the same MAC (so DHCP leases and forwards to a
     fixed guest address keep working across boots), locally administered and unicast so it never clashes with a
     vendor's address."""
-    digest = bytearray(hashlib.sha256(f"labkit-mac:{name}".encode()).digest()[:6])
-    digest[0] = (digest[0] & 0xFC) | 0x02  # clear multicast bit, set locally administered bit
-    return ":".join(f"{b:02x}" for b in digest)
+    return _derived_mac(f"labkit-mac:{name}")
+
+
+def network_mac(machine: str, network: str) -> str:
+    """The MAC of ``machine``'s interface on lab network ``network``: fixed per (machine, network), different from the
+    machine's eth0 MAC and from its other networks' MACs, locally administered and unicast like `machine_mac`."""
+    return _derived_mac(f"labkit-net-mac:{machine}/{network}")
+
+
+def check_mac(mac: str) -> str:
+    """Return ``mac`` if it is six lower-case hex pairs with ':' and unicast, else raise `BadNameError`."""
+    if not _MAC.fullmatch(mac):
+        raise BadNameError(f"MAC address {mac!r} is not six lower-case hex pairs like 02:00:00:00:00:01")
+    if int(mac[:2], 16) & 0x01:
+        raise BadNameError(f"MAC address {mac} is a multicast address; an interface needs a unicast one")
+    return mac
 
 
 def parse_forward(text: str) -> Forward:

@@ -23,6 +23,8 @@ HEAD = max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # Transactions are begun by us (below), not by the driver, so that they can take the write lock up front.
+    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -34,6 +36,10 @@ def make_engine(settings: Settings) -> Engine:
     engine = create_engine(settings.db_url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        # BEGIN IMMEDIATE: several labkit processes and threads write at once (a class starting in parallel). A
+        # transaction that reads first and writes later could fail at once with "database is locked" when it tries
+        # to upgrade its lock; taking the write lock at BEGIN makes it wait (busy_timeout) instead.
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
 
 

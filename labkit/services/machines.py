@@ -12,7 +12,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,12 +22,21 @@ from sqlalchemy.orm import Session
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
 from labkit.guest.keys import ensure_key, public_key
+from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import Reporter, silent
 from labkit.runtime import get_backend
-from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, State
+from labkit.runtime.base import (
+    Backend,
+    Forward,
+    MachineSpec,
+    MachineStatus,
+    NetworkAttachment,
+    NetworkSpec,
+    State,
+)
 from labkit.runtime.network import machine_mac
 from labkit.services import images as image_service
 from labkit.services.audit import current_actor, record
@@ -58,6 +67,17 @@ class MachineView:
     memory_mb: int
     mac: str
     console_log: str
+
+
+@dataclass(frozen=True)
+class SeedContent:
+    """What a course puts on a machine's seed disk beyond the basics (labkit's key and the console password)."""
+
+    hostname: str | None = None
+    #: lab network interfaces, e.g. {"eth1": "192.168.50.1/24"} (eth0 is always SLIRP's 10.0.2.15/24)
+    interfaces: dict[str, str] = field(default_factory=dict)
+    files_dir: Path | None = None
+    startup_scripts: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,7 @@ class Machines:
             mac=machine.mac,
             seed=Path(machine.seed_path),
             forwards=tuple(Forward(host, guest) for host, guest in machine.forwards),
+            networks=tuple(NetworkAttachment(NetworkSpec(net, Path(folder))) for net, folder in machine.networks),
         )
 
     def _backend(self, machine: Machine) -> Backend:
@@ -121,7 +142,8 @@ class Machines:
         return machine
 
     # ---- creating ----------------------------------------------------------------------------------------------
-    def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None) -> MachineView:
+    def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None,
+               content: SeedContent | None = None, networks: list[list[str]] | None = None) -> MachineView:
         check_name(name, "machine name")
         if not 32 <= memory_mb <= 16384:
             raise BadNameError(f"memory {memory_mb} MB is outside 32-16384 MB")
@@ -146,12 +168,13 @@ class Machines:
                 name=name, image=image_row, backend="uml", overlay_kind="umlcow",
                 overlay_path=str(overlay_path), seed_path=str(seed_path),
                 memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
-                console_password=secrets.token_urlsafe(12),
+                console_password=secrets.token_urlsafe(12), hostname=content.hostname if content else None,
+                networks=networks or [],
             )
             overlay = get_overlay(machine.overlay_kind)
             try:
                 overlay.create(Path(image_row.path), overlay_path)
-                self._write_seed(machine)
+                self._write_seed(machine, content)
                 session.add(machine)
                 record(session, self.actor, "create", name, f"image {image_row.label}, {memory_mb} MB")
                 session.flush()
@@ -161,14 +184,24 @@ class Machines:
                 raise
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
 
-    def _write_seed(self, machine: Machine) -> None:
+    def _write_seed(self, machine: Machine, content: SeedContent | None = None) -> None:
+        """Build the seed disk; its id follows its content, so the guest copies changed files on the next boot."""
+        content = content or SeedContent()
         spec = SeedSpec(
-            hostname=machine.name,
+            hostname=machine.hostname or machine.name,
+            interfaces={"eth0": SLIRP_GUEST_ADDRESS, **content.interfaces},
             authorized_keys=[public_key(self.settings.keys)],
             root_password=machine.console_password,
-            seed_id=secrets.token_hex(8),
+            files_dir=content.files_dir,
+            startup_scripts=list(content.startup_scripts),
         )
         build_seed(spec, Path(machine.seed_path))
+
+    def rewrite_seed(self, name: str, content: SeedContent) -> None:
+        """Give a stopped machine a new seed disk (a lab upgrade); its overlay, the student's work, is untouched."""
+        with self._stopped(name, "rewrite the seed of") as (session, machine):
+            self._write_seed(machine, content)
+            record(session, self.actor, "seed", name, "seed disk rewritten")
 
     # ---- reading -----------------------------------------------------------------------------------------------
     def status(self, name: str | None = None) -> list[MachineView]:
@@ -212,24 +245,37 @@ class Machines:
 
     # ---- running -----------------------------------------------------------------------------------------------
     def start(self, name: str, wait: bool = True, timeout: float = 60.0, progress: Reporter = silent) -> MachineView:
-        with self._locked(name), self.db.transaction() as session:
-            machine = self._get(session, name)
-            status = self._reconcile(session, machine)
-            if status.state in LIVE:
-                raise StateError(f"machine {name} is already {status.state.value}", status.state)
-            image_service.require_intact(session, self.settings, machine.image)
-            if not Path(machine.seed_path).exists():
-                self._write_seed(machine)
+        # The boot runs outside any database transaction, so other machines' actions are not held up behind it.
+        with self._locked(name):
+            with self.db.transaction() as session:
+                machine = self._get(session, name)
+                status = self._reconcile(session, machine)
+                if status.state in LIVE:
+                    raise StateError(f"machine {name} is already {status.state.value}", status.state)
+                image_service.require_intact(session, self.settings, machine.image)
+                if not Path(machine.seed_path).exists():
+                    if machine.hostname is not None:  # a course machine: its seed holds the lab's files
+                        raise NotFoundError(f"the seed disk of {name} ({machine.seed_path}) is missing; run "
+                                            "'labkit course provision --upgrade' to render it again")
+                    self._write_seed(machine)
+                backend, spec = self._backend(machine), self.spec(machine)
             ensure_key(self.settings.keys)
+            for attachment in spec.networks:  # a student's lab networks come up with the first machine on them
+                backend.start_network(attachment.network)
             try:
-                status = self._backend(machine).start(self.spec(machine), wait=wait, timeout=timeout,
-                                                      progress=progress)
+                status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
             except LabkitError as err:
-                record(session, self.actor, "start-failed", name, str(err)[:2000])
-                session.commit()
+                with self.db.transaction() as session:
+                    record(session, self.actor, "start-failed", name, str(err)[:2000])
                 raise
+            return self._settle(name, status, "start", ", ".join(map(str, status.forwards)))
+
+    def _settle(self, name: str, status: MachineStatus, action: str, detail: str = "") -> MachineView:
+        """Record what a backend verb left the machine in."""
+        with self.db.transaction() as session:
+            machine = self._get(session, name)
             self._apply(machine, status)
-            record(session, self.actor, "start", name, ", ".join(map(str, status.forwards)))
+            record(session, self.actor, action, name, detail)
             return self._view(machine, status)
 
     def _apply(self, machine: Machine, status: MachineStatus) -> None:
@@ -241,17 +287,30 @@ class Machines:
 
     def _act(self, name: str, action: str, allowed: tuple[State, ...], detail: str = "") -> MachineView:
         """Run one backend verb on a machine whose real state is in ``allowed``."""
-        with self._locked(name), self.db.transaction() as session:
-            machine = self._get(session, name)
-            status = self._reconcile(session, machine)
-            if status.state not in allowed:
-                raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
-            backend, spec = self._backend(machine), self.spec(machine)
+        with self._locked(name):
+            with self.db.transaction() as session:
+                machine = self._get(session, name)
+                status = self._reconcile(session, machine)
+                if status.state not in allowed:
+                    raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
+                backend, spec = self._backend(machine), self.spec(machine)
             verbs = {"stop": backend.stop, "kill": backend.kill, "pause": backend.pause, "resume": backend.resume}
-            status = verbs[action](spec)
-            self._apply(machine, status)
-            record(session, self.actor, action, name, detail)
-            return self._view(machine, status)
+            view = self._settle(name, verbs[action](spec), action, detail)
+            if action in ("stop", "kill"):
+                self._release_networks(backend, spec)
+            return view
+
+    def _release_networks(self, backend: Backend, spec: MachineSpec) -> None:
+        """Stop the lab networks no live machine uses any more (the last machine out turns off the switch)."""
+        if not spec.networks:
+            return
+        with self.db.transaction() as session:
+            live = {s.value for s in LIVE}
+            in_use = {folder for m in session.scalars(select(Machine).where(Machine.state.in_(live)))
+                      for _, folder in m.networks}
+        for attachment in spec.networks:
+            if str(attachment.network.folder) not in in_use:
+                backend.stop_network(attachment.network)
 
     def stop(self, name: str) -> MachineView:
         return self._act(name, "stop", (State.RUNNING, State.PAUSED, State.STARTING))

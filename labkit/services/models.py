@@ -59,6 +59,10 @@ class Machine(Base):
     #: requested forwards as [[host_port, guest_port], ...]; host 0 means "pick one at start"
     forwards: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     console_password: Mapped[str] = mapped_column(String(64))
+    #: the guest's host name (a lab's machine name, e.g. "a"); None means the machine's own name
+    hostname: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: lab networks the machine joins, in interface order (eth1, eth2, ...): [[network name, switch folder], ...]
+    networks: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default="stopped")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     supervisor_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -99,3 +103,92 @@ class Event(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(128))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Course(Base):
+    """A class: labs bound to a roster, with its own secret for per-student parameters."""
+
+    __tablename__ = "courses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: HMAC key for per-student parameters: students cannot predict each other's values without it
+    secret: Mapped[str] = mapped_column(String(64))
+    memory_budget_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_running_per_student: Mapped[int] = mapped_column(Integer, default=4)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    labs: Mapped[list[CourseLab]] = relationship(back_populates="course", cascade="all, delete-orphan",
+                                                 order_by="CourseLab.id")
+    students: Mapped[list[Student]] = relationship(back_populates="course", cascade="all, delete-orphan",
+                                                   order_by="Student.sid")
+
+
+class CourseLab(Base):
+    """A lab as a course uses it: where it lives and which version of it was provisioned."""
+
+    __tablename__ = "course_labs"
+    __table_args__ = (UniqueConstraint("course_id", "lab_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    lab_id: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    #: digest of the lab folder at the last provisioning (None before the first)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: {relative path: sha256} at the last provisioning, to say what changed
+    files: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    reset_policy: Mapped[str] = mapped_column(String(16))
+
+    course: Mapped[Course] = relationship(back_populates="labs")
+
+
+class Student(Base):
+    """One roster line. Removed students are archived, never deleted, until an explicit purge."""
+
+    __tablename__ = "students"
+    __table_args__ = (UniqueConstraint("course_id", "sid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    sid: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(200), default="")
+    archived_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    course: Mapped[Course] = relationship(back_populates="students")
+    assignments: Mapped[list[Assignment]] = relationship(back_populates="student", cascade="all, delete-orphan")
+
+
+class Assignment(Base):
+    """One student's copy of one machine of one lab: the link from the course to a machine."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("course_lab_id", "student_id", "machine"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_lab_id: Mapped[int] = mapped_column(ForeignKey("course_labs.id"))
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    #: the lab's machine name, e.g. "a"
+    machine: Mapped[str] = mapped_column(String(64))
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    #: the lab digest this machine's seed was rendered from
+    digest: Mapped[str] = mapped_column(String(64))
+
+    student: Mapped[Student] = relationship(back_populates="assignments")
+    course_lab: Mapped[CourseLab] = relationship()
+    vm: Mapped[Machine] = relationship()
+
+
+class ClassSession(Base):
+    """A teaching session of a course: begun and ended by an instructor."""
+
+    __tablename__ = "class_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    begun_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    begun_by: Mapped[str] = mapped_column(String(64))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

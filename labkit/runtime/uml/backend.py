@@ -20,11 +20,12 @@ from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, State
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
-from labkit.runtime.base import Backend, MachineSpec, MachineStatus, State
+from labkit.runtime.base import Backend, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
 from labkit.runtime.uml.rundir import RunDir
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
+from labkit.runtime.uml.vde import VdeNetworks
 
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -53,15 +54,17 @@ FAST_BOOT_ARGS = ("quiet", "initcall_blacklist=raid6_select_algo")
 
 
 class UmlBackend(Backend):
-    """Machines as ``linux`` processes, each under its own console supervisor, networked through `UmlNetwork`."""
+    """Machines as ``linux`` processes, each under its own console supervisor, networked through `UmlNetwork` (eth0)
+    and `VdeNetworks` (lab networks, eth1 ...)."""
 
     kind = "uml"
 
     def __init__(self, linux_binary: str = "linux", network: UmlNetwork | None = None,
                  python: str = sys.executable, ready_marker: str = READY_MARKER,
-                 boot_args: tuple[str, ...] = FAST_BOOT_ARGS) -> None:
+                 boot_args: tuple[str, ...] = FAST_BOOT_ARGS, lab_networks: VdeNetworks | None = None) -> None:
         self.linux_binary = linux_binary
         self.network = network or SlirpNetwork()
+        self.lab_networks = lab_networks or VdeNetworks()
         self.python = python
         self.ready_marker = ready_marker
         self.boot_args = boot_args
@@ -102,6 +105,10 @@ class UmlBackend(Backend):
         for binary, package in self.network.requirements().items():
             if shutil.which(binary) is None:
                 missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH")
+        for binary, package in self.lab_networks.requirements().items():
+            if shutil.which(binary) is None:
+                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
+                               "cannot start")
         tmp = os.environ.get("TMPDIR") or "/tmp"
         if not os.access(tmp, os.W_OK) and not os.access("/dev/shm", os.W_OK):
             missing.append(f"neither {tmp} nor /dev/shm is writable: UML keeps guest memory in a file there")
@@ -121,6 +128,7 @@ class UmlBackend(Backend):
         for path in (spec.image, spec.overlay, *((spec.seed,) if spec.seed else ())):
             if "," in str(path) or any(c.isspace() for c in str(path)):
                 raise ConfigError(f"{path} holds a comma or white space, which UML's ubd option cannot carry")
+        self.lab_networks.check_attachments(spec)
 
     def command_line(self, spec: MachineSpec, linux: str, net_args: list[str]) -> list[str]:
         """The ``linux`` argv. ``ubd0=COW,BACKING`` opens an existing COW overlay (UML checks that its recorded
@@ -216,6 +224,8 @@ class UmlBackend(Backend):
         current = self.status(spec)
         if current.state != State.STOPPED:
             raise StateError(f"cannot start machine {spec.name}: it is already {current.state}", current.state)
+        # Before anything is written or started: a machine never boots with a dead lab network interface.
+        self.lab_networks.require_running(spec)
         linux = self._find_linux()
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         # Leftovers of an earlier run that escaped every clean-up would hold the disks' locks.
@@ -226,6 +236,7 @@ class UmlBackend(Backend):
         run = RunDir(spec.run_dir)
         progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
         net_args, forwards = self.network.prepare(spec)
+        net_args += self.lab_networks.attach(spec)
         with contextlib.suppress(FileNotFoundError):
             run.exit_record.unlink()
         run.write_json(run.supervisor_spec, {
@@ -413,3 +424,14 @@ class UmlBackend(Backend):
             if forward.guest_port == 22:
                 return ("127.0.0.1", forward.host_port)
         return None
+
+    # ---- lab networks
+
+    def start_network(self, spec: NetworkSpec, *, timeout: float = 10.0) -> NetworkStatus:
+        return self.lab_networks.start(spec, timeout)
+
+    def stop_network(self, spec: NetworkSpec, *, timeout: float = 5.0) -> NetworkStatus:
+        return self.lab_networks.stop(spec, timeout)
+
+    def network_status(self, spec: NetworkSpec) -> NetworkStatus:
+        return self.lab_networks.status(spec)

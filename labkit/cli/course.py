@@ -1,0 +1,207 @@
+"""``labkit course``: a class of students on one or more labs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from labkit.cli.app import App, echo_json, json_option
+from labkit.cli.progress import StatusLine
+
+pass_app = click.make_pass_decorator(App)
+selection = [
+    click.option("--student", help="Only this student (roster id)."),
+    click.option("--machine", help="Only this lab machine (e.g. a)."),
+    click.option("--lab", help="Only this lab (its id)."),
+]
+
+
+def select(function):  # type: ignore[no-untyped-def]
+    for option in reversed(selection):
+        function = option(function)
+    return function
+
+
+@click.group("course")
+def command() -> None:
+    """Courses: labs bound to a roster, provisioned and run as a class."""
+
+
+@command.command("create")
+@click.argument("name")
+@click.option("--lab", "labs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A lab folder (repeat for several labs).")
+@click.option("--memory-budget", type=int, help="MB of host memory the class may use (default: 3/4 of the host).")
+@click.option("--max-running", default=4, show_default=True, help="Machines one student may run at once.")
+@json_option
+@pass_app
+def create(app: App, name: str, labs: tuple[Path, ...], memory_budget: int | None, max_running: int,
+           as_json: bool) -> None:
+    """Create course NAME with one or more labs."""
+    summary = app.courses.create(name, list(labs), memory_budget, max_running)
+    echo_json(summary) if as_json else click.echo(f"created course {name} with labs "
+                                                  f"{', '.join(lab['id'] for lab in summary['labs'])}")  # type: ignore
+
+
+@command.command("show")
+@click.argument("name")
+@json_option
+@pass_app
+def show(app: App, name: str, as_json: bool) -> None:
+    """Show a course: labs, students, budget."""
+    summary = app.courses.show(name)
+    if as_json:
+        echo_json(summary)
+        return
+    for key, value in summary.items():
+        click.echo(f"{key + ':':<26} {value}")
+
+
+@command.command("rm")
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also delete every student machine with the students' work.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def rm(app: App, name: str, purge: bool, yes: bool) -> None:
+    """Delete course NAME (refused while it has student machines, unless --purge)."""
+    if purge and not yes:
+        click.confirm(f"Delete course {name} and every student's machines and work?", abort=True)
+    app.courses.remove(name, purge=purge)
+    click.echo(f"removed course {name}")
+
+
+@command.command("roster")
+@click.argument("name")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@click.option("--purge", is_flag=True, help="Delete the machines (work) of students no longer on the roster.")
+@json_option
+@pass_app
+def roster(app: App, name: str, csv_file: Path, purge: bool, as_json: bool) -> None:
+    """Import a roster CSV (id,name,email): adds new students, archives missing ones (kept unless --purge)."""
+    report = app.courses.import_roster(name, csv_file, purge=purge)
+    if as_json:
+        echo_json(dataclasses.asdict(report))
+        return
+    for what, sids in dataclasses.asdict(report).items():
+        click.echo(f"{what}: {len(sids)}" + (f" ({', '.join(sids[:20])}{' ...' if len(sids) > 20 else ''})"
+                                             if sids else ""))
+
+
+@command.command("students")
+@click.argument("name")
+@json_option
+@pass_app
+def students(app: App, name: str, as_json: bool) -> None:
+    """List the roster."""
+    rows = app.courses.students(name)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['id']:<20} {row['name']!s:<30} {row['email']!s:<30} {'archived' if row['archived'] else ''}")
+
+
+@command.command("provision")
+@click.argument("name")
+@click.option("--upgrade", is_flag=True, help="Render seeds again for a changed lab (students' overlays are kept).")
+@click.option("--workers", default=8, show_default=True, help="Parallel workers.")
+@json_option
+@pass_app
+def provision(app: App, name: str, upgrade: bool, workers: int, as_json: bool) -> None:
+    """Create every student's machines (idempotent: a second run only does what is missing)."""
+    with StatusLine() as status:
+        report = app.courses.provision(name, upgrade=upgrade, workers=workers, progress=status)
+    echo_json(dataclasses.asdict(report)) if as_json else click.echo(
+        f"provisioned {name}: {report.created} created, {report.upgraded} upgraded, {report.kept} already there")
+
+
+def _table(views: list[dict[str, object]]) -> None:
+    for row in views:
+        uptime = f"{row['uptime']:.0f}s" if row.get("uptime") is not None else "-"
+        click.echo(f"{row['student']!s:<16} {row['lab']!s:<14} {row['machine']!s:<10} {row['state']!s:<9} "
+                   f"{uptime:>7}  {' '.join(map(str, row['forwards']))}")  # type: ignore[call-overload]
+
+
+@command.command("start")
+@click.argument("name")
+@select
+@pass_app
+def start(app: App, name: str, student: str | None, machine: str | None, lab: str | None) -> None:
+    """Start the class's machines (in depends_on order, the rest in parallel), within the memory budget."""
+    with StatusLine() as status:
+        app.courses.start(name, student, machine, lab, progress=status)
+    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
+
+
+@command.command("stop")
+@click.argument("name")
+@select
+@pass_app
+def stop(app: App, name: str, student: str | None, machine: str | None, lab: str | None) -> None:
+    """Shut the class's machines down cleanly."""
+    with StatusLine() as status:
+        app.courses.stop(name, student, machine, lab, progress=status)
+    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
+
+
+@command.command("reset")
+@click.argument("name")
+@select
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def reset(app: App, name: str, student: str | None, machine: str | None, lab: str | None, yes: bool) -> None:
+    """Give stopped student machines fresh overlays: the students' changes are lost."""
+    if not yes:
+        who = f"student {student}" if student else "every student"
+        click.confirm(f"Reset the machines of {who} in {name}? Their changes are lost.", abort=True)
+    with StatusLine() as status:
+        app.courses.reset(name, student, machine, lab, progress=status)
+    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
+
+
+def _matches(row: dict[str, object], student: str | None, machine: str | None, lab: str | None) -> bool:
+    return all(want is None or row[key] == want for key, want in (("student", student), ("machine", machine),
+                                                                   ("lab", lab)))
+
+
+@command.command("status")
+@click.argument("name")
+@json_option
+@pass_app
+def status(app: App, name: str, as_json: bool) -> None:
+    """Every student machine: state, forwards, uptime, overlay size."""
+    rows = app.courses.status(name)
+    if as_json:
+        echo_json(rows)
+    elif not rows:
+        click.echo(f"course {name} has no provisioned machines yet")
+    else:
+        _table(rows)
+
+
+@command.group("session")
+def session() -> None:
+    """Teaching sessions: begin, and end (stops every machine; resets each-session labs)."""
+
+
+@session.command("begin")
+@click.argument("name")
+@json_option
+@pass_app
+def session_begin(app: App, name: str, as_json: bool) -> None:
+    result = app.courses.session_begin(name)
+    echo_json(result) if as_json else click.echo(f"session {result['session']} of {name} begun")
+
+
+@session.command("end")
+@click.argument("name")
+@json_option
+@pass_app
+def session_end(app: App, name: str, as_json: bool) -> None:
+    with StatusLine() as progress:
+        result = app.courses.session_end(name, progress=progress)
+    echo_json(result) if as_json else click.echo(
+        f"session of {name} ended: {result['stopped']} machines stopped, {result['reset']} reset"
+        + (f"; kept (persist): {', '.join(result['kept'])}" if result["kept"] else ""))  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""Roster files: every bad line is reported with its line number, and nothing is imported from a bad file."""
+
+from __future__ import annotations
+
+import pytest
+
+from labkit.errors import RosterError
+from labkit.services.roster import parse_roster
+
+
+def test_header_bom_and_blank_lines() -> None:
+    data = "\ufeffid,name,email\nalice,Alice Liddell,alice@example.org\n\nbob,\"Bob, Jr.\",\n".encode()
+    entries = parse_roster(data)
+    assert [(e.sid, e.name, e.email, e.line) for e in entries] == [
+        ("alice", "Alice Liddell", "alice@example.org", 2), ("bob", "Bob, Jr.", "", 4)]
+
+
+def test_no_header_is_fine() -> None:
+    assert [e.sid for e in parse_roster(b"s1,One,one@example.org\ns2,Two,two@example.org\n")] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"id,name,email\nalice,A,a@x.org\nalice,B,b@x.org\n", "roster.csv:3: student id 'alice' is already on line 2"),
+        (b"id,name,email\n,Nobody,n@x.org\n", "roster.csv:2: student id is empty"),
+        (b"id,name,email\n../etc,Evil,e@x.org\n", "roster.csv:2: student id '../etc' may only hold"),
+        (b"id,name,email\na/b,Evil,e@x.org\n", "roster.csv:2: student id 'a/b' may only hold"),
+        (b"id,name,email\nalice,Alice\n", "roster.csv:2: expected 3 columns (id, name, email), found 2"),
+        (b"id,name,email\nalice,Alice,not-an-email\n", "roster.csv:2: email 'not-an-email' has no '@'"),
+        (b"id,name,email\nalice,Al\xe9,a@x.org\n", "roster.csv:2: not UTF-8"),
+        (b"id,name,email\n", "the roster has no students"),
+    ],
+)
+def test_bad_rosters(data: bytes, says: str) -> None:
+    with pytest.raises(RosterError) as err:
+        parse_roster(data, "roster.csv")
+    assert says in str(err.value)
+
+
+def test_every_problem_is_listed() -> None:
+    with pytest.raises(RosterError) as err:
+        parse_roster(b"a,A,a@x.org\na,A,a@x.org\n,B,b@x.org\n", "r.csv")
+    assert "2 problems" in str(err.value)
+    assert "line 2" in str(err.value) and "line 3" in str(err.value)
+
+
+def test_huge_roster_is_refused() -> None:
+    with pytest.raises(RosterError, match="the limit is"):
+        parse_roster(b"x" * (3 << 20))
