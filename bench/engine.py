@@ -8,9 +8,7 @@ Every figure is measured here, in this run, on this machine; nothing is carried 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import paramiko
 
+from bench.report import REPO, Row, write_report
 from labkit.config import Settings
 from labkit.guest.keys import ensure_key
 from labkit.images.recipe import find_recipe
@@ -31,19 +30,7 @@ from labkit.overlays.umlcow import UmlCow
 from labkit.services.db import Database
 from labkit.services.machines import Machines
 
-REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO / "docs" / "benchmarks.md"
 SECTION = "## Engine"
-
-
-def machine_description() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")))
-    linux = subprocess.run(["linux", "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1048576:.0f} GiB memory, host kernel {platform.release()}, "
-            f"UML kernel {linux}, Python {platform.python_version()}")
 
 
 def mem_available() -> int:
@@ -65,7 +52,7 @@ class Bench:
         self.db = Database(self.settings)
         self.machines = Machines(self.settings, self.db, actor="bench")
         self.store = ImageStore(self.settings)
-        self.rows: list[tuple[str, str, str, str]] = []
+        self.rows: list[Row] = []
 
     def image(self, name: str) -> Path:
         found = self.store.list(name)
@@ -185,24 +172,6 @@ def wait_for_ssh(port: int, key: Path, timeout: float = 60) -> None:
             client.close()
 
 
-def write_report(rows: list[tuple[str, str, str, str]]) -> None:
-    table = ["| what | target | measured | result |", "|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    body = "\n".join([
-        SECTION, "",
-        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `bench/engine.py` on: {machine_description()}.", "",
-        *table, "",
-    ])
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\nEach section is rewritten by its script.\n\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = head + body + tail
-    else:
-        text = text.rstrip() + "\n\n" + body
-    REPORT.write_text(text)
-
-
 def main(argv: list[str]) -> int:
     bench = Bench()
     chosen: dict[str, Callable[[], None]] = {
@@ -216,7 +185,7 @@ def main(argv: list[str]) -> int:
             print(f"  {bench.rows[-1]}", file=sys.stderr)
     finally:
         bench.close()
-    write_report(bench.rows)
+    write_report(SECTION, "bench/engine.py", bench.rows)
     return 0
 
 

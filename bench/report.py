@@ -1,0 +1,45 @@
+"""What every benchmark script shares: a description of the machine it ran on, and the rewrite of its own section of
+docs/benchmarks.md (the other scripts' sections are left as they are)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT = REPO / "docs" / "benchmarks.md"
+
+#: One row of a section's table: what, target, measured, result.
+Row = tuple[str, str, str, str]
+
+
+def machine_description() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+    linux = subprocess.run(["linux", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1048576:.0f} GiB memory, host kernel {platform.release()}, "
+            f"UML kernel {linux}, Python {platform.python_version()}")
+
+
+def write_report(section: str, script: str, rows: list[Row]) -> None:
+    """Replace ``section`` (e.g. "## Engine") of docs/benchmarks.md with ``rows``, or append it if it is new."""
+    table = ["| what | target | measured | result |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    body = "\n".join([
+        section, "",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `{script}` on: {machine_description()}.", "",
+        *table, "",
+    ])
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\nEach section is rewritten by its script.\n\n"
+    if section in text:
+        head, _, rest = text.partition(section)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head + body + tail
+    else:
+        text = text.rstrip() + "\n\n" + body
+    REPORT.write_text(text)

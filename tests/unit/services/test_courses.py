@@ -1,0 +1,164 @@
+"""Courses without booting: rosters, idempotent provisioning, per-student values, lab upgrades, admission control."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labkit.config import Settings
+from labkit.errors import AdmissionError, ConflictError, LabFormatError, NotFoundError, RosterError
+from labkit.images.recipe import find_recipe
+from labkit.images.store import ImageStore
+from labkit.overlays.umlcow import count_allocated
+from labkit.services.courses import Courses
+from labkit.services.db import Database
+
+LABS = Path(__file__).resolve().parents[3] / "labs"
+
+
+@pytest.fixture
+def courses(lk_settings: Settings) -> Iterator[Courses]:
+    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
+    db = Database(lk_settings)
+    yield Courses(lk_settings, db, actor="teacher")
+    db.close()
+
+
+def roster(tmp_path: Path, *sids: str, name: str = "roster.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("id,name,email\n" + "".join(f"{s},Student {s},{s}@example.org\n" for s in sids))
+    return path
+
+
+def seed_text(courses: Courses, machine: str, inner: str) -> str:
+    seed = courses.settings.seeds / f"{machine}.img"
+    done = subprocess.run(["debugfs", "-R", f"cat {inner}", str(seed)], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_create_refuses_bad_labs_and_duplicates(courses: Courses, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(LABS / "intro-shell", broken)
+    (broken / "lab.toml").write_text((broken / "lab.toml").read_text().replace('reset_policy = "persist"',
+                                                                                'reset_policy = "sometimes"'))
+    with pytest.raises(LabFormatError, match=r"lab\.toml:\d+"):
+        courses.create("c1", [broken])
+    with pytest.raises(LabFormatError):
+        courses.create("c1", [tmp_path / "missing"])
+    courses.create("c1", [LABS / "intro-shell"])
+    with pytest.raises(ConflictError, match="already exists"):
+        courses.create("c1", [LABS / "intro-shell"])
+    with pytest.raises(ConflictError, match="twice"):
+        courses.create("c2", [LABS / "intro-shell", LABS / "intro-shell"])
+
+
+def test_roster_reimport_adds_archives_and_keeps_work(courses: Courses, tmp_path: Path) -> None:
+    courses.create("c1", [LABS / "intro-shell"])
+    report = courses.import_roster("c1", roster(tmp_path, "alice", "bob"))
+    assert report.added == ["alice", "bob"]
+    courses.provision("c1")
+    report = courses.import_roster("c1", roster(tmp_path, "alice", "carol", name="r2.csv"))
+    assert (report.added, report.archived) == (["carol"], ["bob"])
+    # bob is archived, and his machine (his work) is still there
+    assert any(v.name.endswith("-box") for v in courses.machines.status())
+    assert len(courses.machines.status()) == 2
+    assert [s["id"] for s in courses.students("c1") if s["archived"]] == ["bob"]
+    report = courses.import_roster("c1", roster(tmp_path, "alice", "bob", "carol", name="r3.csv"))
+    assert report.restored == ["bob"]
+    with pytest.raises(RosterError, match=r"r4\.csv:3"):
+        courses.import_roster("c1", roster(tmp_path, "alice", "alice", name="r4.csv"))
+    report = courses.import_roster("c1", roster(tmp_path, "alice", name="r5.csv"), purge=True)
+    assert sorted(report.purged) == ["bob", "carol"]
+    assert [row["student"] for row in courses.status("c1")] == ["alice"]
+    assert len(courses.machines.status()) == 1  # bob's and carol's machines (and work) went with --purge
+    assert [s["id"] for s in courses.students("c1")] == ["alice"]
+
+
+def test_provision_is_idempotent_and_values_are_per_student(courses: Courses, tmp_path: Path) -> None:
+    courses.create("c1", [LABS / "intro-shell", LABS / "two-hosts"])
+    courses.import_roster("c1", roster(tmp_path, "alice", "bob", "carol"))
+    first = courses.provision("c1")
+    assert (first.created, first.kept) == (9, 0)
+    again = courses.provision("c1")
+    assert (again.created, again.kept) == (0, 9)
+    status = courses.status("c1")
+    assert len(status) == 9 and {row["state"] for row in status} == {"stopped"}
+    names = {(row["student"], row["machine"]): row["name"] for row in status}
+    motd = {sid: seed_text(courses, names[(sid, "box")], "labkit/files/etc/motd") for sid in ("alice", "bob")}
+    assert motd["alice"] != motd["bob"]
+    env_a = seed_text(courses, names[("alice", "a")], "labkit/seed.env")
+    env_b = seed_text(courses, names[("bob", "a")], "labkit/seed.env")
+    assert "eth1" in env_a and env_a != env_b
+    # Deterministic: a new course object (another process) derives the same values.
+    assert seed_text(courses, names[("alice", "box")], "labkit/files/etc/motd") == motd["alice"]
+
+
+def test_changed_lab_is_reported_and_upgrade_keeps_overlays(courses: Courses, tmp_path: Path) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    courses.create("c1", [lab])
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    name = courses.status("c1")[0]["name"]
+    overlay = courses.settings.overlays / f"{name}.cow"
+    with open(overlay, "r+b") as f:  # the student's work: one sector written
+        f.seek(8192)
+        f.write(b"\x01")
+    motd = lab / "files/box/etc/motd.j2"
+    motd.write_text(motd.read_text() + "\nA new line from the instructor.\n")
+    with pytest.raises(ConflictError, match=r"changed: files/box/etc/motd\.j2.*--upgrade"):
+        courses.provision("c1")
+    report = courses.provision("c1", upgrade=True)
+    assert report.upgraded == 1
+    assert count_allocated(overlay) == 1
+    assert "A new line from the instructor." in seed_text(courses, name, "labkit/files/etc/motd")
+
+
+def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: Path) -> None:
+    courses.create("c1", [LABS / "two-hosts"], memory_budget_mb=100)
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    with pytest.raises(AdmissionError, match="needs 128 MB, but 0 MB of the 100 MB memory budget"):
+        courses.start("c1")
+    assert {row["state"] for row in courses.status("c1")} == {"stopped"}
+    courses.create("c2", [LABS / "two-hosts"], max_running_per_student=1)
+    courses.import_roster("c2", roster(tmp_path, "dave", name="r2.csv"))
+    courses.provision("c2")
+    with pytest.raises(AdmissionError, match="dave would run more than 1"):
+        courses.start("c2")
+    with pytest.raises(NotFoundError, match="student zed"):
+        courses.start("c2", student="zed")
+
+
+def test_two_provisions_at_once_and_a_killed_one(courses: Courses, tmp_path: Path) -> None:
+    courses.create("c1", [LABS / "two-hosts"])
+    courses.import_roster("c1", roster(tmp_path, *[f"s{i}" for i in range(12)]))
+    env = {**os.environ, "LABKIT_HOME": str(courses.settings.home), "LABKIT_RUN": str(courses.settings.run_dir),
+           "LABKIT_CACHE": str(courses.settings.cache), "LABKIT_RECIPES": str(courses.settings.recipes)}
+    command = [str(Path(sys.executable).with_name("labkit")), "course", "provision", "c1"]
+    killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while len(list(courses.settings.overlays.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)  # kill it in the middle of its work
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(courses.status("c1")) < 24, "the kill came too late to test an interrupted run"
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    status = courses.status("c1")
+    assert len(status) == 24
+    for row in status:
+        name = row["name"]
+        assert count_allocated(courses.settings.overlays / f"{name}.cow") == 0
+        assert (courses.settings.seeds / f"{name}.img").stat().st_size > 0
+    assert not [p for p in courses.settings.overlays.iterdir() if p.name.startswith(".")]
