@@ -4,7 +4,6 @@ labkit.labs)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import click
 
+from labkit.atomic import write_atomic
 from labkit.cli.app import App, echo_json, json_option
 from labkit.errors import ConflictError, LabFormatError
 from labkit.labs import Lab, LabProblem, load_lab, student_params, validate_lab
@@ -152,17 +152,8 @@ def show(app: App, path: Path, as_json: bool) -> None:
 
 
 def _write(dest: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``dest`` atomically (temporary file in the same folder, then rename)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".render-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(dest, text, mode)
 
 
 def render_solutions(lab: Lab, context: dict[str, object]) -> list[tuple[str, str, bool]]:

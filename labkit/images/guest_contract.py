@@ -27,6 +27,8 @@ SEED_ENV = "labkit/seed.env"
 SEED_AUTHORIZED_KEYS = "labkit/authorized_keys"
 SEED_ROOT_PASSWORD = "labkit/root_password"
 SEED_FILES = "labkit/files"
+#: The same files as one tar archive owned by root (what labkit writes: no fakeroot needed to make the seed).
+SEED_FILES_TAR = "labkit/files.tar"
 SEED_STARTUP = "labkit/startup"
 
 #: A file ``seed-<seed_id>`` here means "files/ of this seed were already copied into this overlay".

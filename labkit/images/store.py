@@ -14,7 +14,6 @@ Layout of one version folder (renamed into place last, so a half-finished build 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labkit.atomic import locked, write_atomic
 from labkit.config import Settings
 from labkit.errors import ImageError, NotFoundError, TamperedImageError
 from labkit.images.build import BUILDERS, BuildContext
@@ -107,19 +107,7 @@ def sparse_copy(source: Path, dest: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=True)
 
 
 def _rmtree(path: Path) -> None:
@@ -157,12 +145,8 @@ class ImageStore:
         """Hold ``images/<name>/.lock`` so two builds of one image never pick the same version."""
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield folder
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked(folder / ".lock"):
+            yield folder
 
     def build(self, recipe: Recipe, progress: Reporter = silent) -> ImageRecord:
         """Build (or copy from the cache) ``recipe`` and store it as the next version."""

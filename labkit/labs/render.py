@@ -9,9 +9,7 @@ lab folder is refused, and nothing is ever read from or written outside the lab 
 from __future__ import annotations
 
 import ipaddress
-import os
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,6 +18,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from labkit.atomic import write_atomic
 from labkit.errors import LabFormatError
 from labkit.labs.model import RESERVED_VARIABLES, CheckDef, Lab, MachineDef, is_template
 from labkit.labs.schema import CHECK_KINDS, CHECK_LITERAL_OPTIONS, PORT, STR
@@ -248,21 +247,6 @@ def _require_folder(lab: Lab) -> Path:
     return lab.folder
 
 
-def _write_atomic(dest: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".render-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---- rendering for one student ----
-
-
 def render_instructions(lab: Lab, context: Mapping[str, object]) -> str:
     """The student's instructions (Markdown) with their values filled in."""
     root = _require_folder(lab)
@@ -300,7 +284,7 @@ def render_machine_files(lab: Lab, machine: str, context: Mapping[str, object], 
             data = render_text(_read_text(entry.source, shown), context, entry.rel, shown).encode()
         else:
             data = entry.source.read_bytes()
-        _write_atomic(dest, data, 0o755 if entry.executable else 0o644)
+        write_atomic(dest, data, 0o755 if entry.executable else 0o644)
         written.append(entry.target)
     return written
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from labkit.atomic import write_atomic
 
 
 def process_start_time(pid: int) -> int | None:
@@ -107,19 +108,6 @@ class ProcessRecord:
         except ProcessLookupError:
             return False
         return True
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def processes_running(argv: list[str]) -> list[int]:

@@ -7,9 +7,9 @@ service (its own overlay, seed disk and audit trail), linked to the course by an
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labkit.atomic import locked
 from labkit.config import Settings
 from labkit.errors import AdmissionError, BadNameError, ConflictError, LabkitError, NotFoundError
 from labkit.images.store import ImageStore
@@ -102,9 +103,7 @@ class Courses:
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         """One class-wide action per course at a time; a second one waits for the first (then finds it done)."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        with open(self.settings.home / f".course-{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.settings.home / f".course-{name}.lock"):
             yield
 
     def _course(self, session: Session, name: str) -> Course:
@@ -327,6 +326,12 @@ class Courses:
         if overlay.exists() and get_overlay("umlcow").info(overlay).allocated_bytes == 0:
             overlay.unlink()
             (self.settings.seeds / f"{name}.img").unlink(missing_ok=True)
+        for folder in (self.settings.overlays, self.settings.seeds):  # temporary files a killed run never renamed
+            for partial in folder.glob(f".{name}.*"):
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
         self.machines.create(name, image, memory, forwards, content=content, networks=networks)
 
     def _link(self, lab_pk: int, student_pk: int, machine: str, name: str, digest: str) -> None:

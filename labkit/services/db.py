@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from labkit.atomic import locked
 from labkit.config import Settings
 
 if TYPE_CHECKING:
@@ -70,12 +70,10 @@ def upgrade(settings: Settings, engine: Engine) -> None:
         return
     from alembic import command
 
-    with open(settings.home / ".migrate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with engine.begin() as connection:
-            config = alembic_config(engine)
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+    with locked(settings.home / ".migrate.lock"), engine.begin() as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
 
 
 class Database:

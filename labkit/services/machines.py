@@ -7,7 +7,6 @@ table is reality), refuses illegal transitions with a `StateError` that names th
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labkit.atomic import locked
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
 from labkit.guest.keys import ensure_key, public_key
@@ -128,9 +128,7 @@ class Machines:
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         """One state-changing action per machine at a time, across processes (a double-clicked start is a no-op)."""
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.settings.run_dir / f".{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.settings.run_dir / f".{name}.lock"):
             yield
 
     def _get(self, session: Session, name: str) -> Machine:

@@ -102,7 +102,9 @@ apply_files() {
     [ -n "$LABKIT_SEED_ID" ] || return 0
     marker="$STATE_DIR/seed-$LABKIT_SEED_ID"
     [ -e "$marker" ] && return 0
-    if [ -d "$1/files" ]; then
+    if [ -f "$1/files.tar" ]; then
+        tar -x -f "$1/files.tar" -C / || { log "unpacking the seed's files failed"; return 0; }
+    elif [ -d "$1/files" ]; then
         cp -a "$1/files/." / || { log "copying the seed's files failed"; return 0; }
     fi
     mkdir -p "$STATE_DIR"

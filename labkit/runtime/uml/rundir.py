@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit.runtime.process import write_atomic
+from labkit.atomic import write_atomic
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
+from labkit.atomic import write_atomic
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
 from labkit.runtime.base import Forward, MachineSpec
 from labkit.runtime.network import listening_ports, machine_mac, resolve_forwards
-from labkit.runtime.process import write_atomic
 
 FORWARDS_FILE = "forwards.json"
 

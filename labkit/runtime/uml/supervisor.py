@@ -33,7 +33,8 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from labkit.runtime.process import ProcessRecord, end_processes, write_atomic
+from labkit.atomic import write_atomic
+from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.uml.rundir import RunDir
 
 #: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).

@@ -12,7 +12,6 @@ docs/runtime.md ("Lab networks (VDE)") tells the whole story.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.atomic import locked, write_atomic
 from labkit.errors import BadNameError, ConfigError, RuntimeBackendError, StateError
 from labkit.names import check_name
 from labkit.runtime.base import MachineSpec, NetworkSpec, NetworkStatus, State
@@ -33,7 +33,6 @@ from labkit.runtime.process import (
     process_start_time,
     process_state,
     processes_running,
-    write_atomic,
 )
 
 #: sun_path holds 108 bytes including the terminating NUL.
@@ -183,8 +182,7 @@ class VdeNetworks:
     def _locked(self, spec: NetworkSpec) -> Iterator[NetworkDir]:
         net = NetworkDir(spec.folder)
         spec.folder.mkdir(parents=True, exist_ok=True)
-        with open(net.lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with locked(net.lock):
             yield net
 
     # ---- status

@@ -39,7 +39,7 @@ def test_hook_agrees_with_contract(constant: str, shell_line: str) -> None:
 
 def test_hook_reads_the_seed_paths() -> None:
     for rel in (guest_contract.SEED_ENV, guest_contract.SEED_AUTHORIZED_KEYS, guest_contract.SEED_ROOT_PASSWORD,
-                guest_contract.SEED_FILES, guest_contract.SEED_STARTUP):
+                guest_contract.SEED_FILES, guest_contract.SEED_FILES_TAR, guest_contract.SEED_STARTUP):
         leaf = Path(rel).name
         assert f'/{leaf}' in HOOK, f"the hook never reads {rel}"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,9 +41,17 @@ def roster(tmp_path: Path, *sids: str, name: str = "roster.csv") -> Path:
 
 
 def seed_text(courses: Courses, machine: str, inner: str) -> str:
+    """A file of a machine's seed disk; ``files/...`` are read from the seed's files.tar."""
     seed = courses.settings.seeds / f"{machine}.img"
-    done = subprocess.run(["debugfs", "-R", f"cat {inner}", str(seed)], capture_output=True, text=True, check=True)
-    return done.stdout
+    member = inner.removeprefix("labkit/files/")
+    path = "labkit/files.tar" if member != inner else inner
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(seed)], capture_output=True, check=True)
+    if member == inner:
+        return done.stdout.decode()
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        data = tar.extractfile(member)
+        assert data is not None
+        return data.read().decode()
 
 
 def test_create_refuses_bad_labs_and_duplicates(courses: Courses, tmp_path: Path) -> None:
