@@ -66,6 +66,12 @@ class StateError(LabkitError):
         self.state = state
 
 
+class DatabaseError(LabkitError):
+    """The database could not be read or written (locked too long, disk full, unreachable)."""
+
+    status = 503
+
+
 class GuestError(LabkitError):
     """Talking to a guest (SSH, console) failed or timed out."""
 

@@ -17,9 +17,7 @@ HOOK_PATH = "/usr/lib/labkit/boot-hook"
 SEED_DEVICE = "/dev/ubdb"
 #: The UML option index of the seed disk (``ubd1r=``).
 SEED_UBD_INDEX = 1
-#: File system label of every seed disk.
-SEED_LABEL = "LABKITSEED"
-#: Where the hook mounts the seed inside the guest (read-only, unmounted again after use).
+#: Where the hook unpacks the seed inside the guest (a tmpfs folder, removed after use; an older ext4 seed is mounted)
 SEED_MOUNT = "/run/labkit/seed"
 
 #: Paths inside the seed file system.

@@ -1,43 +1,39 @@
 """Seed disks: a small ext4 image per machine that the guest's boot hook reads (hostname, network, keys, files).
 
-It is built without root (``mkfs.ext4 -d``; the machine's files travel as a tar archive owned by root) and attached
-read-only as the second UML disk. The layout inside is the contract with ``guest/boot-hook.sh``; the paths are in
+It is a tar archive (entries owned by root, so no fakeroot and no mkfs) attached read-only as the second UML disk,
+which the boot hook unpacks. The layout inside is the contract with ``guest/boot-hook.sh``; the paths are in
 guest_contract.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import ipaddress
 import os
 import re
 import shlex
-import shutil
 import stat
-import subprocess
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from labkit.atomic import write_atomic
 from labkit.errors import BadNameError, ImageError
 from labkit.images.guest_contract import (
     SEED_AUTHORIZED_KEYS,
     SEED_ENV,
     SEED_FILES_TAR,
-    SEED_LABEL,
     SEED_ROOT_PASSWORD,
     SEED_STARTUP,
     SLIRP_DNS,
     SLIRP_GUEST_ADDRESS,
 )
-from labkit.images.programs import find_program
 from labkit.names import check_name
 
 _IFNAME = re.compile(r"[a-z][a-z0-9]{0,14}")
 _SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MIN_SEED_BYTES = 4 << 20
 
 
 def _default_interfaces() -> dict[str, str]:
@@ -152,23 +148,14 @@ def seed_env(spec: SeedSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tree_bytes(root: Path) -> tuple[int, int]:
-    """(bytes, entries) of a folder, to size the file system."""
-    total = entries = 0
-    for path in root.rglob("*"):
-        entries += 1
-        if path.is_file() and not path.is_symlink():
-            total += path.stat().st_size
-    return total, entries
-
-
-def pack_files(files_dir: Path, archive: Path) -> None:
+def pack_files(files_dir: Path, archive: Path | BinaryIO) -> None:
     """Pack a machine's files as root's, in a tar the boot hook unpacks over ``/``.
 
     Ownership lives in the archive, so the seed needs no fakeroot (which tripled its build time). Only files, symlinks
     and empty folders go in: tar makes parent folders itself, and the guest's own /etc or /root keep their modes.
     """
-    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+    target = {"fileobj": archive} if not isinstance(archive, Path) else {"name": archive}
+    with tarfile.open(mode="w", format=tarfile.GNU_FORMAT, **target) as tar:  # type: ignore[call-overload]
         for path in sorted(files_dir.rglob("*")):
             if path.is_dir() and not path.is_symlink() and any(path.iterdir()):
                 continue
@@ -182,41 +169,44 @@ def pack_files(files_dir: Path, archive: Path) -> None:
                 tar.addfile(info)
 
 
+def _root_info(name: str, mode: int, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size = kind, mode, size
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
 def build_seed(spec: SeedSpec, dest: Path) -> Path:
-    """Write the seed disk for ``spec`` to ``dest`` atomically and return ``dest``."""
+    """Write the seed disk for ``spec`` to ``dest`` atomically and return ``dest``.
+
+    The disk is a tar archive (tar's 512-byte blocks make a valid block device): the boot hook unpacks it from
+    /dev/ubdb. Writing it takes a millisecond, where an ext4 image took a mkfs run (15 ms) that dominated provisioning.
+    """
     spec.validate()
     dest = Path(dest).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    entries: list[tuple[str, int, bytes]] = [
+        (SEED_ENV, 0o644, seed_env(spec).encode()),
+        (SEED_AUTHORIZED_KEYS, 0o644, "".join(key.strip() + "\n" for key in spec.authorized_keys).encode()),
+    ]
+    if spec.root_password is not None:
+        entries.append((SEED_ROOT_PASSWORD, 0o600, spec.root_password.encode()))
+    if spec.files_dir is not None:
+        packed = io.BytesIO()
+        pack_files(spec.files_dir, packed)
+        entries.append((SEED_FILES_TAR, 0o600, packed.getvalue()))
+    for number, (name, text) in enumerate(spec.startup_scripts, start=1):
+        entries.append((f"{SEED_STARTUP}/{number:02d}-{name}.sh", 0o755,
+                        (text if text.endswith("\n") else text + "\n").encode()))
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for folder in ("labkit", SEED_STARTUP):
+            tar.addfile(_root_info(folder, 0o700, kind=tarfile.DIRTYPE))
+        for name, mode, data in entries:
+            tar.addfile(_root_info(name, mode, len(data)), io.BytesIO(data))
     try:
-        root = staging / "root"
-        (root / "labkit").mkdir(parents=True)
-        (root / SEED_ENV).write_text(seed_env(spec))
-        keys = root / SEED_AUTHORIZED_KEYS
-        keys.write_text("".join(key.strip() + "\n" for key in spec.authorized_keys))
-        if spec.root_password is not None:
-            secret = root / SEED_ROOT_PASSWORD
-            secret.touch(mode=0o600)
-            secret.write_text(spec.root_password)
-        if spec.files_dir is not None:
-            pack_files(spec.files_dir, root / SEED_FILES_TAR)
-        startup = root / SEED_STARTUP
-        startup.mkdir()
-        for number, (name, text) in enumerate(spec.startup_scripts, start=1):
-            script = startup / f"{number:02d}-{name}.sh"
-            script.write_text(text if text.endswith("\n") else text + "\n")
-            script.chmod(0o755)
-        content, entries = _tree_bytes(root)
-        size = max(MIN_SEED_BYTES, (content * 3 // 2 + entries * 4096 + (2 << 20) + (1 << 20) - 1) >> 20 << 20)
-        image = staging / "seed.img"
-        result = subprocess.run(
-            [find_program("mkfs.ext4"), "-q", "-F", "-L", SEED_LABEL, "-O", "^has_journal", "-E", "root_owner=0:0",
-             "-N", str(entries + 128), "-d", str(root), str(image), f"{size // 1024}k"],
-            capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise ImageError(f"cannot make the seed disk {dest}: {result.stderr.strip() or result.stdout.strip()}")
-        os.replace(image, dest)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
+        write_atomic(dest, archive.getvalue(), 0o600)
+    except OSError as err:
+        raise ImageError(f"cannot write the seed disk {dest}: {err.strerror}") from err
     return dest

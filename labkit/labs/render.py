@@ -8,6 +8,7 @@ lab folder is refused, and nothing is ever read from or written outside the lab 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import stat
 from collections.abc import Iterator, Mapping
@@ -73,7 +74,9 @@ def make_environment() -> LabEnvironment:
 _ENV = make_environment()
 
 
+@functools.lru_cache(maxsize=1024)
 def _compile(source: str, name: str) -> Template:
+    """Compiled once per (source, name): provisioning renders the same templates for every student."""
     code = _ENV.compile(source, name=name, filename=name)
     return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
 

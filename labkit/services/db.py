@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labkit.atomic import locked
 from labkit.config import Settings
+from labkit.errors import DatabaseError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -28,6 +29,9 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    # With WAL, NORMAL syncs at checkpoints, not at every commit: a crash of labkit loses nothing, a power cut may
+    # lose the last transactions but never corrupts the database (SQLite's documented trade-off).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
@@ -87,8 +91,12 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on any error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as err:
+            raise DatabaseError(f"the database {self.engine.url.render_as_string()} could not be used: "
+                                f"{err.orig}") from err
 
     def close(self) -> None:
         self.engine.dispose()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labkit.atomic import locked
@@ -162,25 +163,34 @@ class Machines:
                     raise ConflictError(
                         f"{leftover} already exists (left from an earlier machine {name!r}?); labkit never overwrites "
                         "it: move it away or choose another name")
-            machine = Machine(
-                name=name, image=image_row, backend="uml", overlay_kind="umlcow",
-                overlay_path=str(overlay_path), seed_path=str(seed_path),
-                memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
-                console_password=secrets.token_urlsafe(12), hostname=content.hostname if content else None,
-                networks=networks or [],
-            )
-            overlay = get_overlay(machine.overlay_kind)
-            try:
-                overlay.create(Path(image_row.path), overlay_path)
-                self._write_seed(machine, content)
+            image_id, base, label = image_row.id, Path(image_row.path), image_row.label
+        machine = Machine(
+            name=name, image_id=image_id, backend="uml", overlay_kind="umlcow",
+            overlay_path=str(overlay_path), seed_path=str(seed_path),
+            memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
+            console_password=secrets.token_urlsafe(12), hostname=content.hostname if content else None,
+            networks=networks or [],
+        )
+        # The files are written outside any transaction (a class provisions in parallel); the record comes last.
+        made: list[Path] = []
+        try:
+            get_overlay(machine.overlay_kind).create(base, overlay_path)
+            made.append(overlay_path)
+            self._write_seed(machine, content)
+            made.append(seed_path)
+            with self.db.transaction() as session:
                 session.add(machine)
-                record(session, self.actor, "create", name, f"image {image_row.label}, {memory_mb} MB")
+                record(session, self.actor, "create", name, f"image {label}, {memory_mb} MB")
                 session.flush()
-            except BaseException:
-                overlay_path.unlink(missing_ok=True)
-                seed_path.unlink(missing_ok=True)
-                raise
-            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+                return self._view(machine, self._backend(machine).status(self.spec(machine)))
+        except IntegrityError as err:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise ConflictError(f"a machine named {name!r} already exists") from err
+        except BaseException:
+            for path in made:  # only what this call made: a concurrent create's files are not ours to remove
+                path.unlink(missing_ok=True)
+            raise
 
     def _write_seed(self, machine: Machine, content: SeedContent | None = None) -> None:
         """Build the seed disk; its id follows its content, so the guest copies changed files on the next boot."""

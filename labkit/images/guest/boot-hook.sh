@@ -3,7 +3,7 @@
 # POSIX sh: it runs under busybox ash (tiny) and dash (Debian). The host side of this contract is
 # labkit/images/guest_contract.py and labkit/images/seed.py; docs/images.md describes it.
 #
-#   boot-hook [apply]  mount the seed disk read-only, apply it, unmount it (a guest without seed disk just boots)
+#   boot-hook [apply]  unpack the seed disk (a tar archive), apply it, remove it (a guest without seed disk just boots)
 #   boot-hook ready    wait until the SSH server listens on port 22, then print the readiness marker on /dev/console
 #
 # It never stops the boot: a step that fails is reported on stderr and the next one runs.
@@ -130,8 +130,14 @@ apply() {
         return 0
     fi
     mkdir -p "$SEED_MOUNT"
-    if ! mount -t ext4 -o ro "$SEED_DEVICE" "$SEED_MOUNT"; then
-        log "cannot mount the seed disk $SEED_DEVICE"
+    chmod 700 "$SEED_MOUNT"
+    # The seed is a tar archive written straight onto the disk; seeds of older labkit versions are ext4.
+    if tar -x -f "$SEED_DEVICE" -C "$SEED_MOUNT" 2>/dev/null; then
+        unpacked=1
+    elif mount -t ext4 -o ro "$SEED_DEVICE" "$SEED_MOUNT"; then
+        unpacked=0
+    else
+        log "cannot read the seed disk $SEED_DEVICE"
         return 0
     fi
     seed="$SEED_MOUNT/labkit"
@@ -148,7 +154,11 @@ apply() {
     else
         log "the seed disk has no labkit/seed.env"
     fi
-    umount "$SEED_MOUNT" || log "cannot unmount the seed disk"
+    if [ "$unpacked" = 1 ]; then
+        rm -rf "$SEED_MOUNT"
+    else
+        umount "$SEED_MOUNT" || log "cannot unmount the seed disk"
+    fi
 }
 
 ssh_listening() {

@@ -41,17 +41,17 @@ def roster(tmp_path: Path, *sids: str, name: str = "roster.csv") -> Path:
 
 
 def seed_text(courses: Courses, machine: str, inner: str) -> str:
-    """A file of a machine's seed disk; ``files/...`` are read from the seed's files.tar."""
-    seed = courses.settings.seeds / f"{machine}.img"
-    member = inner.removeprefix("labkit/files/")
-    path = "labkit/files.tar" if member != inner else inner
-    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(seed)], capture_output=True, check=True)
-    if member == inner:
-        return done.stdout.decode()
-    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
-        data = tar.extractfile(member)
+    """A file of a machine's seed disk (a tar archive); ``labkit/files/...`` are read from its files.tar."""
+    with tarfile.open(courses.settings.seeds / f"{machine}.img") as seed:
+        member = inner.removeprefix("labkit/files/")
+        data = seed.extractfile("labkit/files.tar" if member != inner else inner)
         assert data is not None
-        return data.read().decode()
+        if member == inner:
+            return data.read().decode()
+        with tarfile.open(fileobj=io.BytesIO(data.read())) as files:
+            found = files.extractfile(member)
+            assert found is not None
+            return found.read().decode()
 
 
 def test_create_refuses_bad_labs_and_duplicates(courses: Courses, tmp_path: Path) -> None:

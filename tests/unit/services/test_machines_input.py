@@ -118,6 +118,7 @@ def test_a_full_disk_while_creating_leaves_no_machine(machines: Machines, tmp_pa
         "from labkit.services.machines import Machines\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "db = Database(Settings.from_env())\n"
+        "Machines(Settings.from_env(), db).create('warm', 'tiny')  # the database has its image row now\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
         "try:\n"
         "    Machines(Settings.from_env(), db).create('full', 'tiny')\n"
@@ -130,6 +131,6 @@ def test_a_full_disk_while_creating_leaves_no_machine(machines: Machines, tmp_pa
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "File too large" in done.stdout or "No space" in done.stdout, done.stdout
-    assert machines.status() == []
-    assert [p.name for p in machines.settings.overlays.iterdir()] == []
-    assert [p.name for p in machines.settings.seeds.iterdir()] == []
+    assert [v.name for v in machines.status()] == ["warm"]
+    assert [p.name for p in machines.settings.overlays.iterdir()] == ["warm.cow"]
+    assert [p.name for p in machines.settings.seeds.iterdir()] == ["warm.img"]
