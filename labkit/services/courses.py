@@ -256,6 +256,12 @@ class Courses:
                 existing = {(a.course_lab_id, a.student_id, a.machine): (a.vm.name, a.digest)
                             for s in course.students for a in s.assignments}
                 course_ref = (course.id, course.name, course.secret)
+                live, new_digest = {s.value for s in LIVE}, {lab_pk: digest for lab_pk, _, digest in plans}
+                stale_running = sorted(a.vm.name for s in course.students for a in s.assignments
+                                       if a.digest != new_digest[a.course_lab_id] and a.vm.state in live)
+            if stale_running:  # a seed disk cannot be replaced under a running machine
+                raise ConflictError(f"stop the machines of changed labs before an upgrade: {', '.join(stale_running)} "
+                                    f"(labkit course stop {name})")
             jobs: list[Callable[[], str]] = []
             for lab_pk, lab, digest in plans:
                 for student_pk, sid in students:
