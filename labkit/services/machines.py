@@ -271,7 +271,14 @@ class Machines:
             for attachment in spec.networks:  # a student's lab networks come up with the first machine on them
                 backend.start_network(attachment.network)
             try:
-                status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
+                try:
+                    status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
+                except ConflictError:
+                    if all(f.host_port for f in spec.forwards):
+                        raise
+                    # A port picked for a "0" forward can be taken by a machine starting beside this one before
+                    # its slirp binds it: the backend stopped everything, so one more start picks new ports.
+                    status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
             except LabkitError as err:
                 with self.db.transaction() as session:
                     record(session, self.actor, "start-failed", name, str(err)[:2000])
