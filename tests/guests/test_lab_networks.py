@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from guest_console import console_run as run_on_console
 
 from labkit.errors import StateError
 from labkit.images.seed import SeedSpec, build_seed
@@ -47,29 +47,11 @@ class Student:
     machines: dict[str, MachineSpec]
 
 
-def read_until(sock: socket.socket, needle: bytes, timeout: float) -> bytes:
-    sock.settimeout(0.5)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} did not arrive; got {seen[-500:]!r}")
-        with contextlib.suppress(TimeoutError):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"console closed before {needle!r}; got {seen[-500:]!r}")
-            seen += chunk
-    return seen
-
-
 def console_run(backend: UmlBackend, spec: MachineSpec, command: str, timeout: float = 20.0) -> str:
     """Run a shell command on the machine's console; return its output, then ``rc=N`` (marks computed by the shell,
     so the echo of the typed line never matches them)."""
-    mark = f"m{time.monotonic_ns()}"
     with connect(backend.console_socket(spec)) as sock:
-        sock.sendall(f"\necho {mark}-$((1+1))B; {command}; echo rc=$?; echo {mark}-$((2+1))E\n".encode())
-        out = read_until(sock, f"{mark}-3E".encode(), timeout).decode(errors="replace").replace("\r", "")
-    return out.split(f"{mark}-2B\n", 1)[1].split(f"{mark}-3E", 1)[0]
+        return run_on_console(sock, f"{command}; echo rc=$?", timeout)
 
 
 def fetch(backend: UmlBackend, spec: MachineSpec, address: str) -> str:

@@ -6,7 +6,6 @@ prints the readiness marker once dropbear listens and keeps a root shell on the 
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import os
 import shutil
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guest_console import console_run, read_until
 
 from labkit.errors import ConfigError, ConflictError, StateError
 from labkit.images.guest_contract import READY_MARKER
@@ -86,30 +86,6 @@ def running(backend: UmlBackend, root: Path, guest_image: Path, seed: Path) -> M
     status = backend.start(spec, timeout=60)
     assert status.state == State.RUNNING and status.ready
     return spec
-
-
-def read_until(sock: socket.socket, needle: bytes, timeout: float = 15.0) -> bytes:
-    sock.settimeout(0.5)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} did not arrive; got {seen[-500:]!r}")
-        with contextlib.suppress(TimeoutError):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"console closed before {needle!r}; got {seen[-500:]!r}")
-            seen += chunk
-    return seen
-
-
-def console_run(sock: socket.socket, command: str, timeout: float = 15.0) -> str:
-    """Run a shell command on the console and return its output, found between two marks that the shell computes
-    (so the echo of the typed line, wrapped or not, never matches them)."""
-    mark = f"m{time.monotonic_ns()}"
-    sock.sendall(f"\necho {mark}-$((1+1))B; {command}; echo; echo {mark}-$((2+1))E\n".encode())
-    out = read_until(sock, f"{mark}-3E".encode(), timeout).decode(errors="replace").replace("\r", "")
-    return out.split(f"{mark}-2B\n", 1)[1].split(f"{mark}-3E", 1)[0]
 
 
 def ssh_banner(port: int, timeout: float = 10.0) -> bytes:
