@@ -46,6 +46,7 @@ from labkit.services.models import Machine, Snapshot
 
 if TYPE_CHECKING:
     from labkit.guest import Guest
+    from labkit.guest.offline import OfflineTransport
 
 SSH_PORT = 22
 LIVE = (State.RUNNING, State.PAUSED, State.STARTING, State.STOPPING)
@@ -438,7 +439,8 @@ class Machines:
                                  machine.console_password)
 
     def open_guest(self, name: str) -> Guest:
-        """A Guest handle for a running machine: SSH through its forward, the console as fallback."""
+        """A Guest handle: a running machine over SSH through its forward with the console as fallback; a stopped
+        one offline, read from its disk without booting it. Other states (paused, starting ...) are refused."""
         from labkit.guest import Guest  # paramiko and pexpect load only for commands that talk to a guest
         from labkit.guest.console import ConsoleTransport
         from labkit.guest.ssh import SshTransport
@@ -446,10 +448,23 @@ class Machines:
         with self.db.transaction() as session:
             machine = self._get(session, name)
             status = self._reconcile(session, machine)
-            if status.state != State.RUNNING:
-                raise StateError(f"machine {name} is {status.state.value}; start it to run commands", status.state)
             backend, spec = self._backend(machine), self.spec(machine)
+            if status.state == State.STOPPED:
+                return Guest(name, None, None, offline=self._offline_transport(machine, spec))
+            if status.state != State.RUNNING:
+                raise StateError(f"machine {name} is {status.state.value}; labkit looks inside running or stopped "
+                                 "machines only", status.state)
             endpoint = backend.ssh_endpoint(spec)
             ssh = SshTransport(endpoint[0], endpoint[1], ensure_key(self.settings.keys)) if endpoint else None
             console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
-            return Guest(name, ssh, console)
+            return Guest(name, ssh, console, forwards={f.guest_port: f.host_port for f in status.forwards})
+
+    @staticmethod
+    def _offline_transport(machine: Machine, spec: MachineSpec) -> OfflineTransport:
+        """Reads a stopped machine's disk (base image + overlay) without booting it or changing the overlay."""
+        from labkit.guest.offline import OfflineTransport
+
+        if machine.overlay_kind != "umlcow":
+            raise StateError(f"machine {machine.name} is stopped and its {machine.overlay_kind} overlay cannot be "
+                             "read offline; start it to look inside", State.STOPPED)
+        return OfflineTransport(machine.name, spec.overlay, spec.image)
