@@ -102,7 +102,7 @@ class Bench:
         started = time.perf_counter()
         views = self.courses.start("bstart", workers=START_WORKERS)
         elapsed = time.perf_counter() - started
-        not_running = [v.name for v in views if v.state != "running"]
+        not_running = [str(v["name"]) for v in views if v["state"] != "running"]
         if len(views) != n or not_running:
             raise RuntimeError(f"{len(views)} machines, not running: {', '.join(not_running) or 'none'}")
         started = time.perf_counter()

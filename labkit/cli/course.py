@@ -131,8 +131,8 @@ def _table(views: list[dict[str, object]]) -> None:
 def start(app: App, name: str, student: str | None, machine: str | None, lab: str | None) -> None:
     """Start the class's machines (in depends_on order, the rest in parallel), within the memory budget."""
     with StatusLine() as status:
-        app.courses.start(name, student, machine, lab, progress=status)
-    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
+        rows = app.courses.start(name, student, machine, lab, progress=status)
+    _table(rows)
 
 
 @command.command("stop")
@@ -142,8 +142,8 @@ def start(app: App, name: str, student: str | None, machine: str | None, lab: st
 def stop(app: App, name: str, student: str | None, machine: str | None, lab: str | None) -> None:
     """Shut the class's machines down cleanly."""
     with StatusLine() as status:
-        app.courses.stop(name, student, machine, lab, progress=status)
-    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
+        rows = app.courses.stop(name, student, machine, lab, progress=status)
+    _table(rows)
 
 
 @command.command("reset")
@@ -157,13 +157,8 @@ def reset(app: App, name: str, student: str | None, machine: str | None, lab: st
         who = f"student {student}" if student else "every student"
         click.confirm(f"Reset the machines of {who} in {name}? Their changes are lost.", abort=True)
     with StatusLine() as status:
-        app.courses.reset(name, student, machine, lab, progress=status)
-    _table([r for r in app.courses.status(name) if _matches(r, student, machine, lab)])
-
-
-def _matches(row: dict[str, object], student: str | None, machine: str | None, lab: str | None) -> bool:
-    return all(want is None or row[key] == want for key, want in (("student", student), ("machine", machine),
-                                                                   ("lab", lab)))
+        rows = app.courses.reset(name, student, machine, lab, progress=status)
+    _table(rows)
 
 
 @command.command("status")

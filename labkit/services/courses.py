@@ -36,7 +36,7 @@ from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Forward
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
-from labkit.services.machines import LIVE, Machines, MachineView, SeedContent
+from labkit.services.machines import LIVE, Machines, SeedContent
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
 from labkit.services.roster import check_student_id, read_roster
 
@@ -411,7 +411,7 @@ class Courses:
         return wanted
 
     def start(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
-              workers: int = 4, progress: Reporter = silent) -> list[MachineView]:
+              workers: int = 4, progress: Reporter = silent) -> list[dict[str, object]]:
         """Start the class (or one student / machine), lab machines in ``depends_on`` order, the rest in parallel."""
         with self._locked(name):
             wanted = self._admit(name, self.targets(name, student, machine, lab))
@@ -422,13 +422,13 @@ class Courses:
                 for _ in self._parallel(batch, lambda t: self.machines.start(t.name, timeout=180), workers):
                     done += 1
                     progress(ProgressEvent("start", done, len(wanted), "starting"))
-        return self.machines_of(name, student, machine, lab)
+        return self.status(name, student, machine, lab)
 
     def stop(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
-             workers: int = 8, progress: Reporter = silent) -> list[MachineView]:
+             workers: int = 8, progress: Reporter = silent) -> list[dict[str, object]]:
         with self._locked(name):
             self._stop(self.targets(name, student, machine, lab), workers, progress)
-        return self.machines_of(name, student, machine, lab)
+        return self.status(name, student, machine, lab)
 
     def _stop(self, targets: list[Target], workers: int, progress: Reporter) -> None:
         live = {view.name for view in self.machines.status() if view.state in {s.value for s in LIVE}}
@@ -437,14 +437,14 @@ class Courses:
             progress(ProgressEvent("stop", done, len(wanted), "stopping"))
 
     def reset(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
-              progress: Reporter = silent) -> list[MachineView]:
+              progress: Reporter = silent) -> list[dict[str, object]]:
         """Fresh overlays for stopped student machines (explicit; recorded per machine)."""
         with self._locked(name):
             targets = self.targets(name, student, machine, lab)
             for done, target in enumerate(targets, start=1):
                 self.machines.reset(target.name)
                 progress(ProgressEvent("reset", done, len(targets), "resetting"))
-        return self.machines_of(name, student, machine, lab)
+        return self.status(name, student, machine, lab)
 
     @staticmethod
     def _parallel(targets: list[Target], action: Callable[[Target], object], workers: int) -> Iterator[object]:
@@ -504,14 +504,11 @@ class Courses:
                 "kept": sorted({t.lab for t in targets if policies[t.lab] != RESET_EACH_SESSION})}
 
     # ---- status ------------------------------------------------------------------------------------------------
-    def machines_of(self, name: str, student: str | None = None, machine: str | None = None,
-                    lab: str | None = None) -> list[MachineView]:
-        return [self.machines.status(t.name)[0] for t in self.targets(name, student, machine, lab)]
-
-    def status(self, name: str) -> list[dict[str, object]]:
+    def status(self, name: str, student: str | None = None, machine: str | None = None,
+               lab: str | None = None) -> list[dict[str, object]]:
         """Per student and machine: state, forwards, uptime, overlay size (reconciled with the processes)."""
         try:
-            targets = self.targets(name)
+            targets = self.targets(name, student, machine, lab)
         except NotFoundError:
             return []
         views = {view.name: view for view in self.machines.status()}
