@@ -37,6 +37,11 @@ class Settings:
         return self.home / "snapshots"
 
     @property
+    def submissions(self) -> Path:
+        """Frozen copies of students' overlays, kept apart from the machines' own snapshots."""
+        return self.home / "submissions"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
 
@@ -50,8 +55,8 @@ class Settings:
 
     def ensure(self) -> None:
         """Create the state folders (private to the user: they hold keys and students' work)."""
-        for path in (self.home, self.images, self.overlays, self.snapshots, self.logs, self.keys, self.seeds,
-                     self.run_dir, self.cache):
+        for path in (self.home, self.images, self.overlays, self.snapshots, self.submissions, self.logs, self.keys,
+                     self.seeds, self.run_dir, self.cache):
             path.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)
         self.keys.chmod(0o700)

@@ -35,12 +35,19 @@ def command() -> None:
               help="A lab folder (repeat for several labs).")
 @click.option("--memory-budget", type=int, help="MB of host memory the class may use (default: 3/4 of the host).")
 @click.option("--max-running", default=4, show_default=True, help="Machines one student may run at once.")
+@click.option("--owner", help="The instructor (web user) who owns the course in the web app.")
 @json_option
 @pass_app
 def create(app: App, name: str, labs: tuple[Path, ...], memory_budget: int | None, max_running: int,
-           as_json: bool) -> None:
+           owner: str | None, as_json: bool) -> None:
     """Create course NAME with one or more labs."""
+    from labkit.cli.user import accounts
+
+    if owner:
+        accounts(app).check_owner(owner)
     summary = app.courses.create(name, list(labs), memory_budget, max_running)
+    if owner:
+        accounts(app).set_course_owner(name, owner)
     echo_json(summary) if as_json else click.echo(f"created course {name} with labs "
                                                   f"{', '.join(lab['id'] for lab in summary['labs'])}")  # type: ignore
 
@@ -87,6 +94,35 @@ def roster(app: App, name: str, csv_file: Path, purge: bool, as_json: bool) -> N
     for what, sids in dataclasses.asdict(report).items():
         click.echo(f"{what}: {len(sids)}" + (f" ({', '.join(sids[:20])}{' ...' if len(sids) > 20 else ''})"
                                              if sids else ""))
+
+
+@command.command("owner")
+@click.argument("name")
+@click.argument("user")
+@pass_app
+def owner(app: App, name: str, user: str) -> None:
+    """Make instructor USER the owner of course NAME in the web app."""
+    from labkit.cli.user import accounts
+
+    accounts(app).set_course_owner(name, user)
+    click.echo(f"course {name} is owned by {user}")
+
+
+@command.command("links")
+@click.argument("name")
+@click.option("--student", "students", multiple=True,
+              help="Only this student; a new link even if they have a password (repeat for several).")
+@click.option("--csv", "csv_file", type=click.Path(path_type=Path), help="Also write the links to this CSV file.")
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+              help="The web app's address as the students reach it.")
+@json_option
+@pass_app
+def links(app: App, name: str, students: tuple[str, ...], csv_file: Path | None, base_url: str,
+          as_json: bool) -> None:
+    """One-time set-password links (valid 7 days) for the roster students who cannot log in yet."""
+    from labkit.cli.user import show_links
+
+    show_links(app, name, list(students) or None, csv_file, base_url, as_json)
 
 
 @command.command("students")

@@ -3,6 +3,7 @@ labkit.labs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,26 +14,20 @@ import click
 
 from labkit.atomic import write_atomic
 from labkit.cli.app import App, echo_json, json_option
-from labkit.errors import ConflictError, LabFormatError
-from labkit.labs import Lab, LabProblem, load_lab, student_params, validate_lab
+from labkit.errors import ConflictError
+from labkit.labs import Lab, LabProblem, load_lab, validate_lab
 from labkit.labs.render import (
-    TEMPLATE_SUFFIX,
-    lab_path,
     render_check,
     render_forwards,
     render_instructions,
     render_machine_files,
     render_startup,
-    render_text,
-    template_context,
 )
-from labkit.labs.topology import plan_topology
+from labkit.labs.student import SOLUTION_FOLDER, for_student, render_solutions
 from labkit.names import check_name
 
 pass_app = click.make_pass_decorator(App)
 
-#: where a lab keeps the scripts that solve it (one per machine, ``.j2`` ones rendered per student)
-SOLUTION_FOLDER = "solution"
 #: values in a preview differ from a real course's unless the instructor passes that course's secret
 PREVIEW_COURSE = "preview"
 PREVIEW_SECRET = "labkit-preview-secret-not-for-courses"
@@ -156,35 +151,11 @@ def _write(dest: Path, text: str, mode: int = 0o644) -> None:
     write_atomic(dest, text, mode)
 
 
-def render_solutions(lab: Lab, context: dict[str, object]) -> list[tuple[str, str, bool]]:
-    """The lab's ``solution/`` scripts for one student as (name, text, executable): ``.j2`` files rendered (suffix
-    dropped), others as they are. An absent folder gives an empty list."""
-    assert lab.folder is not None
-    folder, why = lab_path(lab.folder, SOLUTION_FOLDER)
-    if folder is None:
-        raise LabFormatError(why or "bad solution folder", str(lab.folder / SOLUTION_FOLDER))
-    if not folder.is_dir():
-        return []
-    scripts = []
-    for path in sorted(folder.iterdir()):
-        rel = f"{SOLUTION_FOLDER}/{path.name}"
-        real, why = lab_path(lab.folder, rel)
-        if real is None or not real.is_file():
-            raise LabFormatError(why or f"{rel} is not a file", str(lab.folder / rel))
-        text = real.read_text(encoding="utf-8")
-        name = path.name
-        if name.endswith(TEMPLATE_SUFFIX):
-            text, name = render_text(text, context, rel, str(lab.folder / rel)), name[: -len(TEMPLATE_SUFFIX)]
-        scripts.append((name, text, bool(real.stat().st_mode & 0o111) or name.endswith(".sh")))
-    return scripts
-
-
 def render_preview(lab: Lab, course: str, student: str, secret: str,
                    outdir: Path) -> tuple[list[str], dict[str, object]]:
     """Write everything one student gets into the new folder ``outdir``; return the files written and the values."""
-    params = student_params(lab, course, student, secret)
-    topology = plan_topology(lab, template_context(lab, params, course, student))
-    context = template_context(lab, params, course, student, topology)
+    mine = for_student(lab, course, student, secret)
+    params, context = mine.params, mine.context
     written = ["instructions.md"]
     _write(outdir / "instructions.md", render_instructions(lab, context))
     forwards: dict[str, list[int]] = {}
@@ -250,3 +221,44 @@ def render(app: App, path: Path, outdir: Path, student: str, course: str, secret
     click.echo(f"rendered {lab.id} for {student} (course {course}) into {outdir}:")
     for name in written:
         click.echo(f"  {name}")
+
+
+@command.command("test")
+@lab_argument
+@click.option("--seeds", default=3, show_default=True, help="Throwaway students, each with their own values.")
+@json_option
+@pass_app
+def test(app: App, path: Path, seeds: int, as_json: bool) -> None:
+    """Test the lab at PATH before class: for each seed, untouched machines must fail every check (except
+    baseline_pass ones), and after the solution/ scripts ran they must get full marks. Exits 1 on any failure."""
+    from labkit.cli.progress import StatusLine
+    from labkit.services.labtest import LabTester
+
+    with StatusLine() as status:
+        report = LabTester(app.settings, app.db).test(path, seeds, progress=status)
+    if as_json:
+        echo_json({"lab": report.lab, "ok": report.ok, "error": report.error,
+                   "seeds": [{**dataclasses.asdict(s), "ok": s.ok} for s in report.seeds]})
+    else:
+        _print_lab_test(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _print_lab_test(report) -> None:  # type: ignore[no-untyped-def]
+    if report.error:
+        click.echo(f"lab {report.lab}: the test could not run: {report.error}")
+        return
+    click.echo(f"{'seed':<5} {'student':<10} {'untouched':<10} {'solution':<9} {'after':<6} points")
+    for s in report.seeds:
+        def word(problems: list[str]) -> str:
+            return "ok" if not problems else "FAIL"
+
+        click.echo(f"{s.seed:<5} {s.student:<10} {word(s.baseline):<10} {word(s.solution):<9} {word(s.after):<6} "
+                   f"{s.points:g}/{s.max_points:g}")
+    for s in report.seeds:
+        for problem in s.baseline + s.solution + s.after:
+            click.echo(f"  {s.student}: {problem}")
+        if not s.ok:
+            click.echo(f"  {s.student}'s values: {json.dumps(s.params, sort_keys=True)}")
+    click.echo(f"lab {report.lab}: {'PASSED' if report.ok else 'FAILED'}")

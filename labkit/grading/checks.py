@@ -93,10 +93,12 @@ class Check(ABC):
         wrapped = {name: BudgetedGuest(guest, budget, transports) for name, guest in guests.items()}
         try:
             outcome = self._evaluate_on(wrapped, params, spec)
-        except GuestError as err:
-            outcome = Outcome(False, f"labkit could not check this: {err}", evidence=f"error: {err}")
+        except GuestError as err:  # the student's feedback says the check could not look, not that it failed
+            reason = f"labkit could not check this: {err}"
+            outcome = Outcome(False, reason, evidence=f"error: {err}", feedback=reason)
         except LabkitError as err:
-            outcome = Outcome(False, f"this check is broken, tell your instructor: {err}", evidence=f"error: {err}")
+            reason = f"this check is broken, tell your instructor: {err}"
+            outcome = Outcome(False, reason, evidence=f"error: {err}", feedback=reason)
         transport = ",".join(dict.fromkeys([*filter(None, outcome.transport.split(",")), *transports]))
         return self._result(outcome, spec, transport, time.monotonic() - started)
 

@@ -27,9 +27,8 @@ from labkit.images.store import ImageStore
 from labkit.labs.digest import changed_files, file_hashes, lab_digest
 from labkit.labs.loader import load_lab
 from labkit.labs.model import Lab
-from labkit.labs.params import student_params
-from labkit.labs.render import render_forwards, render_machine_files, render_startup, template_context
-from labkit.labs.topology import plan_topology
+from labkit.labs.render import render_forwards, render_machine_files, render_startup
+from labkit.labs.student import for_student
 from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import ProgressEvent, Reporter, silent
@@ -39,6 +38,7 @@ from labkit.services.db import Database
 from labkit.services.machines import LIVE, Machines, SeedContent
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
 from labkit.services.roster import check_student_id, read_roster
+from labkit.services.submissions import student_folder
 
 RESET_EACH_SESSION = "each-session"
 
@@ -165,11 +165,13 @@ class Courses:
             with self.db.transaction() as session:
                 course = self._course(session, name)
                 names = [a.vm.name for s in course.students for a in s.assignments]
+                course_pk = course.id
             if names and not purge:
                 raise ConflictError(f"course {name} has {len(names)} student machines; add --purge to delete them "
                                     "with the students' work")
             for machine in names:
                 self._purge_machine(machine)
+            shutil.rmtree(self.settings.submissions / f"c{course_pk}", ignore_errors=True)
             with self.db.transaction() as session:
                 session.delete(self._course(session, name))
                 record(session, self.actor, "course-remove", name, f"{len(names)} machines purged")
@@ -189,6 +191,7 @@ class Courses:
         entries = read_roster(path)
         report = RosterReport()
         to_purge: list[str] = []
+        submitted: list[Path] = []
         with self._locked(name):
             with self.db.transaction() as session:
                 course = self._course(session, name)
@@ -212,12 +215,15 @@ class Courses:
                         report.archived.append(sid)
                     if sid not in listed and purge:
                         to_purge += [a.vm.name for a in student.assignments]
+                        submitted.append(student_folder(self.settings, course.id, student.id))
                         report.purged.append(sid)
                 record(session, self.actor, "roster-import", name,
                        f"+{len(report.added)} ~{len(report.updated)} -{len(report.archived)} "
                        f"restored {len(report.restored)} purged {len(report.purged)}")
             for machine in to_purge:
                 self._purge_machine(machine)
+            for folder in submitted:
+                shutil.rmtree(folder, ignore_errors=True)
             if report.purged:
                 with self.db.transaction() as session:
                     course = self._course(session, name)
@@ -288,9 +294,8 @@ class Courses:
         def job() -> str:
             outcomes = []
             course_id, course_name, secret = course_ref
-            params = student_params(lab, course_name, sid, secret)
-            topology = plan_topology(lab, template_context(lab, params, course_name, sid))
-            context = template_context(lab, params, course_name, sid, topology)
+            mine = for_student(lab, course_name, sid, secret)
+            topology, context = mine.topology, mine.context
             for machine_def in lab.machines.values():
                 have = existing.get((lab_pk, student_pk, machine_def.name))
                 if have and have[1] == digest:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
     from labkit.guest.offline import OfflineTransport
 
 SSH_PORT = 22
+#: Seconds a guest's own ``sync`` may take before a copy of its disk; then the kernel's emergency sync is used,
+#: which only starts writing, so the copy waits this long for it.
+FLUSH_TIMEOUT = 20.0
+EMERGENCY_SYNC_WAIT = 1.0
 LIVE = (State.RUNNING, State.PAUSED, State.STARTING, State.STOPPING)
 
 
@@ -366,24 +371,51 @@ class Machines:
             machine = self._get(session, name)
             if any(s.name == snapshot for s in machine.snapshots):
                 raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
-            status = self._reconcile(session, machine)
-            if status.state in (State.STARTING, State.STOPPING):
-                raise StateError(f"cannot snapshot machine {name} while it is {status.state.value}", status.state)
             dest = self._snapshot_dir(name) / f"{snapshot}.cow"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            backend, spec = self._backend(machine), self.spec(machine)
-            live = status.state == State.RUNNING
+            size, how = self._copy_overlay(session, machine, dest, "snapshot")
+            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size))
+            record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
+            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def freeze(self, name: str, dest: Path) -> int:
+        """Copy the overlay to ``dest`` the way a snapshot does, but outside the machine's own snapshots (a student
+        cannot delete or restore it): how submissions are kept. Returns the bytes the copy holds."""
+        with self._locked(name), self.db.transaction() as session:
+            machine = self._get(session, name)
+            size, how = self._copy_overlay(session, machine, dest, "submit")
+            record(session, self.actor, "freeze", name, f"overlay copied to {dest.name} ({how})")
+            return size
+
+    def _flush(self, machine: Machine, backend: Backend, spec: MachineSpec) -> None:
+        """Get the guest's cached writes onto its disk before a copy: ``sync`` inside the guest (it returns when
+        the data is written), or, when the guest cannot be reached, the kernel's emergency sync (which only starts
+        the writing) and a moment for it."""
+        try:
+            with self._live_guest(machine, backend, spec) as guest:
+                if guest.run("sync", timeout=FLUSH_TIMEOUT).ok:
+                    return
+        except LabkitError:
+            pass
+        backend.sync(spec)
+        time.sleep(EMERGENCY_SYNC_WAIT)
+
+    def _copy_overlay(self, session: Session, machine: Machine, dest: Path, action: str) -> tuple[int, str]:
+        """A sparse copy of the overlay; a running machine is synced and paused for it. Returns (bytes, how)."""
+        status = self._reconcile(session, machine)
+        if status.state in (State.STARTING, State.STOPPING):
+            raise StateError(f"cannot {action} machine {machine.name} while it is {status.state.value}", status.state)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        backend, spec = self._backend(machine), self.spec(machine)
+        live = status.state == State.RUNNING
+        if live:
+            self._flush(machine, backend, spec)
+            backend.pause(spec)
+        try:
+            info = get_overlay(machine.overlay_kind).snapshot(Path(machine.overlay_path), dest)
+        finally:
             if live:
-                backend.sync(spec)
-                backend.pause(spec)
-            try:
-                info = get_overlay(machine.overlay_kind).snapshot(Path(machine.overlay_path), dest)
-            finally:
-                if live:
-                    backend.resume(spec)
-            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=info.allocated_bytes))
-            record(session, self.actor, "snapshot", name, f"{snapshot} ({'live' if live else status.state.value})")
-            return self._view(machine, backend.status(spec))
+                backend.resume(spec)
+        return info.allocated_bytes, "live" if live else status.state.value
 
     def restore(self, name: str, snapshot: str) -> MachineView:
         """Bring a snapshot back as the overlay; changes made since are gone (explicit, recorded)."""
@@ -442,8 +474,6 @@ class Machines:
         """A Guest handle: a running machine over SSH through its forward with the console as fallback; a stopped
         one offline, read from its disk without booting it. Other states (paused, starting ...) are refused."""
         from labkit.guest import Guest  # paramiko and pexpect load only for commands that talk to a guest
-        from labkit.guest.console import ConsoleTransport
-        from labkit.guest.ssh import SshTransport
 
         with self.db.transaction() as session:
             machine = self._get(session, name)
@@ -454,10 +484,19 @@ class Machines:
             if status.state != State.RUNNING:
                 raise StateError(f"machine {name} is {status.state.value}; labkit looks inside running or stopped "
                                  "machines only", status.state)
-            endpoint = backend.ssh_endpoint(spec)
-            ssh = SshTransport(endpoint[0], endpoint[1], ensure_key(self.settings.keys)) if endpoint else None
-            console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
-            return Guest(name, ssh, console, forwards={f.guest_port: f.host_port for f in status.forwards})
+            return self._live_guest(machine, backend, spec)
+
+    def _live_guest(self, machine: Machine, backend: Backend, spec: MachineSpec) -> Guest:
+        """A Guest handle on a running machine: SSH through its forward, the console as fallback."""
+        from labkit.guest import Guest
+        from labkit.guest.console import ConsoleTransport
+        from labkit.guest.ssh import SshTransport
+
+        endpoint = backend.ssh_endpoint(spec)
+        ssh = SshTransport(endpoint[0], endpoint[1], ensure_key(self.settings.keys)) if endpoint else None
+        console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
+        forwards = {f.guest_port: f.host_port for f in backend.status(spec).forwards}
+        return Guest(machine.name, ssh, console, forwards=forwards)
 
     @staticmethod
     def _offline_transport(machine: Machine, spec: MachineSpec) -> OfflineTransport:

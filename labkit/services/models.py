@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -16,8 +16,18 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Moments in UTC, read back with their time zone: SQLite keeps none, so it is put back on every read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[object, object]] = {dt.datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar[dict[object, object]] = {dt.datetime: UtcDateTime()}
 
 
 class Image(Base):
@@ -117,6 +127,8 @@ class Course(Base):
     memory_budget_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_running_per_student: Mapped[int] = mapped_column(Integer, default=4)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: the instructor who owns the course in the web app (None: only the CLI manages it)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
 
     labs: Mapped[list[CourseLab]] = relationship(back_populates="course", cascade="all, delete-orphan",
                                                  order_by="CourseLab.id")
@@ -156,6 +168,8 @@ class Student(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str] = mapped_column(String(200), default="")
     archived_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    #: the web account of this student (None until the instructor creates the set-password links)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
 
     course: Mapped[Course] = relationship(back_populates="students")
     assignments: Mapped[list[Assignment]] = relationship(back_populates="student", cascade="all, delete-orphan")
@@ -192,3 +206,144 @@ class ClassSession(Base):
     begun_by: Mapped[str] = mapped_column(String(64))
     ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# ---- grading ----
+
+
+class GradeRun(Base):
+    """One grading of a course (or part of it). Its results are never changed: grades are queries over runs."""
+
+    __tablename__ = "grade_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    #: "grade" (live machines), "submission" (frozen submissions, offline) or "self-check" (a student's own check)
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    lab_filter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    student_filter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    results: Mapped[list[GradeResult]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                      order_by="GradeResult.id")
+
+
+class GradeResult(Base):
+    """One check's outcome for one student in one run."""
+
+    __tablename__ = "grade_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("grade_runs.id", ondelete="CASCADE"), index=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id", ondelete="CASCADE"), index=True)
+    course_lab_id: Mapped[int] = mapped_column(ForeignKey("course_labs.id", ondelete="CASCADE"))
+    submission_id: Mapped[int | None] = mapped_column(ForeignKey("submissions.id", ondelete="SET NULL"),
+                                                      nullable=True)
+    check_id: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    hidden: Mapped[bool] = mapped_column(default=False)
+    passed: Mapped[bool] = mapped_column(default=False)
+    points: Mapped[float] = mapped_column(default=0.0)
+    max_points: Mapped[float] = mapped_column(default=0.0)
+    feedback: Mapped[str] = mapped_column(Text, default="")
+    evidence: Mapped[str] = mapped_column(Text, default="")
+    transport: Mapped[str] = mapped_column(String(32), default="")
+    duration: Mapped[float] = mapped_column(default=0.0)
+    skipped_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    run: Mapped[GradeRun] = relationship(back_populates="results")
+    student: Mapped[Student] = relationship()
+    course_lab: Mapped[CourseLab] = relationship()
+
+
+class Submission(Base):
+    """A student's machines of one lab, frozen at a moment: sparse copies of their overlays, kept until a purge."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id", ondelete="CASCADE"), index=True)
+    course_lab_id: Mapped[int] = mapped_column(ForeignKey("course_labs.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    #: the frozen disks by lab machine name: {"overlay", "seed" (paths of the copies), "image" (base image path),
+    #: "vm" (the machine), "password", "memory_mb", "ports", "networks", "bytes"}: enough to read or boot them later
+    disks: Mapped[dict[str, dict[str, object]]] = mapped_column(JSON, default=dict)
+
+    student: Mapped[Student] = relationship()
+    course_lab: Mapped[CourseLab] = relationship()
+
+
+# ---- accounts ----
+
+
+class User(Base):
+    """A person who logs in to the web app: an instructor, or a student linked from roster lines (Student.user_id)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    #: "instructor" or "student"
+    role: Mapped[str] = mapped_column(String(16))
+    #: werkzeug scrypt hash; None until the password is set (a student's one-time link)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+
+class PasswordToken(Base):
+    """A one-time set-password link: only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "password_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    user: Mapped[User] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API: only the SHA-256 of its secret is stored; shown once when created."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    user: Mapped[User] = relationship()
+
+
+class Job(Base):
+    """A long action run in the web server's thread pool (provision, start, reset, grade), with its progress."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    course_id: Mapped[int | None] = mapped_column(ForeignKey("courses.id", ondelete="SET NULL"), nullable=True)
+    owner_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    #: what the job acts on, e.g. a course or machine name: (kind, target) is unique among active jobs
+    target: Mapped[str] = mapped_column(String(128))
+    #: queued, running, done or failed
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

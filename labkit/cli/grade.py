@@ -1,0 +1,175 @@
+"""``labkit grade``, ``grades``, ``check``, ``submit``, ``submissions``: grading a class and what comes out of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from labkit.cli.app import App, echo_json, json_option
+from labkit.cli.progress import StatusLine
+from labkit.grading.report import write_csv
+
+pass_app = click.make_pass_decorator(App)
+csv_option = click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+                          help="Also write the table to this CSV file (UTF-8, opens in a spreadsheet).")
+
+
+def _grading(app: App):  # type: ignore[no-untyped-def]
+    from labkit.services.grading import Grading
+
+    return Grading(app.settings, app.db)
+
+
+def _grade_json(grade) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {"student": grade.student, "lab": grade.lab, "points": grade.points, "max_points": grade.max_points,
+            "graded_at": grade.graded_at.isoformat(), "source": grade.source,
+            "checks": [{**dataclasses.asdict(r), "title": grade.titles.get(r.check_id, r.check_id),
+                        "hidden": r.check_id in grade.hidden} for r in grade.results]}
+
+
+@click.command("grade")
+@click.argument("course")
+@click.option("--lab", help="Only this lab (its id).")
+@click.option("--student", help="Only this student (roster id).")
+@click.option("--submissions", is_flag=True, help="Grade each student's latest submission (offline) instead of the "
+              "live machines.")
+@click.option("--workers", default=8, show_default=True, help="Students graded at once.")
+@csv_option
+@click.option("--verbose", "-v", is_flag=True, help="Show every check, not only the totals.")
+@json_option
+@pass_app
+def grade(app: App, course: str, lab: str | None, student: str | None, submissions: bool, workers: int,
+          csv_path: Path | None, verbose: bool, as_json: bool) -> None:
+    """Grade COURSE: run every check (hidden ones too) for every student and store the results as a new run."""
+    with StatusLine() as status:
+        report = _grading(app).grade(course, lab, student, submissions, workers, progress=status)
+    if csv_path is not None:
+        write_csv(csv_path, ["run", "student", "lab", "check", "title", "hidden", "passed", "points", "max_points",
+                             "transport", "seconds", "feedback"],
+                  [[report.run_id, g.student, g.lab, r.check_id, g.titles.get(r.check_id, ""),
+                    r.check_id in g.hidden, r.passed, r.points, r.max_points, r.transport, round(r.duration, 2),
+                    r.feedback] for g in report.grades for r in g.results])
+    if as_json:
+        echo_json({"run": report.run_id, "kind": report.kind, "started_at": report.started_at.isoformat(),
+                   "finished_at": report.finished_at.isoformat(), "missing": report.missing,
+                   "grades": [_grade_json(g) for g in report.grades]})
+        return
+    seconds = (report.finished_at - report.started_at).total_seconds()
+    click.echo(f"run {report.run_id}: graded {len(report.grades)} student labs in {seconds:.1f} s")
+    for g in report.grades:
+        click.echo(f"  {g.student:<20} {g.lab:<16} {g.points:>6g} / {g.max_points:<6g} "
+                   f"{g.passed}/{len(g.results)} checks passed  ({g.source})")
+        if verbose:
+            _print_checks(g, show_evidence=False)
+    for line in report.missing:
+        click.echo(f"  not graded: {line}")
+
+
+def _print_checks(grade, show_evidence: bool) -> None:  # type: ignore[no-untyped-def]
+    for r in grade.results:
+        mark = "PASS" if r.passed else ("part" if r.points > 0 else "FAIL")
+        hidden = " (hidden)" if r.check_id in grade.hidden else ""
+        click.echo(f"      {mark}  {r.points:g}/{r.max_points:g}  {grade.titles.get(r.check_id, r.check_id)}{hidden}")
+        click.echo(f"            {r.feedback}")
+        if show_evidence and r.evidence:
+            click.echo("            " + r.evidence.replace("\n", "\n            "))
+
+
+@click.command("grades")
+@click.argument("course")
+@csv_option
+@click.option("--detail", is_flag=True, help="One column per check as well as the lab totals.")
+@click.option("--runs", "show_runs", is_flag=True, help="List the grading runs (the history) instead.")
+@json_option
+@pass_app
+def grades(app: App, course: str, csv_path: Path | None, detail: bool, show_runs: bool, as_json: bool) -> None:
+    """The gradebook of COURSE: every student's latest grade in each lab."""
+    grading = _grading(app)
+    if show_runs:
+        runs = grading.runs(course)
+        if as_json:
+            echo_json(runs)
+            return
+        for run in runs:
+            click.echo(f"  run {run['id']:<5} {run['kind']:<11} {run['started_at']}  by {run['actor']:<12} "
+                       f"{run['results']} results" + (f"  lab {run['lab']}" if run["lab"] else "")
+                       + (f"  student {run['student']}" if run["student"] else ""))
+        return
+    book = grading.gradebook(course, detail)
+    if csv_path is not None:
+        write_csv(csv_path, book.columns, book.rows)
+        click.echo(f"wrote {len(book.rows)} students to {csv_path}", err=True)
+    if as_json:
+        echo_json([dict(zip(book.columns, row, strict=True)) for row in book.rows])
+        return
+    if csv_path is None:
+        widths = [max(len(str(c)), *(len(_show(r[i])) for r in book.rows)) if book.rows else len(c)
+                  for i, c in enumerate(book.columns)]
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(book.columns, widths, strict=True)).rstrip())
+        for row in book.rows:
+            click.echo("  ".join(_show(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@click.command("check")
+@click.argument("course")
+@click.argument("student")
+@click.option("--lab", help="Only this lab (its id).")
+@json_option
+@pass_app
+def check(app: App, course: str, student: str, lab: str | None, as_json: bool) -> None:
+    """Self-check: run the checks a student may see (not the hidden ones) on STUDENT's machines, with feedback."""
+    report = _grading(app).self_check(course, student, lab)
+    if as_json:
+        echo_json({"run": report.run_id, "grades": [_grade_json(g) for g in report.grades]})
+        return
+    for g in report.grades:
+        click.echo(f"{g.lab}: {g.points:g} of {g.max_points:g} points from the checks you can see")
+        _print_checks(g, show_evidence=False)
+
+
+@click.command("submit")
+@click.argument("course")
+@click.argument("student")
+@click.option("--lab", help="Only this lab (its id); default: every lab of the course.")
+@json_option
+@pass_app
+def submit(app: App, course: str, student: str, lab: str | None, as_json: bool) -> None:
+    """Freeze STUDENT's machines as a submission (running machines are paused for the copy, then go on)."""
+    from labkit.services.submissions import Submissions
+
+    views = Submissions(app.settings, app.db).submit(course, student, lab)
+    if as_json:
+        echo_json([dataclasses.asdict(v) for v in views])
+        return
+    for v in views:
+        click.echo(f"submitted {v.lab} for {v.student} at {v.created_at:%Y-%m-%d %H:%M:%S} UTC "
+                   f"(submission {v.id}: {', '.join(v.machines)})")
+
+
+@click.command("submissions")
+@click.argument("course")
+@click.option("--student", help="Only this student (roster id).")
+@json_option
+@pass_app
+def submissions(app: App, course: str, student: str | None, as_json: bool) -> None:
+    """List the submissions of COURSE."""
+    from labkit.services.submissions import Submissions
+
+    views = Submissions(app.settings, app.db).list(course, student)
+    if as_json:
+        echo_json([dataclasses.asdict(v) for v in views])
+        return
+    for v in views:
+        click.echo(f"  {v.id:<5} {v.student:<20} {v.lab:<16} {v.created_at:%Y-%m-%d %H:%M:%S} UTC  "
+                   f"{', '.join(v.machines)}  {v.bytes // 1024} KiB")
+
+
+commands = [grade, grades, check, submit, submissions]

@@ -1,0 +1,116 @@
+"""``labkit serve``: the web app on gunicorn, run in this process through gunicorn's `BaseApplication`.
+
+One worker process with many threads (gthread): the job runner and the console WebSockets live in that one process,
+so jobs, login rate limits and consoles are all seen by every request. The arbiter's pid is written to
+``<run_dir>/web.pid``; stop the server with SIGTERM to that pid (or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labkit.cli.app import App
+from labkit.config import Settings
+from labkit.errors import ConflictError
+
+pass_app = click.make_pass_decorator(App)
+
+
+def pid_file(settings: Settings) -> Path:
+    return settings.run_dir / "web.pid"
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port in use with one sentence (gunicorn itself would retry for seconds and print a traceback)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConflictError(f"cannot serve on host {host!r}: {err.strerror}") from err
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ConflictError(f"cannot serve on {host}:{port}: the port is in use or not allowed "
+                                f"({err.strerror}); choose another with --port") from err
+
+
+def check_pid_file(path: Path) -> None:
+    """A live server keeps its pid file; a stale one (the process is gone) is removed."""
+    try:
+        pid = int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return
+    except PermissionError:
+        pass
+    raise ConflictError(f"labkit serve already runs as pid {pid} (pid file {path}); stop it first")
+
+
+def gunicorn_options(settings: Settings, host: str, port: int, threads: int) -> dict[str, Any]:
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "bind": [bind],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        "pidfile": str(pid_file(settings)),
+        "proc_name": "labkit-web",
+        "accesslog": "-",
+        "errorlog": "-",
+        # gthread's worker heartbeat, not a request limit: long WebSockets and polls are fine
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        # gunicorn's control socket would live in ~/.gunicorn, shared by every server of the user: not needed
+        "control_socket_disable": True,
+    }
+
+
+def make_server(settings: Settings, options: dict[str, Any]) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    class LabkitServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if key in self.cfg.settings:  # control_socket_disable exists only in newer gunicorn
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # in the worker, after the fork: the database and the job threads belong to that process
+            from web import create_app
+
+            return create_app({"LABKIT_SETTINGS": settings})
+
+    return LabkitServer()
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(2, 1024),
+              help="Request threads (each open browser console holds two).")
+@pass_app
+def command(app: App, host: str, port: int, threads: int) -> None:
+    """Serve the web app (student portal, instructor dashboard, API) until stopped."""
+    settings = app.settings
+    settings.ensure()
+    check_pid_file(pid_file(settings))
+    check_port(host, port)
+    app.db  # noqa: B018 - open and migrate the database here, so a problem is one clear line before gunicorn starts
+    app.close()
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"labkit: serving http://{shown}:{port}/ (pid file {pid_file(settings)}; stop with Ctrl-C)", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        make_server(settings, gunicorn_options(settings, host, port, threads)).run()

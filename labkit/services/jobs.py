@@ -1,0 +1,222 @@
+"""Jobs: long actions (provision, start, reset, grade) run in the web server's thread pool, with stored progress.
+
+A request submits a job and returns at once; the page polls the job's row. A second submit of the same (kind, target)
+while one is queued or running returns that job (a double-click is a no-op). Jobs live in the server process: when it
+stops, the jobs it was running are lost, and the next `JobRunner` marks them failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from labkit.config import Settings
+from labkit.errors import LabkitError, NotFoundError
+from labkit.progress import ProgressEvent, Reporter
+from labkit.services.db import Database
+from labkit.services.models import Job
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+INTERRUPTED = "interrupted: the server stopped"
+#: progress is written at most this often (the last event of a job is always written)
+_PROGRESS_EVERY = 0.25
+
+#: what a job runs: it reports progress through the reporter and returns a JSON-able result (or None)
+JobFunction = Callable[[Reporter], dict[str, Any] | None]
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    return moment.replace(tzinfo=dt.UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    kind: str
+    target: str
+    course_id: int | None
+    owner_user_id: int | None
+    state: str
+    done: int
+    total: int | None
+    message: str
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def percent(self) -> int | None:
+        if self.state == "done":
+            return 100
+        return min(100, self.done * 100 // self.total) if self.total else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON answers (the API and the page's polling)."""
+        return {"id": self.id, "kind": self.kind, "target": self.target, "state": self.state, "done": self.done,
+                "total": self.total, "percent": self.percent, "message": self.message, "result": self.result,
+                "error": self.error, "created_at": self.created_at.isoformat(),
+                "started_at": self.started_at.isoformat() if self.started_at else None,
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None}
+
+
+def _view(job: Job) -> JobView:
+    return JobView(id=job.id, kind=job.kind, target=job.target, course_id=job.course_id,
+                   owner_user_id=job.owner_user_id, state=job.state, done=job.done, total=job.total,
+                   message=job.message, result=job.result, error=job.error, created_at=_aware(job.created_at),  # type: ignore[arg-type]
+                   started_at=_aware(job.started_at), finished_at=_aware(job.finished_at))
+
+
+class Jobs:
+    """Queries over jobs (any process may read them)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, job_id: int) -> JobView:
+        with self.db.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}")
+            return _view(job)
+
+    def list(self, course_id: int | None = None, owner_user_id: int | None = None, active: bool | None = None,
+             kind: str | None = None, limit: int = 50) -> list[JobView]:
+        """Newest first."""
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if course_id is not None:
+            query = query.where(Job.course_id == course_id)
+        if owner_user_id is not None:
+            query = query.where(Job.owner_user_id == owner_user_id)
+        if kind is not None:
+            query = query.where(Job.kind == kind)
+        if active is not None:
+            query = query.where(Job.state.in_(ACTIVE) if active else Job.state.not_in(ACTIVE))
+        with self.db.transaction() as session:
+            return [_view(job) for job in session.scalars(query)]
+
+    def find_active(self, kind: str, target: str) -> JobView | None:
+        with self.db.transaction() as session:
+            job = session.scalar(select(Job).where(Job.kind == kind, Job.target == target, Job.state.in_(ACTIVE)))
+            return _view(job) if job is not None else None
+
+
+class JobRunner:
+    """Runs job functions in a thread pool and stores their progress, result or error in their row."""
+
+    def __init__(self, settings: Settings, db: Database, workers: int = 4) -> None:
+        self.settings = settings
+        self.db = db
+        self.jobs = Jobs(db)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labkit-job")
+        self._futures: dict[int, Future[None]] = {}
+        self._lock = threading.Lock()
+        self.interrupted = self._fail_interrupted()
+
+    def _fail_interrupted(self) -> int:
+        """Jobs still queued or running belong to a server that stopped: no thread will ever finish them."""
+        with self.db.transaction() as session:
+            jobs = list(session.scalars(select(Job).where(Job.state.in_(ACTIVE))))
+            for job in jobs:
+                job.state, job.error, job.finished_at = "failed", INTERRUPTED, dt.datetime.now(dt.UTC)
+            return len(jobs)
+
+    def submit(self, kind: str, target: str, function: JobFunction, course_id: int | None = None,
+               owner_user_id: int | None = None) -> JobView:
+        """Queue ``function``; if a job of the same kind and target is queued or running, return it instead."""
+        with self.db.transaction() as session:  # BEGIN IMMEDIATE: two submits cannot both see "none active"
+            existing = session.scalar(select(Job).where(Job.kind == kind, Job.target == target,
+                                                        Job.state.in_(ACTIVE)))
+            if existing is not None:
+                return _view(existing)
+            job = Job(kind=kind, target=target, course_id=course_id, owner_user_id=owner_user_id, state="queued",
+                      done=0, message="")
+            session.add(job)
+            session.flush()
+            view = _view(job)
+        with self._lock:
+            self._futures[view.id] = self._pool.submit(self._run, view.id, function)
+        return view
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobView:
+        """Block until the job (submitted here) ends; for tests and scripts."""
+        with self._lock:
+            future = self._futures.get(job_id)
+        if future is not None:
+            future.result(timeout)
+        return self.jobs.get(job_id)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    # ---- in the worker thread ----------------------------------------------------------------------------------
+    def _update(self, job_id: int, **values: Any) -> None:
+        with self.db.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                for key, value in values.items():
+                    setattr(job, key, value)
+
+    def _run(self, job_id: int, function: JobFunction) -> None:
+        self._update(job_id, state="running", started_at=dt.datetime.now(dt.UTC))
+        reporter = _StoredProgress(self, job_id)
+        try:
+            result = function(reporter)
+        except LabkitError as err:
+            reporter.flush()
+            self._update(job_id, state="failed", error=str(err), finished_at=dt.datetime.now(dt.UTC))
+        except Exception as err:
+            log.exception("job %s failed", job_id)
+            reporter.flush()
+            self._update(job_id, state="failed", error=f"unexpected error: {type(err).__name__}: {err}",
+                         finished_at=dt.datetime.now(dt.UTC))
+        else:
+            reporter.flush()
+            self._update(job_id, state="done", result=result, finished_at=dt.datetime.now(dt.UTC))
+        finally:
+            with self._lock:
+                self._futures.pop(job_id, None)
+
+
+class _StoredProgress:
+    """A `Reporter` that writes a job's progress to its row, at most every quarter second."""
+
+    def __init__(self, runner: JobRunner, job_id: int) -> None:
+        self.runner = runner
+        self.job_id = job_id
+        self._pending: dict[str, Any] | None = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        message = event.message or event.step
+        with self._lock:
+            self._pending = {"done": event.done, "total": event.total, "message": message[:2000]}
+            if time.monotonic() - self._last < _PROGRESS_EVERY:
+                return
+            self._write()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self._pending is not None:
+            self.runner._update(self.job_id, **self._pending)
+            self._pending = None
+            self._last = time.monotonic()

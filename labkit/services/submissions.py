@@ -1,0 +1,129 @@
+"""Submissions: a student's machines of a lab, frozen at a moment, so they can be graded (again) later.
+
+A submission is a sparse copy of every overlay of the student's lab (taken like a live snapshot: synced and paused
+for the copy), kept under ``<home>/submissions`` apart from the machine's own snapshots, so neither a reset, a
+restore nor deleting snapshots can touch it. Only purging the student or the course deletes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labkit.config import Settings
+from labkit.errors import NotFoundError
+from labkit.overlays.sparse import sparse_copy
+from labkit.services.audit import current_actor, record
+from labkit.services.db import Database
+from labkit.services.machines import Machines
+from labkit.services.models import Course, Machine, Student, Submission
+from labkit.services.roster import check_student_id
+
+
+@dataclass(frozen=True)
+class SubmissionView:
+    id: int
+    course: str
+    student: str
+    lab: str
+    created_at: dt.datetime
+    machines: list[str]
+    bytes: int
+
+
+def student_folder(settings: Settings, course_pk: int, student_pk: int) -> Path:
+    """Where one student's submissions of one course live (ids, never names, become paths)."""
+    return settings.submissions / f"c{course_pk}" / f"s{student_pk}"
+
+
+class Submissions:
+    """``labkit submit``."""
+
+    def __init__(self, settings: Settings, db: Database, actor: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.actor = actor or current_actor()
+        self.machines = Machines(settings, db, self.actor)
+
+    def submit(self, course: str, student: str, lab: str | None = None) -> list[SubmissionView]:
+        """Freeze the student's machines of every lab (or of ``lab``): one submission per lab."""
+        check_student_id(student)
+        with self.db.transaction() as session:
+            course_row = _course(session, course)
+            student_row = _student(course_row, student)
+            labs = [cl for cl in course_row.labs if lab is None or cl.lab_id == lab]
+            if lab is not None and not labs:
+                raise NotFoundError(f"course {course} has no lab {lab!r}")
+            plan = [(cl.id, cl.lab_id, {a.machine: _disk_record(a.vm) for a in student_row.assignments
+                                        if a.course_lab_id == cl.id}) for cl in labs]
+            folder = student_folder(self.settings, course_row.id, student_row.id)
+            student_pk = student_row.id
+        plan = [entry for entry in plan if entry[2]]
+        if not plan:
+            raise NotFoundError(f"student {student} has no machines in course {course}"
+                                + (f" lab {lab}" if lab else "") + " to submit; provision the course first")
+        views = []
+        for lab_pk, lab_id, machines in plan:
+            stamp = dt.datetime.now(dt.UTC)
+            where = folder / f"l{lab_pk}-{stamp:%Y%m%dT%H%M%S%f}"
+            try:
+                disks = {}
+                for machine, disk in sorted(machines.items()):
+                    dest = where / f"{machine}.cow"
+                    size = self.machines.freeze(str(disk["vm"]), dest)
+                    sparse_copy(Path(str(disk["seed"])), where / f"{machine}.seed")
+                    disks[machine] = {**disk, "overlay": str(dest), "seed": str(where / f"{machine}.seed"),
+                                      "bytes": size}
+                with self.db.transaction() as session:
+                    row = Submission(student_id=student_pk, course_lab_id=lab_pk, actor=self.actor, disks=disks,
+                                     created_at=stamp)
+                    session.add(row)
+                    record(session, self.actor, "submit", f"{course}/{student}/{lab_id}",
+                           f"{len(disks)} machines frozen in {where.name}")
+                    session.flush()
+                    views.append(_view(row, course, student, lab_id))
+            except BaseException:
+                shutil.rmtree(where, ignore_errors=True)
+                raise
+        return views
+
+    def list(self, course: str, student: str | None = None) -> list[SubmissionView]:
+        with self.db.transaction() as session:
+            course_row = _course(session, course)
+            query = (select(Submission, Student).join(Student).where(Student.course_id == course_row.id)
+                     .order_by(Submission.id))
+            if student is not None:
+                query = query.where(Student.sid == check_student_id(student))
+            labs = {cl.id: cl.lab_id for cl in course_row.labs}
+            return [_view(row, course, s.sid, labs[row.course_lab_id]) for row, s in session.execute(query)]
+
+
+def _course(session: Session, course: str) -> Course:
+    found = session.scalar(select(Course).where(Course.name == course))
+    if found is None:
+        raise NotFoundError(f"no course named {course!r}")
+    return found
+
+
+def _student(course: Course, student: str) -> Student:
+    found = next((s for s in course.students if s.sid == student and s.archived_at is None), None)
+    if found is None:
+        raise NotFoundError(f"course {course.name} has no student {student!r}")
+    return found
+
+
+def _disk_record(vm: Machine) -> dict[str, object]:
+    """What grading needs to read or boot a frozen copy of ``vm`` later, even after the machine changed or went."""
+    return {"vm": vm.name, "image": vm.image.path, "seed": vm.seed_path, "password": vm.console_password,
+            "memory_mb": vm.memory_mb, "ports": [guest for _, guest in vm.forwards],
+            "networks": [net for net, _ in vm.networks]}
+
+
+def _view(row: Submission, course: str, student: str, lab: str) -> SubmissionView:
+    return SubmissionView(row.id, course, student, lab, row.created_at, sorted(row.disks),
+                          sum(int(str(d.get("bytes", 0))) for d in row.disks.values()))
