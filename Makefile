@@ -4,12 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 LABKIT := $(VENV)/bin/labkit
 PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 # Debian 12 packages labkit runs on (engine) and tests with.
 DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
 	cpio python3-venv ca-certificates
 
-.PHONY: run test lint system-deps venv clean-venv
+# Only the tests need these: the browser tests drive Debian's chromium (no browser download).
+TEST_DEB_PACKAGES := chromium
+
+.PHONY: run test lint system-deps venv vendor clean-venv
+
+# The browser console's JavaScript comes from npm (web/package.json); nodesource's nodejs brings npm itself, so
+# Debian's nodejs and npm are only asked for when there is no `npm` at all.
+ifeq ($(shell command -v npm),)
+DEB_PACKAGES += nodejs npm
+endif
+VENDOR := web/static/vendor
 
 ## Install what is missing: Debian packages through apt-get when root, else print the exact sudo line.
 system-deps:
@@ -34,22 +46,27 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## Build the tiny image, boot a demo machine, and print how to reach it.
-run: system-deps venv
+## The web app's front-end assets (xterm.js and its fit addon), copied from npm packages; no CDN at run time.
+$(VENDOR)/.built: web/package.json web/package-lock.json | system-deps
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	@mkdir -p $(VENDOR)
+	cp web/node_modules/@xterm/xterm/lib/xterm.js web/node_modules/@xterm/xterm/css/xterm.css \
+	  web/node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
+	@touch $@
+
+vendor: $(VENDOR)/.built
+
+## Build the tiny image, set up the demo course, and serve the web app on 127.0.0.1 (Ctrl-C stops it).
+run: system-deps venv vendor
 	$(LABKIT) doctor
 	$(LABKIT) image build tiny --if-missing
-	@$(LABKIT) vm status demo >/dev/null 2>&1 || $(LABKIT) vm create demo --image tiny --forward 0:22
-	@$(LABKIT) vm status demo --json | grep -q '"state": "running"' || $(LABKIT) vm start demo
-	$(LABKIT) vm status demo
-	@echo
-	@echo "The demo machine is running. Reach it with:"
-	@echo "  $(LABKIT) vm console demo         (Ctrl-] detaches)"
-	@echo "  $(LABKIT) vm exec demo -- uname -a"
-	@echo "  $(LABKIT) vm ssh demo             (prints the ssh command line)"
-	@echo "Stop it with: $(LABKIT) vm stop demo"
+	$(LABKIT) demo --url http://$(HOST):$(PORT)
+	@echo "Serving the web app on http://$(HOST):$(PORT)/ (Ctrl-C stops it)."
+	$(LABKIT) serve --host $(HOST) --port $(PORT)
 
-## The whole test suite: unit tests, then real UML guests (also as an unprivileged user).
-test: system-deps venv
+## The whole test suite: unit tests, then real UML guests (also as an unprivileged user), then the browser tests.
+test: DEB_PACKAGES += $(TEST_DEB_PACKAGES)
+test: system-deps venv vendor
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -40,9 +40,9 @@ def main(ctx: click.Context) -> None:
 
 def _register() -> None:
     # Explicit list, no string-built imports (style guide 3).
-    from labkit.cli import course, cow, doctor, grade, image, lab, serve, user, vm
+    from labkit.cli import course, cow, demo, doctor, grade, image, lab, serve, user, vm
 
-    for module in (image, cow, vm, lab, course, doctor, user, serve):
+    for module in (image, cow, vm, lab, course, doctor, user, serve, demo):
         main.add_command(module.command)
     for verb in grade.commands:
         main.add_command(verb)

@@ -49,8 +49,9 @@ class ConsoleTransport:
             raise GuestError(f"cannot attach to the console at {self.socket_path}: {err}") from err
         return sock, fdpexpect.fdspawn(sock, timeout=self.login_timeout, maxread=65536)
 
-    def _login(self, child: fdpexpect.fdspawn) -> None:
-        deadline = time.monotonic() + self.login_timeout
+    def _login(self, child: fdpexpect.fdspawn, timeout: float) -> None:
+        limit = min(self.login_timeout, timeout)  # a call's own timeout bounds the login too
+        deadline = time.monotonic() + limit
         child.send(b"\x03\n")  # interrupt whatever sits on the line, ask for a fresh prompt
         while time.monotonic() < deadline:
             try:
@@ -65,13 +66,13 @@ class ConsoleTransport:
                 if self.password is None:
                     raise GuestError("the console asks for a password and labkit has none for this machine")
                 child.send(f"{self.password}\n".encode())
-        raise GuestError(f"no shell prompt on the console within {self.login_timeout:g} s")
+        raise GuestError(f"no shell prompt on the console within {limit:g} s")
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes = b"") -> Result:
         started = time.monotonic()
         sock, child = self._open()
         try:
-            self._login(child)
+            self._login(child, timeout)
             tag = secrets.token_hex(6)
             limit = OUTPUT_LIMIT
             feed = f"printf %s {shlex.quote(base64.b64encode(stdin).decode())} | base64 -d" if stdin else "true"
@@ -82,7 +83,8 @@ class ConsoleTransport:
             )
             child.send(f" {script}\n".encode())
             try:
-                child.expect(re.compile(rb"LKC" + tag.encode() + rb" (\d+)\r?\n"), timeout=timeout)
+                left = max(0.5, started + timeout - time.monotonic())
+                child.expect(re.compile(rb"LKC" + tag.encode() + rb" (\d+)\r?\n"), timeout=left)
                 code = int(child.match.group(1))
                 child.expect(re.compile(rb"LKX" + tag.encode()), timeout=30)
             except pexpect.TIMEOUT as err:

@@ -81,19 +81,26 @@ class Guest:
             assert self.offline is not None
             return self.offline.run(command, timeout=timeout, stdin=stdin)
         candidates = {"ssh": self.ssh, "console": self.console}
-        failure: GuestError = GuestError(f"machine {self.name} has no {transport or 'SSH forward or console'} to use")
+        unreachable: list[str] = []
         for name in [transport] if transport else LIVE_TRANSPORTS:
             chosen = candidates[name]
             if chosen is None:
                 continue
+            self.last_transport = name  # also when it fails: the result says which way was tried last
             try:
                 result = chosen.run(command, timeout=timeout, stdin=stdin)
             except SshUnreachable as err:
-                failure = err
+                unreachable.append(str(err))
                 continue
-            self.last_transport = result.transport
+            except GuestError as err:
+                if unreachable:  # both ways failed: say why for each
+                    raise GuestError(f"labkit could not reach machine {self.name}: {'; '.join(unreachable)}; "
+                                     f"console: {err}") from err
+                raise
             return result
-        raise failure
+        if unreachable:
+            raise SshUnreachable(f"labkit could not reach machine {self.name}: {'; '.join(unreachable)}")
+        raise GuestError(f"machine {self.name} has no {transport or 'SSH forward or console'} to use")
 
     # ---- files -----------------------------------------------------------------------------------------------------
     def read_file(self, path: str, timeout: float = 60.0, transport: str | None = None) -> bytes:

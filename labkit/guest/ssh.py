@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import paramiko
 
 from labkit.errors import GuestError
 from labkit.guest.result import BoundedBuffer, Result
+
+# paramiko logs a traceback for every refused or silent server; labkit reports those as one clear GuestError.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshUnreachable(GuestError):
@@ -28,9 +32,10 @@ class SshTransport:
         self.connect_timeout = connect_timeout
         self._client: paramiko.SSHClient | None = None
 
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self, timeout: float) -> paramiko.SSHClient:
         if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
             return self._client
+        limit = min(self.connect_timeout, timeout)  # a call's own timeout bounds the connection too
         client = paramiko.SSHClient()
         # The port is a loopback forward to our own guest, whose host key is made on its first boot: nothing to pin yet.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -38,7 +43,7 @@ class SshTransport:
             client.connect(
                 self.host, self.port, username=self.user,
                 pkey=paramiko.Ed25519Key.from_private_key_file(str(self.key_path)),
-                timeout=self.connect_timeout, banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
+                timeout=limit, banner_timeout=limit, auth_timeout=limit,
                 look_for_keys=False, allow_agent=False,
             )
         except (OSError, paramiko.SSHException) as err:
@@ -49,7 +54,7 @@ class SshTransport:
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes = b"") -> Result:
         started = time.monotonic()
-        client = self._connect()
+        client = self._connect(timeout)
         try:
             channel = client.get_transport().open_session(timeout=self.connect_timeout)  # type: ignore[union-attr]
             channel.settimeout(0.5)

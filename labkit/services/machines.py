@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from labkit.atomic import locked
 from labkit.config import Settings
-from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
+from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, OverlayError, StateError
 from labkit.guest.keys import ensure_key, public_key
 from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS
 from labkit.images.seed import SeedSpec, build_seed
@@ -243,7 +243,10 @@ class Machines:
 
     def _view(self, machine: Machine, status: MachineStatus) -> MachineView:
         overlay = Path(machine.overlay_path)
-        allocated = get_overlay(machine.overlay_kind).info(overlay).allocated_bytes if overlay.exists() else 0
+        try:
+            allocated = get_overlay(machine.overlay_kind).info(overlay).allocated_bytes if overlay.exists() else 0
+        except OverlayError:  # a damaged overlay must not hide every other machine's status; start says what is wrong
+            allocated = 0
         ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
         uptime = None
         if status.started_at is not None and status.state in LIVE:

@@ -1,0 +1,51 @@
+"""Reading the audit log of one course: what the instructor's dashboard shows (issue 5, "every state-changing action
+is recorded and visible to the instructor").
+
+An event belongs to a course when its target is the course itself, one of its students' machines, or one of its
+students (their ids are also their web usernames). Events are only read here; `labkit.services.audit` writes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from labkit.errors import NotFoundError
+from labkit.services.db import Database
+from labkit.services.models import Assignment, Course, CourseLab, Event, Machine, Student
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str
+    detail: str
+
+
+class AuditView:
+    """Queries over the `Event` rows; never writes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def course_events(self, course: str, limit: int = 100, before: int | None = None) -> list[EventView]:
+        """The newest ``limit`` events of ``course`` (older than event id ``before`` when given), newest first."""
+        with self.db.transaction() as session:
+            found = session.scalar(select(Course).where(Course.name == course))
+            if found is None:
+                raise NotFoundError(f"no course named {course!r}")
+            machines = select(Machine.name).join(Assignment, Assignment.machine_id == Machine.id) \
+                .join(CourseLab, Assignment.course_lab_id == CourseLab.id).where(CourseLab.course_id == found.id)
+            students = select(Student.sid).where(Student.course_id == found.id)
+            query = (select(Event).where((Event.target == course) | Event.target.in_(machines)
+                                         | Event.target.in_(students))
+                     .order_by(Event.id.desc()).limit(max(1, min(limit, 1000))))
+            if before is not None:
+                query = query.where(Event.id < before)
+            return [EventView(e.id, e.at if e.at.tzinfo else e.at.replace(tzinfo=dt.UTC), e.actor, e.action,
+                              e.target, e.detail) for e in session.scalars(query)]

@@ -1,0 +1,165 @@
+"""The student portal's view of the database: a student's labs, their machines, and their own instructions.
+
+Only reads. Which machine a user may touch is decided by `Accounts.owned_machine`; this service answers "what does
+this student have" (every lab of every course they are an active roster member of, provisioned or not) and renders
+the lab's instructions with the student's own parameters, exactly as provisioning and grading derive them
+(`labkit.labs.student.for_student` with the course's secret).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from labkit.config import Settings
+from labkit.errors import LabFormatError, LabkitError, NotFoundError
+from labkit.labs.loader import load_lab
+from labkit.labs.model import Lab
+from labkit.labs.render import LAB_FILE, render_instructions
+from labkit.labs.student import for_student
+from labkit.services.accounts import UserView
+from labkit.services.audit import current_actor
+from labkit.services.db import Database
+from labkit.services.machines import Machines
+from labkit.services.models import Course, CourseLab, Machine, Student
+
+SSH_PORT = 22
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """One lab of one course as one student has it."""
+
+    course: str
+    course_id: int
+    student: str
+    lab: str
+    title: str
+    reset_policy: str
+
+
+@dataclass(frozen=True)
+class PortalMachine:
+    """What the student sees of one of their machines."""
+
+    name: str
+    #: the machine's name inside the lab (``box``)
+    machine: str
+    image: str
+    state: str
+    uptime: float | None
+    #: "host:guest" pairs; the host port is 0 until the machine runs (a free port is picked at each start)
+    forwards: list[str]
+    ssh_port: int | None
+    #: root's password on this machine (console logins and SSH); shown to the owning student only
+    console_password: str
+    snapshots: list[str]
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("running", "paused", "starting", "stopping")
+
+
+@dataclass(frozen=True)
+class PortalLab:
+    enrollment: Enrollment
+    #: empty until the instructor provisions the course
+    machines: list[PortalMachine]
+
+
+@functools.lru_cache(maxsize=256)
+def _load_cached(path: str, stamp: tuple[int, int]) -> Lab:
+    return load_lab(Path(path))
+
+
+def _lab(path: str) -> Lab:
+    """The course's lab, loaded once per version of its lab.toml: validating a lab takes tens of milliseconds, too
+    long for every page view. Instructions are read fresh from their file at each render all the same."""
+    try:
+        info = (Path(path) / LAB_FILE).stat()
+    except OSError as err:
+        raise LabFormatError(f"cannot read the lab: {err.strerror}", str(Path(path) / LAB_FILE)) from err
+    return _load_cached(path, (info.st_mtime_ns, info.st_size))
+
+
+def _title(path: str, fallback: str) -> str:
+    try:
+        return _lab(path).title
+    except LabkitError:  # a lab folder that moved or broke: the page still lists the lab by its id
+        return fallback
+
+
+class Portal:
+    """``Portal(settings, db).labs_of(user)``, ``.enrollment(user, course, lab)``, ``.instructions(...)``."""
+
+    def __init__(self, settings: Settings, db: Database, actor: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.actor = actor or current_actor()
+        self.machines = Machines(settings, db, self.actor)
+
+    def _enrollments(self, user: UserView, course: str | None = None,
+                     lab: str | None = None) -> list[tuple[Enrollment, dict[str, str]]]:
+        """The user's (course, lab) places, each with lab machine -> labkit machine name."""
+        if not user.is_student or user.disabled:
+            return []
+        query = (select(Student, Course).join(Course, Student.course_id == Course.id)
+                 .where(Student.user_id == user.id, Student.archived_at.is_(None)).order_by(Course.name))
+        if course is not None:
+            query = query.where(Course.name == course)
+        found = []
+        with self.db.transaction() as session:
+            for student, course_row in session.execute(query):
+                for course_lab in sorted(course_row.labs, key=lambda cl: cl.id):
+                    if lab is not None and course_lab.lab_id != lab:
+                        continue
+                    machines = {a.machine: a.vm.name for a in student.assignments
+                                if a.course_lab_id == course_lab.id}
+                    found.append((course_lab.path, Enrollment(course_row.name, course_row.id, student.sid,
+                                                              course_lab.lab_id, course_lab.lab_id,
+                                                              course_lab.reset_policy), machines))
+        return [(Enrollment(e.course, e.course_id, e.student, e.lab, _title(path, e.lab), e.reset_policy), m)
+                for path, e, m in found]
+
+    def enrollment(self, user: UserView, course: str, lab: str) -> Enrollment | None:
+        """The student's place in ``lab`` of ``course``, or None when it is not theirs (the web app's 404)."""
+        found = self._enrollments(user, course, lab)
+        return found[0][0] if found else None
+
+    def labs_of(self, user: UserView) -> list[PortalLab]:
+        """Every lab of every course the student is on the roster of, with their machines' real states."""
+        return [PortalLab(enrollment, [self.machine(name, machine) for machine, name in sorted(names.items())])
+                for enrollment, names in self._enrollments(user)]
+
+    def machine(self, name: str, machine: str | None = None) -> PortalMachine:
+        """One machine, reconciled with its processes (`Machines.status`)."""
+        view = self.machines.status(name)[0]
+        with self.db.transaction() as session:
+            row = session.scalar(select(Machine).where(Machine.name == name))
+            if row is None:
+                raise NotFoundError(f"no machine named {name!r}")
+            password, hostname = row.console_password, row.hostname
+        pairs = [tuple(int(part) for part in forward.split(":", 1)) for forward in view.forwards]
+        ssh = next((host for host, guest in pairs if guest == SSH_PORT and host), None)
+        return PortalMachine(name=name, machine=machine or hostname or name, image=view.image, state=view.state,
+                             uptime=view.uptime, forwards=view.forwards, ssh_port=ssh,
+                             console_password=password, snapshots=view.snapshots)
+
+    def snapshots(self, name: str) -> list[dict[str, object]]:
+        """The machine's snapshots, oldest first, with their times and sizes (no paths: those are the server's)."""
+        return [{"name": s["name"], "created_at": dt.datetime.fromisoformat(str(s["created_at"])),
+                 "size": s["size"]} for s in self.machines.snapshots(name)]
+
+    def instructions(self, course: str, student: str, lab: str) -> str:
+        """The lab's instructions (Markdown) with the student's own values filled in."""
+        with self.db.transaction() as session:
+            row = session.scalar(select(CourseLab).join(Course).where(Course.name == course, CourseLab.lab_id == lab))
+            if row is None:
+                raise NotFoundError(f"course {course} has no lab {lab!r}")
+            path, secret = row.path, row.course.secret
+        loaded = _lab(path)
+        return render_instructions(loaded, for_student(loaded, course, student, secret).context)

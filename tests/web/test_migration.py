@@ -1,0 +1,31 @@
+"""Migration 0004 on a database that already holds courses, students and grade runs: nothing is lost."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import text
+
+from labkit.config import Settings
+from labkit.services.db import Database, alembic_config, make_engine
+
+
+def test_upgrade_to_0004_keeps_existing_rows(web_settings: Settings) -> None:
+    engine = make_engine(web_settings)
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO courses (id, name, secret, max_running_per_student, created_at) "
+                                "VALUES (1, 'c1', 's', 4, '2026-01-01')"))
+        connection.execute(text("INSERT INTO students (course_id, sid, name, email) VALUES (1, 'alice', 'A', '')"))
+        connection.execute(text("INSERT INTO grade_runs (course_id, kind, actor, started_at) "
+                                "VALUES (1, 'grade', 't', '2026-01-01')"))
+    engine.dispose()
+    db = Database(web_settings)  # migrates to the head on open, with foreign keys on
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM grade_runs")).scalar() == 1
+        assert connection.execute(text("SELECT sid, user_id FROM students")).one() == ("alice", None)
+        assert connection.execute(text("SELECT owner_id FROM courses")).scalar() is None
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() >= "0004"
+    db.close()
