@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Forward
+from labkit.services import starting
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.machines import LIVE, Machines, SeedContent
@@ -384,29 +385,36 @@ class Courses:
             return found
 
     def _admit(self, name: str, targets: list[Target]) -> list[Target]:
-        """Refuse the whole start if it would exceed the memory budget or a student's limit (nothing half-starts)."""
+        """Refuse the whole start if it would exceed the memory budget or a student's limit (nothing half-starts).
+
+        Machines that run, and machines another start of this course is booting right now, count as used; the
+        targets among them are not started again. Call it under the course lock.
+        """
+        live = {s.value for s in LIVE}
         views = {view.name: view for view in self.machines.status()}
-        wanted = [t for t in targets if views[t.name].state not in {s.value for s in LIVE}]
+        booting = {m: mb for m, mb in starting.promised(self.settings.run_dir, name).items()
+                   if m in views and views[m].state not in live}
+        wanted = [t for t in targets if views[t.name].state not in live and t.name not in booting]
         with self.db.transaction() as session:
             course = self._course(session, name)
             budget = course.memory_budget_mb or default_budget_mb()
             per_student = course.max_running_per_student
             owners = {a.vm.name: s.sid for s in course.students for a in s.assignments}
-        running = [v for v in views.values() if v.state in {s.value for s in LIVE}]
-        used = sum(v.memory_mb for v in running)
+        running = {v.name: v.memory_mb for v in views.values() if v.state in live} | booting
+        used = sum(running.values())
         needed = sum(t.memory_mb for t in wanted)
         if used + needed > budget:
             by: dict[str, int] = {}
-            for view in running:
-                owner = owners.get(view.name, f"machine {view.name}")
-                by[owner] = by.get(owner, 0) + view.memory_mb
+            for machine, memory in running.items():
+                owner = owners.get(machine, f"machine {machine}")
+                by[owner] = by.get(owner, 0) + memory
             top = ", ".join(f"{who} {mb} MB" for who, mb in sorted(by.items(), key=lambda kv: -kv[1])[:8])
             raise AdmissionError(f"starting {len(wanted)} machines needs {needed} MB, but {used} MB of the "
                                  f"{budget} MB memory budget are in use" + (f" (by {top})" if top else ""))
         counts: dict[str, int] = {}
-        for view in running:
-            if view.name in owners:
-                counts[owners[view.name]] = counts.get(owners[view.name], 0) + 1
+        for machine in running:
+            if machine in owners:
+                counts[owners[machine]] = counts.get(owners[machine], 0) + 1
         for target in wanted:
             counts[target.student] = counts.get(target.student, 0) + 1
         over = sorted(sid for sid, n in counts.items() if n > per_student)
@@ -418,8 +426,11 @@ class Courses:
     def start(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
               workers: int = 4, progress: Reporter = silent) -> list[dict[str, object]]:
         """Start the class (or one student / machine), lab machines in ``depends_on`` order, the rest in parallel."""
-        with self._locked(name):
-            wanted = self._admit(name, self.targets(name, student, machine, lab))
+        with ExitStack() as promised:
+            with self._locked(name):  # only while admitting: the boots of several starts overlap
+                wanted = self._admit(name, self.targets(name, student, machine, lab))
+                promised.enter_context(starting.promise(self.settings.run_dir, name,
+                                                        {t.name: t.memory_mb for t in wanted}))
             done = 0
             progress(ProgressEvent("start", 0, len(wanted), f"{len(wanted)} machines"))
             for wave in sorted({t.wave for t in wanted}):

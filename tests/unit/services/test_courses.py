@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from labkit.errors import AdmissionError, ConflictError, LabFormatError, NotFoun
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.overlays.umlcow import count_allocated
+from labkit.services import starting
 from labkit.services.courses import Courses
 from labkit.services.db import Database
 
@@ -146,6 +148,26 @@ def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: P
         courses.start("c2")
     with pytest.raises(NotFoundError, match="student zed"):
         courses.start("c2", student="zed")
+
+
+def test_machines_another_start_is_booting_count_against_the_budget(courses: Courses, tmp_path: Path) -> None:
+    """Starts of one course admit one at a time but boot side by side: each sees what the others promised."""
+    courses.create("c3", [LABS / "intro-shell"], memory_budget_mb=100)
+    courses.import_roster("c3", roster(tmp_path, "erin", "finn"))
+    courses.provision("c3")
+    erin = courses.targets("c3", student="erin")[0]
+    with starting.promise(courses.settings.run_dir, "c3", {erin.name: 64}):
+        assert starting.promised(courses.settings.run_dir, "c3") == {erin.name: 64}
+        with pytest.raises(AdmissionError, match=r"needs 64 MB, but 64 MB .* \(by erin 64 MB\)"):
+            courses.start("c3", student="finn")
+        assert courses.start("c3", student="erin") == courses.status("c3", student="erin")  # not booted twice
+        assert courses.status("c3", student="erin")[0]["state"] == "stopped"
+    assert starting.promised(courses.settings.run_dir, "c3") == {}
+    # A promise left by a process that died is ignored and cleaned up.
+    folder = courses.settings.run_dir / ".course-c3.starting"
+    (folder / "1-dead.json").write_text(json.dumps({"pid": 1, "start_time": 1, "machines": {erin.name: 64}}))
+    assert starting.promised(courses.settings.run_dir, "c3") == {}
+    assert list(folder.iterdir()) == []
 
 
 def test_two_provisions_at_once_and_a_killed_one(courses: Courses, tmp_path: Path) -> None:
