@@ -11,21 +11,14 @@ short folder under /tmp, removed at the end. Every figure is measured here, in t
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.report import REPO, Row, write_report
-from labkit.config import Settings
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.courses import Courses
-from labkit.services.db import Database
+from bench.installation import Installation
+from bench.report import REPO, Row, measure, refuse_unknown, write_report
 
 SECTION = "## Courses"
 TWO_HOSTS = REPO / "labs" / "two-hosts"
@@ -36,47 +29,18 @@ START_WORKERS = 4
 MEASUREMENTS = ("provision", "start30", "session")
 
 
-def short_dir(prefix: str) -> Path:
-    """A new folder with a short path (UNIX sockets), without "_" or "," (UML's slirp transport mangles them)."""
-    while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-        if "_" not in path and "," not in path:
-            return Path(path)
-        os.rmdir(path)
-
-
-class Bench:
+class Bench(Installation):
     def __init__(self, students: int, machines: int) -> None:
         self.students = students  # for provision and session
         self.machines = machines  # for start30
-        self.root = short_dir("lkc")
-        self.settings = Settings.from_env({
-            "LABKIT_HOME": str(self.root / "home"), "LABKIT_RUN": str(self.root / "run"),
-            "LABKIT_CACHE": os.environ.get("LABKIT_CACHE") or str(Path.home() / ".cache/labkit"),
-            "LABKIT_RECIPES": str(REPO / "base_images"),
-        })
-        self.settings.ensure()
-        self.db = Database(self.settings)
-        self.courses = Courses(self.settings, self.db, actor="bench")
+        super().__init__("lkc")
         self.rows: list[Row] = []
-
-    def close(self) -> None:
-        for view in self.courses.machines.status():
-            if view.state != "stopped":
-                self.courses.machines.kill(view.name)
-        self.db.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def course(self, name: str, lab: Path, students: int, memory_budget_mb: int | None = None) -> None:
         """A course on ``lab`` with a roster of ``students`` (tiny built first): all of it before any clock."""
-        store = ImageStore(self.settings)
-        if not store.list("tiny"):
-            store.build(find_recipe(self.settings.recipes, "tiny"))
+        self.ensure_tiny()
         self.courses.create(name, [lab], memory_budget_mb=memory_budget_mb)
-        roster = self.root / f"{name}.csv"
-        roster.write_text("id,name,email\n" + "".join(f"s{i:03d},Student {i},s{i:03d}@example.org\n"
-                                                      for i in range(1, students + 1)))
-        self.courses.import_roster(name, roster)
+        self.enroll(name, students)
 
     # ---- the benchmarks --------------------------------------------------------------------------------------
     def provision(self) -> None:
@@ -140,16 +104,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--small", action="store_true",
                         help="10 students and 5 machines: a trial run; prints the rows, writes no report")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.measurements) - set(MEASUREMENTS))
-    if unknown:
-        parser.error(f"unknown measurement {', '.join(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+    refuse_unknown(parser, args.measurements, MEASUREMENTS)
     bench = Bench(students=10, machines=5) if args.small else Bench(students=100, machines=30)
     chosen: dict[str, Callable[[], None]] = {name: getattr(bench, name) for name in MEASUREMENTS}
     try:
-        for name in args.measurements or list(chosen):
-            print(f"running {name} ...", file=sys.stderr)
-            chosen[name]()
-            print(f"  {bench.rows[-1]}", file=sys.stderr)
+        measure(chosen, args.measurements or list(chosen), bench.rows)
     finally:
         bench.close()
     if not args.small:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import paramiko
 
-from bench.report import REPO, Row, write_report
+from bench.report import REPO, Row, measure, write_report
 from labkit.config import Settings
 from labkit.guest.keys import ensure_key
 from labkit.images.recipe import find_recipe
@@ -179,10 +179,7 @@ def main(argv: list[str]) -> int:
         "twenty": bench.twenty,
     }
     try:
-        for name in argv or list(chosen):
-            print(f"running {name} ...", file=sys.stderr)
-            chosen[name]()
-            print(f"  {bench.rows[-1]}", file=sys.stderr)
+        measure(chosen, argv or list(chosen), bench.rows)
     finally:
         bench.close()
     write_report(SECTION, "bench/engine.py", bench.rows)

@@ -21,22 +21,14 @@ Every figure is measured here, in this run, on this machine.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from bench.report import REPO, Row, write_report
-from labkit.config import Settings
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.courses import Courses
-from labkit.services.db import Database
+from bench.installation import Installation
+from bench.report import Row, measure, refuse_unknown, write_report
 from labkit.services.grading import DEFAULT_WORKERS, Grading, RunReport
 
 SECTION = "## Grading"
@@ -89,15 +81,6 @@ exists = false
 """
 
 
-def short_dir(prefix: str) -> Path:
-    """A new folder with a short path (UNIX sockets), without "_" or "," (UML's slirp transport mangles them)."""
-    while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-        if "_" not in path and "," not in path:
-            return Path(path)
-        os.rmdir(path)
-
-
 def summary(report: RunReport) -> tuple[int, int, dict[str, int], float]:
     """(checks passed, checks in all, transports used -> count, median check duration)."""
     results = [r for g in report.grades for r in g.results]
@@ -108,43 +91,23 @@ def summary(report: RunReport) -> tuple[int, int, dict[str, int], float]:
             statistics.median(r.duration for r in results) if results else 0.0)
 
 
-class Bench:
+class Bench(Installation):
     def __init__(self, guests: int) -> None:
         self.guests = guests
-        self.root = short_dir("lkg")
-        self.settings = Settings.from_env({
-            "LABKIT_HOME": str(self.root / "home"), "LABKIT_RUN": str(self.root / "run"),
-            "LABKIT_CACHE": os.environ.get("LABKIT_CACHE") or str(Path.home() / ".cache/labkit"),
-            "LABKIT_RECIPES": str(REPO / "base_images"),
-        })
-        self.settings.ensure()
-        self.db = Database(self.settings)
-        self.courses = Courses(self.settings, self.db, actor="bench")
+        super().__init__("lkg")
         self.grading = Grading(self.settings, self.db, actor="bench")
         self.rows: list[Row] = []
         self.started = False
 
-    def close(self) -> None:
-        for view in self.courses.machines.status():
-            if view.state != "stopped":
-                self.courses.machines.kill(view.name)
-        self.db.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-
     def setup(self) -> None:
         """The course, provisioned and started (all before any clock)."""
-        store = ImageStore(self.settings)
-        if not store.list("tiny"):
-            store.build(find_recipe(self.settings.recipes, "tiny"))
+        self.ensure_tiny()
         lab = self.root / "bench-grade"
         lab.mkdir()
         (lab / "lab.toml").write_text(LAB_TOML)
         (lab / "instructions.md").write_text("# Grading benchmark\n")
         self.courses.create("bgrade", [lab], memory_budget_mb=64 * self.guests)
-        roster = self.root / "roster.csv"
-        roster.write_text("id,name,email\n" + "".join(f"s{i:03d},Student {i},s{i:03d}@example.org\n"
-                                                      for i in range(1, self.guests + 1)))
-        self.courses.import_roster("bgrade", roster)
+        self.enroll("bgrade", self.guests)
         self.courses.provision("bgrade")
         self.start()
 
@@ -163,16 +126,21 @@ class Bench:
         report = self.grading.grade("bgrade")
         return time.perf_counter() - started, report
 
+    def grade_runs(self, runs: int = 3) -> tuple[list[float], RunReport]:
+        """Grade the course ``runs`` times: the wall time of each, and the last report."""
+        times, report = [], None
+        for _ in range(runs):
+            elapsed, report = self.grade()
+            times.append(elapsed)
+        assert report is not None
+        return times, report
+
     # ---- the benchmarks --------------------------------------------------------------------------------------
     def ssh(self) -> None:
         if not self.started:
             self.start()
         self.grade()  # warm-up: first SSH connections of a boot make the guests' host keys; not measured
-        times, report = [], None
-        for _ in range(3):
-            elapsed, report = self.grade()
-            times.append(elapsed)
-        assert report is not None
+        times, report = self.grade_runs()
         passed, total, transports, median = summary(report)
         if transports != {"ssh": total} or passed != total:
             raise RuntimeError(f"expected {total} passing checks over SSH; got {passed} passed, {transports}")
@@ -227,11 +195,7 @@ class Bench:
         if self.started:
             self.courses.stop("bgrade")
             self.started = False
-        times, report = [], None
-        for _ in range(3):
-            elapsed, report = self.grade()
-            times.append(elapsed)
-        assert report is not None
+        times, report = self.grade_runs()
         passed, total, transports, median = summary(report)
         files = 3 * self.guests
         if passed != files or transports.get("offline") != total:
@@ -250,18 +214,13 @@ def main(argv: list[str]) -> int:
                         help="which to run (default: all, in this order)")
     parser.add_argument("--small", action="store_true", help="5 guests: a trial run; prints the rows, writes no report")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.measurements) - set(MEASUREMENTS))
-    if unknown:
-        parser.error(f"unknown measurement {', '.join(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+    refuse_unknown(parser, args.measurements, MEASUREMENTS)
     bench = Bench(guests=5 if args.small else 30)
     chosen: dict[str, Callable[[], None]] = {name: getattr(bench, name) for name in MEASUREMENTS}
     try:
         print("starting the guests ...", file=sys.stderr)
         bench.setup()
-        for name in [m for m in MEASUREMENTS if m in (args.measurements or MEASUREMENTS)]:
-            print(f"running {name} ...", file=sys.stderr)
-            chosen[name]()
-            print(f"  {bench.rows[-1]}", file=sys.stderr)
+        measure(chosen, [m for m in MEASUREMENTS if m in (args.measurements or MEASUREMENTS)], bench.rows)
     finally:
         bench.close()
     if not args.small:

@@ -1,12 +1,15 @@
-"""What every benchmark script shares: a description of the machine it ran on, and the rewrite of its own section of
-docs/benchmarks.md (the other scripts' sections are left as they are)."""
+"""What every benchmark script shares: its measurement loop, a description of the machine it ran on, and the rewrite
+of its own section of docs/benchmarks.md (the other scripts' sections are left as they are)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,6 +17,21 @@ REPORT = REPO / "docs" / "benchmarks.md"
 
 #: One row of a section's table: what, target, measured, result.
 Row = tuple[str, str, str, str]
+
+
+def refuse_unknown(parser: argparse.ArgumentParser, wanted: Iterable[str], known: Iterable[str]) -> None:
+    """Stop with a usage error if ``wanted`` names a measurement the script does not have."""
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        parser.error(f"unknown measurement {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
+def measure(measurements: Mapping[str, Callable[[], None]], names: Iterable[str], rows: list[Row]) -> None:
+    """Run the named measurements in this order; each appends its row to ``rows``, shown as it comes."""
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr)
+        measurements[name]()
+        print(f"  {rows[-1]}", file=sys.stderr)
 
 
 def machine_description() -> str:

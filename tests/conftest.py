@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,12 @@ import pytest
 from labkit.config import Settings
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageRecord, ImageStore
+from labkit.services.courses import Courses
+from labkit.services.db import Database
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "base_images"
+LABS = REPO / "labs"
 TEST_CACHE = Path(os.environ.get("LABKIT_TEST_CACHE") or f"/var/tmp/labkit-test-cache-{os.getuid()}")
 
 
@@ -59,6 +62,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LABKIT_CACHE": str(settings.cache),
         "LABKIT_RUN": str(settings.run_dir),
     }
+
+
+def make_course(settings: Settings, name: str, labs: Iterable[Path], students: Iterable[tuple[str, str, str]],
+                actor: str = "teacher") -> Courses:
+    """Course ``name`` on ``labs`` with ``students`` (id, name, email) on its roster and their machines provisioned,
+    the tiny image built first, over a new `Database` of ``settings``: the caller closes ``courses.db``."""
+    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
+    courses = Courses(settings, Database(settings), actor=actor)
+    courses.create(name, list(labs))
+    roster = settings.home / f"roster-{name}.csv"
+    roster.write_text("id,name,email\n" + "".join(f"{sid},{full},{email}\n" for sid, full, email in students))
+    courses.import_roster(name, roster)
+    courses.provision(name)
+    return courses
 
 
 @pytest.fixture

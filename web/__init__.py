@@ -1,7 +1,8 @@
 """The labkit web app: a Flask application factory (style guide 9: flaskr, CTFd).
 
 ``create_app(test_config)`` opens the installation's database once and starts one job runner; blueprints do the rest.
-Served in production by ``labkit serve`` (gunicorn, one worker process with threads: see labkit/cli/serve.py).
+Served in production by ``labkit serve`` (gunicorn, several worker processes with threads, each with an app of its own:
+see labkit/cli/serve.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFProtect
 
-from labkit.atomic import write_atomic
+from labkit.atomic import locked, write_atomic
 from labkit.config import Settings
 
 csrf = CSRFProtect()
@@ -30,11 +31,16 @@ OPTIONAL_MODULES = ("api", "console", "jobs_view")
 
 
 def secret_key(settings: Settings) -> str:
-    """The key that signs session cookies: made once per installation, kept in ``<home>/web-secret`` (mode 0600)."""
+    """The key that signs session cookies: made once per installation, kept in ``<home>/web-secret`` (mode 0600).
+
+    Made under a lock: worker processes starting at once must not each make (and keep) a key of their own.
+    """
     path = settings.home / "web-secret"
     if not path.exists():
         settings.ensure()
-        write_atomic(path, secrets.token_hex(32), mode=0o600)
+        with locked(settings.home / ".web-secret.lock"):
+            if not path.exists():
+                write_atomic(path, secrets.token_hex(32), mode=0o600)
     return path.read_text().strip()
 
 
@@ -52,6 +58,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Secure cookies need HTTPS; set LABKIT_SECURE_COOKIES=1 when a TLS proxy is in front
         SESSION_COOKIE_SECURE=os.environ.get("LABKIT_SECURE_COOKIES") == "1",
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        # the 12 h count from login, and a page view does not re-sign and re-send the cookie
+        SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session (12 h)
         LABKIT_JOB_WORKERS=4,
         LABKIT_CSP=DEFAULT_CSP,

@@ -1,4 +1,5 @@
-"""What one web app holds for its whole life: the installation's settings, one database, one job runner."""
+"""What one web app (one server worker process) holds for its whole life: the installation's settings, one database,
+one job runner. Workers share state only through the database and the installation's files."""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ class WebState:
     settings: Settings
     db: Database
     jobs: JobRunner
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    #: failed logins are counted in the database, shared by every worker process of the server
+    limiter: LoginLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = LoginLimiter(self.db)
 
     # Services are cheap objects over the shared database; each takes the acting user's name for the audit log.
     def accounts(self, actor: str) -> Accounts:

@@ -83,12 +83,13 @@ def _submit(kind: str, target: str, course_id: int, function: Callable[[Reporter
     return job
 
 
-def _recent_jobs(targets: set[str]) -> dict[str, list[JobView]]:
-    """The user's jobs on ``targets`` that run or ended a short while ago, newest first, by target."""
+def _recent_jobs(targets: set[str] | None = None) -> dict[str, list[JobView]]:
+    """The user's jobs (on ``targets``, default all) that run or ended a short while ago, newest first, by target."""
     now = dt.datetime.now(dt.UTC)
     found: dict[str, list[JobView]] = {}
     for job in services().job_queries.list(owner_user_id=_user().id, limit=100):
-        if job.target in targets and (job.active or (job.finished_at and now - job.finished_at < RECENT)):
+        if (targets is None or job.target in targets) and (
+                job.active or (job.finished_at and now - job.finished_at < RECENT)):
             found.setdefault(job.target, []).append(job)
     return found
 
@@ -129,7 +130,7 @@ def index() -> ResponseReturnValue:
     # jobs are read before what they change: a job that ends in between is then still shown as running, and the
     # page reloads when it sees it end (read the other way round, the page would show old data and a finished job)
     portal, user = _portal(), _user()
-    jobs = _recent_jobs({owned.name for owned in services().accounts(actor()).machines_of(user)})
+    jobs = _recent_jobs()
     return render_template("student/index.html", labs=portal.labs_of(user), jobs=jobs)
 
 
@@ -175,6 +176,21 @@ def _state_of(state: WebState, who: str, name: str) -> str:
     return state.machines(who).status(name)[0].state
 
 
+def _already(progress: Reporter, kind: str, owned: OwnedMachine, state: str) -> dict[str, Any]:
+    """A second click after the first job ended: nothing to do, and no error."""
+    progress(ProgressEvent(kind, 1, 1, f"{owned.machine} is already {state}"))
+    return {"machine": owned.name, "state": state, "note": f"already {state}"}
+
+
+def _machine_job(owned: OwnedMachine, kind: str, function: Callable[[Reporter], dict[str, Any]], what: str) -> None:
+    """Queue ``function`` as the ``kind`` job of the machine; ``what`` begins the sentence ("Starting")."""
+    _submit(kind, owned.name, owned.course_id, function, f"{what} {owned.machine}")
+
+
+def _to_machine(owned: OwnedMachine) -> ResponseReturnValue:
+    return redirect(url_for(".machine", name=owned.name), 303)
+
+
 @bp.post("/machines/<name>/start")
 @student_required
 def start(name: str) -> ResponseReturnValue:
@@ -183,9 +199,8 @@ def start(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
-        if before in LIVE:  # a second click after the first job ended: nothing to do, and no error
-            progress(ProgressEvent("start", 1, 1, f"{owned.machine} is already {before}"))
-            return {"machine": owned.name, "state": before, "note": f"already {before}"}
+        if before in LIVE:
+            return _already(progress, "start", owned, before)
         # through the course: its memory budget and per-student limit apply to students too
         state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
                                  progress=progress)
@@ -193,7 +208,7 @@ def start(name: str) -> ResponseReturnValue:
         progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}"))
         return {"machine": owned.name, "state": after}
 
-    _submit("start", owned.name, owned.course_id, run, f"Starting {owned.machine}")
+    _machine_job(owned, "start", run, "Starting")
     return _back(url_for(".machine", name=owned.name))
 
 
@@ -206,14 +221,13 @@ def stop(name: str) -> ResponseReturnValue:
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
         if before not in LIVE:
-            progress(ProgressEvent("stop", 1, 1, f"{owned.machine} is already {before}"))
-            return {"machine": owned.name, "state": before, "note": f"already {before}"}
+            return _already(progress, "stop", owned, before)
         progress(ProgressEvent("stop", 0, 1, f"stopping {owned.machine}"))
         view = state.machines(who).stop(owned.name)
         progress(ProgressEvent("stop", 1, 1, f"{owned.machine} stopped"))
         return {"machine": owned.name, "state": view.state}
 
-    _submit("stop", owned.name, owned.course_id, run, f"Stopping {owned.machine}")
+    _machine_job(owned, "stop", run, "Stopping")
     return _back(url_for(".machine", name=owned.name))
 
 
@@ -244,9 +258,9 @@ def reset(name: str) -> ResponseReturnValue:
         progress(ProgressEvent("reset", 2, 2, f"{owned.machine} is as new (stopped)"))
         return {"machine": owned.name, "state": view.state}
 
-    _submit("reset", owned.name, owned.course_id, run, f"Resetting {owned.machine}")
+    _machine_job(owned, "reset", run, "Resetting")
     flash(f"{owned.machine} is being reset: its disk is replaced by a new one.", "info")
-    return redirect(url_for(".machine", name=owned.name), 303)
+    return _to_machine(owned)
 
 
 # ---- snapshots ---------------------------------------------------------------------------------------------------
@@ -259,7 +273,7 @@ def snapshot(name: str) -> ResponseReturnValue:
         check_name(wanted, "snapshot name")
     except LabkitError as err:
         flash(f"No snapshot taken: {err}.", "error")
-        return redirect(url_for(".machine", name=owned.name), 303)
+        return _to_machine(owned)
     state, who = services(), actor()
 
     def run(progress: Reporter) -> dict[str, Any]:
@@ -268,8 +282,8 @@ def snapshot(name: str) -> ResponseReturnValue:
         progress(ProgressEvent("snapshot", 1, 1, f"snapshot {wanted} taken"))
         return {"machine": owned.name, "snapshot": wanted}
 
-    _submit("snapshot", owned.name, owned.course_id, run, f"A snapshot of {owned.machine}")
-    return redirect(url_for(".machine", name=owned.name), 303)
+    _machine_job(owned, "snapshot", run, "A snapshot of")
+    return _to_machine(owned)
 
 
 def _snapshot_or_404(owned: OwnedMachine, snap: str) -> dict[str, object]:
@@ -300,7 +314,7 @@ def restore(name: str, snap: str) -> ResponseReturnValue:
     current = _state_of(state, who, owned.name)
     if current in LIVE:
         flash(f"{owned.machine} is {current}: stop it first, then restore {snap}. Nothing was changed.", "error")
-        return redirect(url_for(".machine", name=owned.name), 303)
+        return _to_machine(owned)
 
     def run(progress: Reporter) -> dict[str, Any]:
         progress(ProgressEvent("restore", 0, 1, f"bringing back {snap}"))
@@ -308,8 +322,8 @@ def restore(name: str, snap: str) -> ResponseReturnValue:
         progress(ProgressEvent("restore", 1, 1, f"{owned.machine} is back at {snap}"))
         return {"machine": owned.name, "snapshot": snap}
 
-    _submit("restore", owned.name, owned.course_id, run, f"Restoring {owned.machine}")
-    return redirect(url_for(".machine", name=owned.name), 303)
+    _machine_job(owned, "restore", run, "Restoring")
+    return _to_machine(owned)
 
 
 @bp.post("/machines/<name>/snapshots/<snap>/delete")
@@ -319,7 +333,7 @@ def delete_snapshot(name: str, snap: str) -> ResponseReturnValue:
     _snapshot_or_404(owned, snap)
     services().machines(actor()).delete_snapshot(owned.name, snap)  # a file removal: quick, no job
     flash(f"Snapshot {snap} deleted.", "success")
-    return redirect(url_for(".machine", name=owned.name), 303)
+    return _to_machine(owned)
 
 
 # ---- self-check and submit ---------------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ def _grading(app: App):  # type: ignore[no-untyped-def]
     return Grading(app.settings, app.db)
 
 
+def _submissions(app: App):  # type: ignore[no-untyped-def]
+    from labkit.services.submissions import Submissions
+
+    return Submissions(app.settings, app.db)
+
+
 def _grade_json(grade) -> dict[str, object]:  # type: ignore[no-untyped-def]
     return {"student": grade.student, "lab": grade.lab, "points": grade.points, "max_points": grade.max_points,
             "graded_at": grade.graded_at.isoformat(), "source": grade.source,
@@ -143,9 +149,7 @@ def check(app: App, course: str, student: str, lab: str | None, as_json: bool) -
 @pass_app
 def submit(app: App, course: str, student: str, lab: str | None, as_json: bool) -> None:
     """Freeze STUDENT's machines as a submission (running machines are paused for the copy, then go on)."""
-    from labkit.services.submissions import Submissions
-
-    views = Submissions(app.settings, app.db).submit(course, student, lab)
+    views = _submissions(app).submit(course, student, lab)
     if as_json:
         echo_json([dataclasses.asdict(v) for v in views])
         return
@@ -161,9 +165,7 @@ def submit(app: App, course: str, student: str, lab: str | None, as_json: bool) 
 @pass_app
 def submissions(app: App, course: str, student: str | None, as_json: bool) -> None:
     """List the submissions of COURSE."""
-    from labkit.services.submissions import Submissions
-
-    views = Submissions(app.settings, app.db).list(course, student)
+    views = _submissions(app).list(course, student)
     if as_json:
         echo_json([dataclasses.asdict(v) for v in views])
         return

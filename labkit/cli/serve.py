@@ -1,8 +1,10 @@
 """``labkit serve``: the web app on gunicorn, run in this process through gunicorn's `BaseApplication`.
 
-One worker process with many threads (gthread): the job runner and the console WebSockets live in that one process,
-so jobs, login rate limits and consoles are all seen by every request. The arbiter's pid is written to
-``<run_dir>/web.pid``; stop the server with SIGTERM to that pid (or Ctrl-C).
+Several worker processes (``--workers``), each with many threads (gthread) and an app of its own: a job runs in the
+worker that accepted it, but its progress, the job deduplication and the login rate limits are in the database, so
+every worker sees them; a console WebSocket is one connection, relayed by the worker that took it. The session key
+(``<home>/web-secret``) is made here, before the workers fork, so they all sign with it. The arbiter's pid is written
+to ``<run_dir>/web.pid``; stop the server with SIGTERM to that pid (or Ctrl-C).
 """
 
 from __future__ import annotations
@@ -58,16 +60,24 @@ def check_pid_file(path: Path) -> None:
     raise ConflictError(f"labkit serve already runs as pid {pid} (pid file {path}); stop it first")
 
 
-def gunicorn_options(settings: Settings, host: str, port: int, threads: int) -> dict[str, Any]:
+def default_workers() -> int:
+    """The CPU count, from 2 (a worker being replaced leaves one serving) to 4 (requests mostly wait on guests and
+    the database, in threads; each worker holds its own job pool and database connections)."""
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+def gunicorn_options(settings: Settings, host: str, port: int, threads: int, workers: int = 1) -> dict[str, Any]:
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return {
         "bind": [bind],
-        "workers": 1,
+        "workers": workers,
         "worker_class": "gthread",
         "threads": threads,
         "pidfile": str(pid_file(settings)),
         "proc_name": "labkit-web",
         "accesslog": "-",
+        # gunicorn's default line, plus the pid of the worker that answered
+        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" pid=%(p)s',
         "errorlog": "-",
         # gthread's worker heartbeat, not a request limit: long WebSockets and polls are fine
         "timeout": 60,
@@ -99,18 +109,25 @@ def make_server(settings: Settings, options: dict[str, Any]) -> Any:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes  [default: the CPU count, from 2 to 4].")
 @click.option("--threads", default=32, show_default=True, type=click.IntRange(2, 1024),
-              help="Request threads (each open browser console holds two).")
+              help="Request threads per worker (each open browser console holds two).")
 @pass_app
-def command(app: App, host: str, port: int, threads: int) -> None:
+def command(app: App, host: str, port: int, workers: int | None, threads: int) -> None:
     """Serve the web app (student portal, instructor dashboard, API) until stopped."""
+    from web import secret_key
+
     settings = app.settings
     settings.ensure()
     check_pid_file(pid_file(settings))
     check_port(host, port)
     app.db  # noqa: B018 - open and migrate the database here, so a problem is one clear line before gunicorn starts
     app.close()
+    secret_key(settings)  # made once, before the workers fork
+    workers = workers or default_workers()
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"labkit: serving http://{shown}:{port}/ (pid file {pid_file(settings)}; stop with Ctrl-C)", err=True)
+    click.echo(f"labkit: serving http://{shown}:{port}/ with {workers} worker{'s' if workers > 1 else ''} "
+               f"(pid file {pid_file(settings)}; stop with Ctrl-C)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        make_server(settings, gunicorn_options(settings, host, port, threads)).run()
+        make_server(settings, gunicorn_options(settings, host, port, threads, workers)).run()

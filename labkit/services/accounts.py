@@ -23,6 +23,7 @@ from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, NotFoundError
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.lookup import course_by_name
 from labkit.services.models import ApiToken, Assignment, Course, CourseLab, Machine, PasswordToken, Student, User
 
 ROLES = ("instructor", "student")
@@ -183,7 +184,7 @@ class Accounts:
             return _view(self._user(session, username))
 
     def get_by_id(self, user_id: int) -> UserView | None:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             user = session.get(User, user_id)
             return _view(user) if user is not None else None
 
@@ -231,9 +232,7 @@ class Accounts:
         links: list[PasswordLink] = []
         now = _now()
         with self.db.transaction() as session:
-            found = session.scalar(select(Course).where(Course.name == course))
-            if found is None:
-                raise NotFoundError(f"no course named {course!r}")
+            found = course_by_name(session, course)
             roster = [s for s in found.students if s.archived_at is None]
             if students is not None:
                 unknown = sorted(set(students) - {s.sid for s in roster})
@@ -360,9 +359,7 @@ class Accounts:
 
     def set_course_owner(self, course: str, username: str) -> None:
         with self.db.transaction() as session:
-            found = session.scalar(select(Course).where(Course.name == course))
-            if found is None:
-                raise NotFoundError(f"no course named {course!r}")
+            found = course_by_name(session, course)
             user = self._user(session, username)
             if user.role != "instructor" or user.disabled_at is not None:
                 raise ConflictError(f"user {username} is {'disabled' if user.disabled_at else 'a ' + user.role}; "
@@ -409,7 +406,7 @@ class Accounts:
             query = query.where(Course.owner_id == user.id)
         else:
             return []
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             return [OwnedMachine(name=row[0], machine=row[1], lab=row[2], course=row[3], course_id=row[4],
                                  student=row[5], student_name=row[6], read_only=not user.is_student)
                     for row in session.execute(query)]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from labkit.errors import NotFoundError
 from labkit.services.db import Database
-from labkit.services.models import Assignment, Course, CourseLab, Event, Machine, Student
+from labkit.services.lookup import course_by_name
+from labkit.services.models import Assignment, CourseLab, Event, Machine, Student
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,7 @@ class AuditView:
     def course_events(self, course: str, limit: int = 100, before: int | None = None) -> list[EventView]:
         """The newest ``limit`` events of ``course`` (older than event id ``before`` when given), newest first."""
         with self.db.transaction() as session:
-            found = session.scalar(select(Course).where(Course.name == course))
-            if found is None:
-                raise NotFoundError(f"no course named {course!r}")
+            found = course_by_name(session, course)
             machines = select(Machine.name).join(Assignment, Assignment.machine_id == Machine.id) \
                 .join(CourseLab, Assignment.course_lab_id == CourseLab.id).where(CourseLab.course_id == found.id)
             students = select(Student.sid).where(Student.course_id == found.id)

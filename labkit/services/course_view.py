@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from labkit.errors import NotFoundError
 from labkit.services.db import Database
-from labkit.services.models import ClassSession, Course
+from labkit.services.lookup import course_by_name
+from labkit.services.models import ClassSession
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,7 @@ class CourseView:
     def open_session(self, course: str) -> SessionView | None:
         """The session begun and not yet ended, if any."""
         with self.db.transaction() as session:
-            found = session.scalar(select(Course).where(Course.name == course))
-            if found is None:
-                raise NotFoundError(f"no course named {course!r}")
+            found = course_by_name(session, course)
             current = session.scalar(select(ClassSession).where(ClassSession.course_id == found.id,
                                                                 ClassSession.ended_at.is_(None)))
             if current is None:

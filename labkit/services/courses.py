@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from labkit.atomic import locked
 from labkit.config import Settings
@@ -36,6 +35,7 @@ from labkit.runtime.base import Forward
 from labkit.services import starting
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.lookup import course_by_name
 from labkit.services.machines import LIVE, Machines, SeedContent
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
 from labkit.services.roster import check_student_id, read_roster
@@ -107,13 +107,6 @@ class Courses:
         with locked(self.settings.home / f".course-{name}.lock"):
             yield
 
-    def _course(self, session: Session, name: str) -> Course:
-        course = session.scalar(select(Course).where(Course.name == name))
-        if course is None:
-            known = session.scalars(select(Course.name).order_by(Course.name)).all()
-            raise NotFoundError(f"no course named {name!r}" + (f"; courses: {', '.join(known)}" if known else ""))
-        return course
-
     def _known_images(self) -> set[str]:
         return {record.name for record in ImageStore(self.settings).list()}
 
@@ -147,7 +140,7 @@ class Courses:
 
     def show(self, name: str) -> dict[str, object]:
         with self.db.transaction() as session:
-            return self._summary(self._course(session, name))
+            return self._summary(course_by_name(session, name))
 
     def _summary(self, course: Course) -> dict[str, object]:
         return {
@@ -164,7 +157,7 @@ class Courses:
         """Delete a course. Its students' machines (their work) go only with ``purge``."""
         with self._locked(name):
             with self.db.transaction() as session:
-                course = self._course(session, name)
+                course = course_by_name(session, name)
                 names = [a.vm.name for s in course.students for a in s.assignments]
                 course_pk = course.id
             if names and not purge:
@@ -174,7 +167,7 @@ class Courses:
                 self._purge_machine(machine)
             shutil.rmtree(self.settings.submissions / f"c{course_pk}", ignore_errors=True)
             with self.db.transaction() as session:
-                session.delete(self._course(session, name))
+                session.delete(course_by_name(session, name))
                 record(session, self.actor, "course-remove", name, f"{len(names)} machines purged")
 
     def _purge_machine(self, name: str) -> None:
@@ -195,7 +188,7 @@ class Courses:
         submitted: list[Path] = []
         with self._locked(name):
             with self.db.transaction() as session:
-                course = self._course(session, name)
+                course = course_by_name(session, name)
                 current = {s.sid: s for s in course.students}
                 listed = {e.sid for e in entries}
                 for entry in entries:
@@ -227,14 +220,14 @@ class Courses:
                 shutil.rmtree(folder, ignore_errors=True)
             if report.purged:
                 with self.db.transaction() as session:
-                    course = self._course(session, name)
+                    course = course_by_name(session, name)
                     for student in [s for s in course.students if s.sid in report.purged]:
                         course.students.remove(student)
         return report
 
     def students(self, name: str) -> list[dict[str, object]]:
         with self.db.transaction() as session:
-            course = self._course(session, name)
+            course = course_by_name(session, name)
             return [{"id": s.sid, "name": s.name, "email": s.email,
                      "archived": s.archived_at is not None} for s in course.students]
 
@@ -246,7 +239,7 @@ class Courses:
         again, while the students' overlays (their work) stay as they are."""
         with self._locked(name):
             with self.db.transaction() as session:
-                course = self._course(session, name)
+                course = course_by_name(session, name)
                 plans = []
                 for course_lab in course.labs:
                     lab = self._lab(course_lab)
@@ -283,7 +276,7 @@ class Courses:
                             counts[key] += 1
                     progress(ProgressEvent("provision", done, total, "provisioning"))
             with self.db.transaction() as session:
-                course = self._course(session, name)
+                course = course_by_name(session, name)
                 for course_lab, (_, lab, digest) in zip(course.labs, plans, strict=True):
                     course_lab.digest, course_lab.version = digest, lab.version
                     course_lab.files = file_hashes(Path(course_lab.path))
@@ -365,7 +358,7 @@ class Courses:
         if student is not None:
             check_student_id(student)
         with self.db.transaction() as session:
-            course = self._course(session, name)
+            course = course_by_name(session, name)
             found = []
             for course_lab in course.labs:
                 if lab and course_lab.lab_id != lab:
@@ -396,7 +389,7 @@ class Courses:
                    if m in views and views[m].state not in live}
         wanted = [t for t in targets if views[t.name].state not in live and t.name not in booting]
         with self.db.transaction() as session:
-            course = self._course(session, name)
+            course = course_by_name(session, name)
             budget = course.memory_budget_mb or default_budget_mb()
             per_student = course.max_running_per_student
             owners = {a.vm.name: s.sid for s in course.students for a in s.assignments}
@@ -479,7 +472,7 @@ class Courses:
     # ---- sessions ----------------------------------------------------------------------------------------------
     def session_begin(self, name: str) -> dict[str, object]:
         with self._locked(name), self.db.transaction() as session:
-            course = self._course(session, name)
+            course = course_by_name(session, name)
             open_ = session.scalar(select(ClassSession).where(ClassSession.course_id == course.id,
                                                               ClassSession.ended_at.is_(None)))
             if open_ is not None:
@@ -495,7 +488,7 @@ class Courses:
         """Stop every machine cleanly; reset the overlays of ``each-session`` labs, keep ``persist`` ones."""
         with self._locked(name):
             with self.db.transaction() as session:
-                course = self._course(session, name)
+                course = course_by_name(session, name)
                 current = session.scalar(select(ClassSession).where(ClassSession.course_id == course.id,
                                                                     ClassSession.ended_at.is_(None)))
                 if current is None:

@@ -36,14 +36,21 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def make_engine(settings: Settings) -> Engine:
-    engine = create_engine(settings.db_url)
+#: Connections kept per engine: the web server runs one thread per request (32 by default) and each may hold one.
+POOL_SIZE, POOL_OVERFLOW = 8, 40
+
+
+def make_engine(settings: Settings, writer: bool = True) -> Engine:
+    """The engine of the database; ``writer=False`` gives one whose transactions only read."""
+    engine = create_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         # BEGIN IMMEDIATE: several labkit processes and threads write at once (a class starting in parallel). A
         # transaction that reads first and writes later could fail at once with "database is locked" when it tries
-        # to upgrade its lock; taking the write lock at BEGIN makes it wait (busy_timeout) instead.
-        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        # to upgrade its lock; taking the write lock at BEGIN makes it wait (busy_timeout) instead. Reading
+        # transactions begin plainly: in WAL mode they never wait for a writer, nor make one wait.
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql(begin))
     return engine
 
 
@@ -87,6 +94,8 @@ class Database:
         self.engine = make_engine(settings)
         upgrade(settings, self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.reader = make_engine(settings, writer=False)
+        self._readers = sessionmaker(self.reader, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -95,8 +104,25 @@ class Database:
             with self._sessions() as session, session.begin():
                 yield session
         except OperationalError as err:
-            raise DatabaseError(f"the database {self.engine.url.render_as_string()} could not be used: "
-                                f"{err.orig}") from err
+            raise self._error(err) from err
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session that only reads (one consistent snapshot) and is rolled back at the end, whatever was changed
+        in it: pages and status views use it, so many readers never queue behind each other or behind a writer."""
+        try:
+            with self._readers() as session:
+                session.begin()
+                try:
+                    yield session
+                finally:
+                    session.rollback()
+        except OperationalError as err:
+            raise self._error(err) from err
+
+    def _error(self, err: OperationalError) -> DatabaseError:
+        return DatabaseError(f"the database {self.engine.url.render_as_string()} could not be used: {err.orig}")
 
     def close(self) -> None:
         self.engine.dispose()
+        self.reader.dispose()

@@ -34,6 +34,7 @@ from labkit.labs.student import for_student
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.lookup import course_by_name
 from labkit.services.machines import Machines
 from labkit.services.models import Course, GradeResult, GradeRun, Submission
 from labkit.services.roster import check_student_id
@@ -148,7 +149,7 @@ class Grading:
             check_student_id(student)
         jobs, missing = self._plan(course, kind, lab, student)
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             run = GradeRun(course_id=course_row.id, kind=kind, actor=self.actor, lab_filter=lab,
                            student_filter=student)
             session.add(run)
@@ -179,7 +180,7 @@ class Grading:
         jobs: list[_Job] = []
         missing: list[str] = []
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             labs = [cl for cl in course_row.labs if lab is None or cl.lab_id == lab]
             if not labs:
                 have = ", ".join(cl.lab_id for cl in course_row.labs)
@@ -267,7 +268,7 @@ class Grading:
         """The student's latest graded result in each lab (labs never graded are left out)."""
         check_student_id(student)
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             one = next((s for s in course_row.students if s.sid == student), None)
             if one is None:
                 raise NotFoundError(f"course {course} has no student {student!r}")
@@ -303,7 +304,7 @@ class Grading:
     def gradebook(self, course: str, detail: bool = False) -> Gradebook:
         """Every student (archived ones too, marked) × lab: the latest grade; with ``detail`` one column per check."""
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             grades = {(g.student, g.lab): g for g in self._latest_grades(session, course_row, GRADED_KINDS)}
             labs = course_row.labs
             check_columns: dict[str, list[str]] = {}
@@ -338,7 +339,7 @@ class Grading:
     def pass_rates(self, course: str, lab: str | None = None) -> list[dict[str, object]]:
         """Per check, over every student's latest grade: how many passed out of how many were graded."""
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             rates: dict[tuple[str, str], dict[str, object]] = {}
             for g in self._latest_grades(session, course_row, GRADED_KINDS):
                 if lab is not None and g.lab != lab:
@@ -356,7 +357,7 @@ class Grading:
     def runs(self, course: str, limit: int = 20) -> list[dict[str, object]]:
         """The latest grading runs of the course, newest first (the history)."""
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             found = session.scalars(select(GradeRun).where(GradeRun.course_id == course_row.id)
                                     .order_by(GradeRun.id.desc()).limit(limit))
             return [{"id": run.id, "kind": run.kind, "actor": run.actor, "lab": run.lab_filter,
@@ -364,12 +365,6 @@ class Grading:
                      "finished_at": run.finished_at.isoformat() if run.finished_at else None,
                      "results": len(run.results)} for run in found]
 
-
-def _course(session: Session, name: str) -> Course:
-    course = session.scalar(select(Course).where(Course.name == name))
-    if course is None:
-        raise NotFoundError(f"no course named {name!r}")
-    return course
 
 
 def _latest_submission(session: Session, student_pk: int, lab_pk: int) -> Submission | None:

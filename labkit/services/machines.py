@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from labkit.atomic import locked
 from labkit.config import Settings
@@ -218,27 +218,43 @@ class Machines:
             record(session, self.actor, "seed", name, "seed disk rewritten")
 
     # ---- reading -----------------------------------------------------------------------------------------------
-    def status(self, name: str | None = None) -> list[MachineView]:
-        """Reconcile the database with the processes and return the truth for one machine or all."""
-        with self.db.transaction() as session:
-            machines = [self._get(session, name)] if name else list(
-                session.scalars(select(Machine).order_by(Machine.name)))
-            return [self._view(machine, self._reconcile(session, machine)) for machine in machines]
+    def status(self, name: str | None = None, names: list[str] | None = None) -> list[MachineView]:
+        """Reconcile the database with the processes and return the truth for one machine, ``names``, or all.
+
+        The processes are read in a reading transaction; only machines whose record is out of date are written.
+        """
+        with self.db.read() as session:
+            if name is not None:
+                machines = [self._get(session, name)]
+            else:
+                query = select(Machine).order_by(Machine.name).options(selectinload(Machine.image),
+                                                                       selectinload(Machine.snapshots))
+                machines = list(session.scalars(query if names is None else query.where(Machine.name.in_(names))))
+            views, stale = self.look(machines)
+        self.write_back(stale)
+        return views
+
+    def look(self, machines: list[Machine]) -> tuple[list[MachineView], list[str]]:
+        """The truth about ``machines`` (loaded in the caller's session), and the names of those whose record is out
+        of date: pass them to `write_back` once the caller's reading transaction is over."""
+        found = [(machine, self._backend(machine).status(self.spec(machine))) for machine in machines]
+        stale = [machine.name for machine, status in found if _recorded(machine) != _facts(status, machine)]
+        return [self._view(machine, status) for machine, status in found], stale
+
+    def write_back(self, stale: list[str]) -> None:
+        """Bring the records of ``stale`` machines in line with their processes."""
+        if stale:
+            with self.db.transaction() as session:
+                for machine in session.scalars(select(Machine).where(Machine.name.in_(stale))):
+                    self._reconcile(session, machine)
 
     def _reconcile(self, session: Session, machine: Machine) -> MachineStatus:
         status = self._backend(machine).status(self.spec(machine))
-        if status.state.value != machine.state:
-            if machine.state in {s.value for s in LIVE} and status.state == State.STOPPED:
-                record(session, "labkit", "found-stopped", machine.name,
-                       f"recorded as {machine.state}, but its processes are gone")
-            machine.state = status.state.value
-        machine.pid = status.pid
-        machine.supervisor_pid = status.supervisor_pid
-        machine.bound_forwards = [[f.host_port, f.guest_port] for f in status.forwards]
-        if status.started_at is not None:
-            machine.started_at = dt.datetime.fromtimestamp(status.started_at, dt.UTC)
-        elif status.state == State.STOPPED:
-            machine.started_at = None
+        if status.state == State.STOPPED and machine.state in {s.value for s in LIVE}:
+            record(session, "labkit", "found-stopped", machine.name,
+                   f"recorded as {machine.state}, but its processes are gone")
+        for key, value in _facts(status, machine).items():
+            setattr(machine, key, value)
         return status
 
     def _view(self, machine: Machine, status: MachineStatus) -> MachineView:
@@ -510,3 +526,19 @@ class Machines:
             raise StateError(f"machine {machine.name} is stopped and its {machine.overlay_kind} overlay cannot be "
                              "read offline; start it to look inside", State.STOPPED)
         return OfflineTransport(machine.name, spec.overlay, spec.image)
+
+
+def _facts(status: MachineStatus, machine: Machine) -> dict[str, object]:
+    """What a machine's record should say, given its processes' ``status``."""
+    if status.started_at is not None:
+        started_at: dt.datetime | None = dt.datetime.fromtimestamp(status.started_at, dt.UTC)
+    else:
+        started_at = None if status.state == State.STOPPED else machine.started_at
+    return {"state": status.state.value, "pid": status.pid, "supervisor_pid": status.supervisor_pid,
+            "bound_forwards": [[f.host_port, f.guest_port] for f in status.forwards], "started_at": started_at}
+
+
+def _recorded(machine: Machine) -> dict[str, object]:
+    return {"state": machine.state, "pid": machine.pid, "supervisor_pid": machine.supervisor_pid,
+            "bound_forwards": [list(pair) for pair in machine.bound_forwards or []],
+            "started_at": machine.started_at}

@@ -347,3 +347,20 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    #: the process running it, ``PID START_TIME`` (`labkit.runtime.process.ProcessRecord`): with several server
+    #: workers, a starting worker fails only the active jobs whose process is gone
+    runner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# ---- workers ----
+
+
+class LoginFailure(Base):
+    """One failed login, counted against ``user:<name>`` and ``addr:<address>`` keys (one row per key) by every web
+    worker; rows older than the limit's window are deleted as new ones come."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -8,12 +8,14 @@ the lab's instructions with the student's own parameters, exactly as provisionin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy.orm import joinedload, selectinload
 
 from labkit.config import Settings
 from labkit.errors import LabFormatError, LabkitError, NotFoundError
@@ -24,10 +26,23 @@ from labkit.labs.student import for_student
 from labkit.services.accounts import UserView
 from labkit.services.audit import current_actor
 from labkit.services.db import Database
-from labkit.services.machines import Machines
-from labkit.services.models import Course, CourseLab, Machine, Student
+from labkit.services.machines import Machines, MachineView
+from labkit.services.models import Assignment, Course, CourseLab, Machine, Student
 
 SSH_PORT = 22
+
+#: Everything the dashboard shows of a student's labs, in one statement built once (building it costs more than
+#: running it): every lab of every course the user is an active student of, with their machine of each lab machine.
+_DASHBOARD = (select(Student.sid, Course.id, Course.name, CourseLab.lab_id, CourseLab.path, CourseLab.reset_policy,
+                     Assignment.machine, Machine)
+              .select_from(Student).join(Course, Student.course_id == Course.id)
+              .join(CourseLab, CourseLab.course_id == Course.id)
+              .outerjoin(Assignment, and_(Assignment.student_id == Student.id,
+                                          Assignment.course_lab_id == CourseLab.id))
+              .outerjoin(Machine, Machine.id == Assignment.machine_id)
+              .where(Student.user_id == bindparam("uid"), Student.archived_at.is_(None))
+              .order_by(Course.name, CourseLab.id, Assignment.machine)
+              .options(joinedload(Machine.image), selectinload(Machine.snapshots)))
 
 
 @dataclass(frozen=True)
@@ -102,52 +117,62 @@ class Portal:
         self.actor = actor or current_actor()
         self.machines = Machines(settings, db, self.actor)
 
-    def _enrollments(self, user: UserView, course: str | None = None,
-                     lab: str | None = None) -> list[tuple[Enrollment, dict[str, str]]]:
-        """The user's (course, lab) places, each with lab machine -> labkit machine name."""
-        if not user.is_student or user.disabled:
-            return []
+    @staticmethod
+    def _places(user: UserView, course: str | None = None) -> Select[tuple[Student, Course]]:
+        """The user's active roster lines with their courses."""
         query = (select(Student, Course).join(Course, Student.course_id == Course.id)
                  .where(Student.user_id == user.id, Student.archived_at.is_(None)).order_by(Course.name))
-        if course is not None:
-            query = query.where(Course.name == course)
-        found = []
-        with self.db.transaction() as session:
-            for student, course_row in session.execute(query):
-                for course_lab in sorted(course_row.labs, key=lambda cl: cl.id):
-                    if lab is not None and course_lab.lab_id != lab:
-                        continue
-                    machines = {a.machine: a.vm.name for a in student.assignments
-                                if a.course_lab_id == course_lab.id}
-                    found.append((course_lab.path, Enrollment(course_row.name, course_row.id, student.sid,
-                                                              course_lab.lab_id, course_lab.lab_id,
-                                                              course_lab.reset_policy), machines))
-        return [(Enrollment(e.course, e.course_id, e.student, e.lab, _title(path, e.lab), e.reset_policy), m)
-                for path, e, m in found]
+        return query.where(Course.name == course) if course is not None else query
+
+    @staticmethod
+    def _enrolled(student: Student, course: Course,
+                  lab: str | None = None) -> list[tuple[str, Enrollment, CourseLab]]:
+        return [(cl.path, Enrollment(course.name, course.id, student.sid, cl.lab_id, cl.lab_id, cl.reset_policy), cl)
+                for cl in sorted(course.labs, key=lambda cl: cl.id) if lab is None or cl.lab_id == lab]
 
     def enrollment(self, user: UserView, course: str, lab: str) -> Enrollment | None:
         """The student's place in ``lab`` of ``course``, or None when it is not theirs (the web app's 404)."""
-        found = self._enrollments(user, course, lab)
-        return found[0][0] if found else None
+        if not user.is_student or user.disabled:
+            return None
+        with self.db.read() as session:
+            found = [entry for student, course_row in session.execute(self._places(user, course))
+                     for entry in self._enrolled(student, course_row, lab)]
+        return _titled(found[0][0], found[0][1]) if found else None
 
     def labs_of(self, user: UserView) -> list[PortalLab]:
-        """Every lab of every course the student is on the roster of, with their machines' real states."""
-        return [PortalLab(enrollment, [self.machine(name, machine) for machine, name in sorted(names.items())])
-                for enrollment, names in self._enrollments(user)]
+        """Every lab of every course the student is on the roster of, with their machines' real states.
+
+        One reading transaction (and a write only when a machine's record is out of date): the dashboard is the
+        page a whole class reloads at the same moment.
+        """
+        if not user.is_student or user.disabled:
+            return []
+        places: dict[tuple[str, str], tuple[str, Enrollment, dict[str, Machine]]] = {}
+        with self.db.read() as session:
+            rows = session.execute(_DASHBOARD, {"uid": user.id})
+            for sid, course_id, course, lab, path, policy, machine, vm in rows:
+                enrollment = Enrollment(course, course_id, sid, lab, lab, policy)
+                _, _, machines = places.setdefault((course, lab), (path, enrollment, {}))
+                if vm is not None:
+                    machines[machine] = vm
+            views, stale = self.machines.look([vm for _, _, machines in places.values() for vm in machines.values()])
+            by_vm = {view.name: view for view in views}
+            labs = [PortalLab(_titled(path, enrollment),
+                              [_portal_machine(by_vm[vm.name], machine, vm.console_password)
+                               for machine, vm in sorted(by_name.items())])
+                    for path, enrollment, by_name in places.values()]
+        self.machines.write_back(stale)
+        return labs
 
     def machine(self, name: str, machine: str | None = None) -> PortalMachine:
         """One machine, reconciled with its processes (`Machines.status`)."""
         view = self.machines.status(name)[0]
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = session.scalar(select(Machine).where(Machine.name == name))
             if row is None:
                 raise NotFoundError(f"no machine named {name!r}")
             password, hostname = row.console_password, row.hostname
-        pairs = [tuple(int(part) for part in forward.split(":", 1)) for forward in view.forwards]
-        ssh = next((host for host, guest in pairs if guest == SSH_PORT and host), None)
-        return PortalMachine(name=name, machine=machine or hostname or name, image=view.image, state=view.state,
-                             uptime=view.uptime, forwards=view.forwards, ssh_port=ssh,
-                             console_password=password, snapshots=view.snapshots)
+        return _portal_machine(view, machine or hostname or name, password)
 
     def snapshots(self, name: str) -> list[dict[str, object]]:
         """The machine's snapshots, oldest first, with their times and sizes (no paths: those are the server's)."""
@@ -156,10 +181,21 @@ class Portal:
 
     def instructions(self, course: str, student: str, lab: str) -> str:
         """The lab's instructions (Markdown) with the student's own values filled in."""
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = session.scalar(select(CourseLab).join(Course).where(Course.name == course, CourseLab.lab_id == lab))
             if row is None:
                 raise NotFoundError(f"course {course} has no lab {lab!r}")
             path, secret = row.path, row.course.secret
         loaded = _lab(path)
         return render_instructions(loaded, for_student(loaded, course, student, secret).context)
+
+
+def _titled(path: str, enrollment: Enrollment) -> Enrollment:
+    return dataclasses.replace(enrollment, title=_title(path, enrollment.lab))
+
+
+def _portal_machine(view: MachineView, machine: str, password: str) -> PortalMachine:
+    pairs = [tuple(int(part) for part in forward.split(":", 1)) for forward in view.forwards]
+    ssh = next((host for host, guest in pairs if guest == SSH_PORT and host), None)
+    return PortalMachine(name=view.name, machine=machine, image=view.image, state=view.state, uptime=view.uptime,
+                         forwards=view.forwards, ssh_port=ssh, console_password=password, snapshots=view.snapshots)

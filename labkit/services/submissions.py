@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from labkit.config import Settings
 from labkit.errors import NotFoundError
 from labkit.overlays.sparse import sparse_copy
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.lookup import course_by_name
 from labkit.services.machines import Machines
 from labkit.services.models import Course, Machine, Student, Submission
 from labkit.services.roster import check_student_id
@@ -54,7 +54,7 @@ class Submissions:
         """Freeze the student's machines of every lab (or of ``lab``): one submission per lab."""
         check_student_id(student)
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             student_row = _student(course_row, student)
             labs = [cl for cl in course_row.labs if lab is None or cl.lab_id == lab]
             if lab is not None and not labs:
@@ -94,7 +94,7 @@ class Submissions:
 
     def list(self, course: str, student: str | None = None) -> list[SubmissionView]:
         with self.db.transaction() as session:
-            course_row = _course(session, course)
+            course_row = course_by_name(session, course)
             query = (select(Submission, Student).join(Student).where(Student.course_id == course_row.id)
                      .order_by(Submission.id))
             if student is not None:
@@ -102,12 +102,6 @@ class Submissions:
             labs = {cl.id: cl.lab_id for cl in course_row.labs}
             return [_view(row, course, s.sid, labs[row.course_lab_id]) for row, s in session.execute(query)]
 
-
-def _course(session: Session, course: str) -> Course:
-    found = session.scalar(select(Course).where(Course.name == course))
-    if found is None:
-        raise NotFoundError(f"no course named {course!r}")
-    return found
 
 
 def _student(course: Course, student: str) -> Student:

@@ -9,32 +9,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import LABS, make_course
 
 from labkit.config import Settings
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab
 from labkit.labs.student import for_student, render_solutions
 from labkit.services.courses import Courses
-from labkit.services.db import Database
 from labkit.services.grading import Grading
 from labkit.services.models import Course
 from labkit.services.submissions import Submissions
 
 pytestmark = pytest.mark.guest
-LABS = Path(__file__).resolve().parents[2] / "labs"
 
 
 @pytest.fixture
-def services(lk_settings: Settings, tmp_path: Path) -> Iterator[tuple[Courses, Grading, Submissions]]:
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
-    db = Database(lk_settings)
-    courses = Courses(lk_settings, db, actor="teacher")
-    courses.create("sec1", [LABS / "intro-shell"])
-    roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,=Bob,b@example.org\ncarol,Carol,c@x.org\n")
-    courses.import_roster("sec1", roster)
-    courses.provision("sec1")
+def services(lk_settings: Settings) -> Iterator[tuple[Courses, Grading, Submissions]]:
+    courses = make_course(lk_settings, "sec1", [LABS / "intro-shell"],
+                          [("alice", "Alice", "a@example.org"), ("bob", "=Bob", "b@example.org"),
+                           ("carol", "Carol", "c@x.org")])
+    db = courses.db
     yield courses, Grading(lk_settings, db, actor="teacher"), Submissions(lk_settings, db, actor="teacher")
     for view in courses.machines.status():  # stop by PID whatever a failed test left running
         if view.state != "stopped":

@@ -18,24 +18,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir
+from conftest import LABS, make_course, make_settings, make_short_dir
 from simple_websocket import Client, ConnectionClosed
 from simple_websocket import ConnectionError as HandshakeRefused
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.services.accounts import Accounts
 from labkit.services.courses import Courses
-from labkit.services.db import Database
 from web import create_app
 from web.console_relay import CLOSE_STOPPED
 
 pytestmark = pytest.mark.guest
-LABS = Path(__file__).resolve().parents[2] / "labs"
 PASSWORD = "a long test password"
 
 
@@ -50,14 +45,9 @@ class Site:
 def site() -> Iterator[Site]:
     home = make_short_dir("lkx")
     settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    db = Database(settings)
-    courses = Courses(settings, db, actor="teacher")
-    courses.create("c1", [LABS / "intro-shell"])
-    roster = home / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,Bob,b@example.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
+    courses = make_course(settings, "c1", [LABS / "intro-shell"],
+                          [("alice", "Alice", "a@example.org"), ("bob", "Bob", "b@example.org")])
+    db = courses.db
     accounts = Accounts(settings, db, "teacher")
     accounts.create_user("teach", "instructor", PASSWORD)
     accounts.create_user("other", "instructor", PASSWORD)

@@ -1,17 +1,27 @@
-"""The job runner: progress and results stored, failures stored with their sentence, double submits, interruptions."""
+"""The job runner: progress and results stored, failures stored with their sentence, double submits, interruptions,
+and runners in several processes (server workers) sharing one database."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from labkit.config import Settings
 from labkit.errors import NotFoundError, StateError
 from labkit.progress import ProgressEvent, Reporter
 from labkit.services.db import Database
 from labkit.services.jobs import INTERRUPTED, JobRunner
+from labkit.services.models import Job
 
 
 @pytest.fixture
@@ -86,17 +96,167 @@ def test_a_double_submit_returns_the_same_job(runner: JobRunner) -> None:
     assert runner.submit("start", "m1", lambda report: None).id != first.id
 
 
-def test_jobs_left_running_by_a_stopped_server_are_failed(web_settings: Settings, db: Database) -> None:
+def test_a_second_runner_in_a_live_process_fails_nothing(web_settings: Settings, db: Database) -> None:
+    """Two runners of one live process (two apps in one worker, as tests make them): neither job is an orphan."""
     release = threading.Event()
     old = JobRunner(web_settings, db, workers=1)
     running = old.submit("grade", "c1", lambda report: release.wait(10) and None)
     queued = old.submit("grade", "c2", lambda report: None)
-    # a new server starts while these were never finished (the old process "died")
     new = JobRunner(web_settings, db)
-    assert new.interrupted == 2
-    for job_id in (running.id, queued.id):
-        job = new.jobs.get(job_id)
-        assert (job.state, job.error) == ("failed", INTERRUPTED) and job.finished_at is not None
+    assert new.interrupted == 0 and new.jobs.get(running.id).active
     release.set()
+    assert old.wait(running.id, timeout=10).state == "done" and old.wait(queued.id, timeout=10).state == "done"
     old.shutdown()
     new.shutdown()
+
+
+def test_a_shut_down_runner_fails_its_queued_jobs(web_settings: Settings, db: Database) -> None:
+    release = threading.Event()
+    runner = JobRunner(web_settings, db, workers=1)
+    running = runner.submit("grade", "c1", lambda report: release.wait(10) and {"ok": True})
+    queued = runner.submit("grade", "c2", lambda report: None)
+    runner.shutdown(wait=False)
+    release.set()
+    assert runner.wait(running.id, timeout=10).state == "done"  # a running job finishes
+    assert (runner.jobs.get(queued.id).state, runner.jobs.get(queued.id).error) == ("failed", INTERRUPTED)
+
+
+def test_jobs_queued_before_runners_were_recorded_are_failed(web_settings: Settings, db: Database) -> None:
+    """Rows from a labkit before migration 0005 have no runner: a newer runner fails them (the old server stopped)."""
+    with db.transaction() as session:
+        session.add(Job(kind="grade", target="c1", state="running", done=0, message=""))
+    runner = JobRunner(web_settings, db)
+    assert runner.interrupted == 1
+    assert runner.jobs.list()[0].error == INTERRUPTED
+    runner.shutdown()
+
+
+# ---- runners in other processes (server workers) -------------------------------------------------------------------
+
+#: A server worker: a JobRunner that waits for ``go``, submits a job per target that holds until ``release`` exists,
+#: prints the job ids, and waits for its jobs. argv: workers go release target...
+WORKER = """
+import sys, time
+from pathlib import Path
+from labkit.config import Settings
+from labkit.services.db import Database
+from labkit.services.jobs import JobRunner
+
+def hold(report):
+    while not release.exists():
+        time.sleep(0.02)
+    return {"by": "worker"}
+
+settings = Settings.from_env()
+db = Database(settings)
+runner = JobRunner(settings, db, workers=int(sys.argv[1]))
+go, release = Path(sys.argv[2]), Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+ids = [runner.submit("grade", target, hold).id for target in sys.argv[4:]]
+print(" ".join(map(str, ids)), flush=True)
+for job_id in ids:
+    runner.wait(job_id, timeout=60)
+runner.shutdown()
+db.close()
+"""
+
+
+def start_worker(settings: Settings, folder: Path, workers: int, targets: list[str]) -> subprocess.Popen[str]:
+    from conftest import settings_env
+
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(workers), str(folder / "go"), str(folder / "release"),
+                             *targets], env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def job_ids(worker: subprocess.Popen[str]) -> list[int]:
+    assert worker.stdout is not None
+    return [int(n) for n in worker.stdout.readline().split()]
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="lkj", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_runners_of_live_processes_leave_each_other_s_jobs_alone(web_settings: Settings, db: Database,
+                                                                 folder: Path) -> None:
+    (folder / "go").touch()
+    worker = start_worker(web_settings, folder, 1, ["c1", "c2"])
+    try:
+        running, queued = job_ids(worker)
+        here = JobRunner(web_settings, db, sweep_every=0.05)  # a sibling worker starting, and sweeping often
+        assert here.interrupted == 0
+        time.sleep(0.3)
+        assert [here.jobs.get(job_id).state for job_id in (running, queued)] == ["running", "queued"]
+        # a click served by this worker finds the other worker's job
+        assert here.submit("grade", "c1", lambda report: None).id == running
+        (folder / "release").touch()
+        assert worker.wait(30) == 0
+        assert [here.jobs.get(job_id).result for job_id in (running, queued)] == [{"by": "worker"}] * 2
+        here.shutdown()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_jobs_of_a_killed_worker_are_failed(web_settings: Settings, db: Database, folder: Path) -> None:
+    (folder / "go").touch()
+    here = JobRunner(web_settings, db, sweep_every=0.05)  # started before the other worker dies: its sweep notices
+    worker = start_worker(web_settings, folder, 1, ["c1", "c2", "c3"])
+    try:
+        ids = job_ids(worker)  # one running, two queued
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while here.jobs.get(ids[-1]).active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for job_id in ids:
+        job = here.jobs.get(job_id)
+        assert (job.state, job.error) == ("failed", INTERRUPTED) and job.finished_at is not None
+    here.shutdown()
+    # a runner started later finds nothing left to fail
+    assert JobRunner(web_settings, db, sweep_every=0).interrupted == 0
+
+
+def test_a_killed_worker_s_job_does_not_block_the_same_action(web_settings: Settings, db: Database,
+                                                               folder: Path) -> None:
+    (folder / "go").touch()
+    worker = start_worker(web_settings, folder, 1, ["c1"])
+    try:
+        (dead,) = job_ids(worker)
+        here = JobRunner(web_settings, db, sweep_every=0)
+    finally:
+        worker.kill()
+        worker.wait()
+    fresh = here.submit("grade", "c1", lambda report: {"again": True})
+    assert fresh.id != dead and here.wait(fresh.id, timeout=10).result == {"again": True}
+    assert here.jobs.get(dead).error == INTERRUPTED
+    here.shutdown()
+
+
+def test_two_workers_submitting_at_once_make_one_job_per_target(web_settings: Settings, db: Database,
+                                                                folder: Path) -> None:
+    """The find and the insert are one transaction: racing processes agree on every target's job."""
+    targets = [f"c{n}" for n in range(30)]
+    workers = [start_worker(web_settings, folder, 2, targets) for _ in range(2)]
+    try:
+        time.sleep(1.0)  # both have opened the database and wait for "go"
+        (folder / "go").touch()
+        first, second = (job_ids(worker) for worker in workers)
+        assert first == second
+        assert len(set(first)) == len(targets)
+        with db.read() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == len(targets)
+        (folder / "release").touch()
+        assert [worker.wait(30) for worker in workers] == [0, 0]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()

@@ -29,3 +29,30 @@ def test_upgrade_to_0004_keeps_existing_rows(web_settings: Settings) -> None:
         assert connection.execute(text("SELECT owner_id FROM courses")).scalar() is None
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() >= "0004"
     db.close()
+
+
+def test_upgrade_to_0005_keeps_jobs_and_downgrades(web_settings: Settings) -> None:
+    engine = make_engine(web_settings)
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO courses (id, name, secret, max_running_per_student, created_at) "
+                                "VALUES (1, 'c1', 's', 4, '2026-01-01')"))
+        connection.execute(text("INSERT INTO jobs (kind, course_id, target, state, done, message, created_at) "
+                                "VALUES ('grade', 1, 'c1', 'done', 0, '', '2026-01-01')"))
+    engine.dispose()
+    db = Database(web_settings)
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT course_id, state, runner FROM jobs")).one() == (1, "done", None)
+        assert connection.execute(text("SELECT count(*) FROM login_failures")).scalar() == 0
+    db.close()
+    engine = make_engine(web_settings)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+    engine.dispose()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +108,67 @@ def test_a_second_server_of_the_same_home_is_refused(server: tuple[subprocess.Po
                             text=True, timeout=30)
     assert result.returncode == 1
     assert f"labkit serve already runs as pid {process.pid}" in result.stderr
+
+
+def worker_pids(arbiter: int) -> set[int]:
+    """The live child processes of the gunicorn arbiter."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split() if stat else []
+        if fields and int(fields[1]) == arbiter and fields[0] not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found
+
+
+def test_serve_with_two_workers_shares_sessions_and_login_limits(env: dict[str, str], web_settings: Settings) -> None:
+    password = "correct horse battery"
+    subprocess.run([*LABKIT, "user", "create", "teacher", "--role", "instructor", "--password-stdin"], env=env,
+                   input=password + "\n", text=True, capture_output=True, check=True, timeout=60)
+    port = free_port()
+    process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "4"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(f"{base}/login") == 200
+        deadline = time.monotonic() + 20
+        while len(workers := worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 2
+        # a session made by one worker is good on every worker (one key, made before they forked); each request
+        # is a new connection, so the two workers share them
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+        def post_login(password: str) -> int:
+            page = browser.open(f"{base}/login", timeout=10).read().decode()
+            token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            form = urllib.parse.urlencode({"username": "teacher", "password": password, "csrf_token": token})
+            try:
+                with browser.open(f"{base}/login", data=form.encode(), timeout=10) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert post_login(password) == 200
+        for _ in range(20):
+            with browser.open(f"{base}/teach/", timeout=10) as answer:
+                assert answer.status == 200 and answer.url == f"{base}/teach/"
+        # failed logins through whichever worker answers count against one limit (5 per username)
+        assert [post_login("wrong password") for _ in range(5)] == [401] * 5
+        assert post_login(password) == 429
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    assert code == 0 and all(stopped(pid) for pid in workers)
+    output = process.stdout.read().decode() if process.stdout else ""
+    assert f"serving http://127.0.0.1:{port}/ with 2 workers" in output
+    served_by = {int(pid) for pid in re.findall(r'"GET /teach/ HTTP/1.1" 200 .* pid=<(\d+)>', output)}
+    assert served_by and served_by <= workers

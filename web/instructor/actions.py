@@ -98,27 +98,26 @@ def provision(course: str) -> ResponseReturnValue:
 @bp.post("/courses/<course>/start-all")
 @instructor_required
 def start_all(course: str) -> ResponseReturnValue:
-    owned = owned_course_or_404(course)
-    courses = services().courses(actor())
-
-    def run(progress: Reporter) -> dict[str, Any]:
-        machines = courses.start(owned.name, progress=progress)
-        return {"running": sum(1 for m in machines if m["state"] == "running"), "machines": len(machines)}
-
-    return started(owned, submit(owned, "start-all", run))
+    return _whole_class(course, "start-all", "running")
 
 
 @bp.post("/courses/<course>/stop-all")
 @instructor_required
 def stop_all(course: str) -> ResponseReturnValue:
+    return _whole_class(course, "stop-all", "stopped")
+
+
+def _whole_class(course: str, kind: str, goal: str) -> ResponseReturnValue:
+    """Start (``goal`` running) or stop (``goal`` stopped) every machine of the course; the job counts those there."""
     owned = owned_course_or_404(course)
     courses = services().courses(actor())
+    act = courses.start if goal == "running" else courses.stop
 
     def run(progress: Reporter) -> dict[str, Any]:
-        machines = courses.stop(owned.name, progress=progress)
-        return {"stopped": sum(1 for m in machines if m["state"] == "stopped"), "machines": len(machines)}
+        machines = act(owned.name, progress=progress)
+        return {goal: sum(1 for m in machines if m["state"] == goal), "machines": len(machines)}
 
-    return started(owned, submit(owned, "stop-all", run))
+    return started(owned, submit(owned, kind, run))
 
 
 @bp.post("/courses/<course>/reset-student")

@@ -64,6 +64,8 @@ class SlirpNetwork(UmlNetwork):
     """Classic slirp 1.0.17 on eth0: guest 10.0.2.15/24, host seen as 10.0.2.2, DNS 10.0.2.3."""
 
     WRAPPER = "slirp.sh"
+    #: slirp's messages, in the machine's run folder (the helper runs there)
+    LOG = "slirp.log"
 
     def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2") -> None:
         self.slirp_binary = slirp_binary
@@ -84,8 +86,9 @@ class SlirpNetwork(UmlNetwork):
         beyond the binary's path."""
         words = [f'"host addr {self.host_addr}"'] + [f'"redir {f.host_port} {f.guest_port}"' for f in forwards]
         quoted_binary = "'" + binary.replace("'", "'\\''") + "'"
+        # slirp's banner and messages go to its own log, not to the guest's console that students read.
         return ("#!/bin/sh\n# Written by labkit: the slirp helper UML starts for eth0 of this machine.\n"
-                f"exec {quoted_binary} {' '.join(words)}\n")
+                f"exec {quoted_binary} {' '.join(words)} 2>>{self.LOG}\n")
 
     def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
         binary = self.binary()

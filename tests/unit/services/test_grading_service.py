@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import LABS, make_course
 
 from labkit.config import Settings
 from labkit.errors import NotFoundError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.progress import ProgressEvent
 from labkit.services.courses import Courses
-from labkit.services.db import Database
 from labkit.services.grading import Grading
 from labkit.services.submissions import Submissions
 
-LABS = Path(__file__).resolve().parents[3] / "labs"
-
 
 @pytest.fixture
-def course(lk_settings: Settings, tmp_path: Path) -> Iterator[tuple[Courses, Grading]]:
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
-    db = Database(lk_settings)
-    courses = Courses(lk_settings, db, actor="teacher")
-    courses.create("c1", [LABS / "intro-shell"])
-    roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@x.org\nbob,Bob,b@x.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
-    yield courses, Grading(lk_settings, db, actor="teacher")
-    db.close()
+def course(lk_settings: Settings) -> Iterator[tuple[Courses, Grading]]:
+    courses = make_course(lk_settings, "c1", [LABS / "intro-shell"],
+                          [("alice", "Alice", "a@x.org"), ("bob", "Bob", "b@x.org")])
+    yield courses, Grading(lk_settings, courses.db, actor="teacher")
+    courses.db.close()
 
 
 def test_stopped_machines_are_graded_offline_and_kept_as_runs(course: tuple[Courses, Grading]) -> None:

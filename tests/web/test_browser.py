@@ -1,0 +1,290 @@
+"""The whole web app in a real headless Chromium (Debian's, driven by Playwright; no browser is downloaded), against
+a real ``labkit serve`` on a free loopback port, with the demo course (``labkit demo``) and real tiny guests.
+
+One journey, in the order a class lives it: a student logs in, starts the machine and runs a command in the browser
+console; takes a snapshot, changes the disk, stops, restores and finds the change gone; resets through the
+confirmation page and finds the machine clean. Meanwhile the instructor, in a browser of their own, watches the class
+grid follow those states, then grades the class and downloads the gradebook CSV, which must equal what
+``labkit grades demo --csv`` writes.
+
+With ``LABKIT_SCREENSHOTS=1`` the run also saves the pictures used in docs/ (docs/screenshots/*.png); without it,
+the suite leaves the tree as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import make_settings, make_short_dir, settings_env
+from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
+
+from labkit.config import Settings
+from labkit.services.db import Database
+from labkit.services.machines import Machines
+
+pytestmark = [pytest.mark.browser, pytest.mark.guest]
+
+REPO = Path(__file__).resolve().parents[2]
+LABKIT = str(Path(sys.executable).parent / "labkit")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+BOOT = 60_000  # ms: a tiny guest is ready in about a second; a busy 2-core host may need more
+JOB = 30_000
+
+#: the text of the console's screen and scrollback; wrapped rows are joined back into their line
+CONSOLE_TEXT = """() => {
+  const buffer = window.labkitConsole.views[0].term.buffer.active;
+  let text = "";
+  for (let i = 0; i < buffer.length; i++) {
+    const line = buffer.getLine(i);
+    text += (i && !line.isWrapped ? "\\n" : "") + line.translateToString(true);
+  }
+  return text;
+}"""
+
+
+@dataclass
+class Site:
+    base: str
+    settings: Settings
+    env: dict[str, str]
+    logins: dict[str, str]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"labkit serve did not answer on {url} (exit code {process.poll()})") from None
+            time.sleep(0.1)
+
+
+def labkit(site_env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([LABKIT, *args], env=site_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"labkit {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)  # the arbiter runs in this pid (it is also <run_dir>/web.pid)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def stop_guests(settings: Settings) -> None:
+    """Every guest the run left running, stopped by its PID through the service."""
+    db = Database(settings)
+    try:
+        machines = Machines(settings, db, actor="test")
+        for view in machines.status():
+            if view.state != "stopped":
+                machines.kill(view.name)
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    home = make_short_dir("lkb")
+    settings = make_settings(home / "home")
+    env = {**os.environ, **settings_env(settings)}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        labkit(env, "image", "build", "tiny", "--if-missing")
+        labkit(env, "demo", "--url", base)
+        logins = json.loads((settings.home / "demo-logins.txt").read_text())
+        with (home / "serve.log").open("wb") as log:
+            process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        wait_for(f"{base}/login", process)
+        yield Site(base, settings, env, logins)
+    finally:
+        if process is not None:
+            stop_server(process)
+        stop_guests(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not CHROMIUM.exists():  # `make test` installs Debian's chromium: its absence is a broken setup, not a skip
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium, or `make test`)")
+    with sync_playwright() as driver:
+        yield driver
+
+
+def open_browser(driver: Playwright, profile: Path) -> BrowserContext:
+    """Debian's chromium with a fresh profile of its own (one per user: their cookies never mix)."""
+    context = driver.chromium.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(JOB)
+    return context
+
+
+def shot(page: Page, name: str, **options: object) -> None:
+    if os.environ.get("LABKIT_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / name), **options)
+
+
+def log_in(page: Page, site: Site, username: str, picture: str | None = None) -> None:
+    page.goto(f"{site.base}/login")
+    page.fill("#username", username)
+    page.fill("#password", site.logins[username])
+    if picture:
+        shot(page, picture)
+    page.click("button[type=submit]")
+    expect(page.locator("nav, header").first).to_contain_text(username)
+
+
+def console_run(page: Page, command: str, timeout: float = 20.0) -> str:
+    """Type ``command`` into the browser console (real key presses into xterm) and return its output, read from the
+    terminal's buffer between two marks the shell computes (so the echo of the typed line never matches them)."""
+    mark = f"m{time.monotonic_ns()}"
+    page.locator(".lk-console-screen").click()
+    page.keyboard.type(f"echo {mark}-$((1+1))B; {command}; echo {mark}-$((2+1))E")
+    page.keyboard.press("Enter")
+    deadline = time.monotonic() + timeout
+    while True:
+        text = page.evaluate(CONSOLE_TEXT)
+        if f"{mark}-3E" in text.split(f"{mark}-2B\n", 1)[-1]:
+            return text.split(f"{mark}-2B\n", 1)[1].split(f"{mark}-3E", 1)[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer to {command!r} in the browser console; it shows: {text[-600:]!r}")
+        time.sleep(0.1)
+
+
+def wait_running_with_console(page: Page, machine: str) -> None:
+    expect(page.locator(f"#machine-{machine}")).to_have_attribute("data-state", "running", timeout=BOOT)
+    expect(page.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+    console_run(page, "true")  # the shell answers (the console may connect before its prompt)
+
+
+def grid_state(teacher: Page, machine: str, state: str) -> None:
+    cell = teacher.locator(f'#grid td[data-student="student1"][data-machine="{machine}"] .state')
+    expect(cell).to_have_text(state, timeout=JOB)  # the grid polls every few seconds, without a reload
+
+
+def job_done(page: Page) -> None:
+    """The newest job on a student page ended well (its page reloads itself then)."""
+    expect(page.locator(".lk-job").first).to_have_attribute("data-state", "done", timeout=JOB)
+    page.wait_for_load_state()
+
+
+def test_a_class_in_the_browser(site: Site, playwright: Playwright, tmp_path: Path) -> None:
+    student_browser = open_browser(playwright, tmp_path / "student-profile")
+    teacher_browser = open_browser(playwright, tmp_path / "teacher-profile")
+    try:
+        student, teacher = student_browser.new_page(), teacher_browser.new_page()
+        log_in(teacher, site, "teacher")
+        log_in(student, site, "student1", picture="login.png")
+        expect(student).to_have_url(f"{site.base}/my/")
+        row = student.locator("tr.machine").first
+        machine = row.get_attribute("data-machine")
+        assert machine and row.get_attribute("data-state") == "stopped"
+
+        teacher.goto(f"{site.base}/teach/courses/demo/grid")
+        grid_state(teacher, machine, "stopped")
+
+        # start the machine and use its console
+        row.locator("a").first.click()
+        expect(student).to_have_url(f"{site.base}/my/machines/{machine}")
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        assert console_run(student, "echo $((6*7))-from-the-browser; uname -s").split() == [
+            "42-from-the-browser", "Linux"]
+        if os.environ.get("LABKIT_SCREENSHOTS") == "1":  # for the picture: a console as a student uses it
+            student.keyboard.type("clear")
+            student.keyboard.press("Enter")
+            student.wait_for_timeout(300)
+            student.keyboard.type("uname -sr; id; ls /")
+            student.keyboard.press("Enter")
+            expect(student.locator(".lk-console-screen")).to_contain_text("uid=0(root)")
+            shot(student, "student-lab.png", full_page=True)
+        grid_state(teacher, machine, "running")
+        shot(teacher, "instructor-grid.png", full_page=True)
+
+        # snapshot, change, stop, restore, start: the change is gone
+        student.fill("input[name=snapshot]", "clean")
+        student.click("button[data-action=snapshot]")
+        expect(student.locator("#snapshot-clean")).to_be_visible(timeout=JOB)
+        wait_running_with_console(student, machine)
+        assert console_run(student, "echo changed > /root/mark.txt && sync && cat /root/mark.txt").strip() == "changed"
+        student.click("button[data-action=stop]")
+        expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "stopped", timeout=JOB)
+        grid_state(teacher, machine, "stopped")
+        student.click("#snapshot-clean a[data-action=restore]")
+        expect(student.locator("h1")).to_contain_text("Restore clean?")
+        student.click("button[data-action=restore]")
+        expect(student).to_have_url(f"{site.base}/my/machines/{machine}")
+        job_done(student)
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        grid_state(teacher, machine, "running")
+        assert "changed" not in console_run(student, "cat /root/mark.txt 2>&1; ls -a /root")
+
+        # reset through its confirmation page: the machine is as new (and the snapshot is kept)
+        assert console_run(student, "echo again > /root/reset.txt && sync && ls /root").split() == ["reset.txt"]
+        student.click("a[data-action=reset]")
+        expect(student.locator("h1")).to_contain_text("Reset box?")
+        student.click("button[data-action=reset]")
+        expect(student).to_have_url(f"{site.base}/my/machines/{machine}")
+        expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "stopped", timeout=JOB)
+        job_done(student)
+        grid_state(teacher, machine, "stopped")
+        expect(student.locator("#snapshot-clean")).to_be_visible()
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        assert console_run(student, "ls -a /root; cat /root/reset.txt 2>&1 || echo none").split()[-1] == "none"
+        grid_state(teacher, machine, "running")
+
+        # the instructor grades the class and downloads the gradebook
+        teacher.goto(f"{site.base}/teach/courses/demo/grades")
+        teacher.click("button[data-action=grade]")
+        job = teacher.locator("#jobs li.job").first
+        expect(job).to_have_attribute("data-job-state", "done", timeout=JOB)
+        teacher.wait_for_load_state()  # the page reloads itself when the job is done: the gradebook is filled in
+        total = teacher.locator('#grades-table tr[data-student="student1"] td[data-column="intro-shell"]')
+        expect(total).not_to_have_text("", timeout=JOB)
+        shot(teacher, "grades.png", full_page=True)
+        with teacher.expect_download() as download:
+            teacher.click("#grades-csv")
+        downloaded = Path(download.value.path()).read_bytes()
+        cli_csv = tmp_path / "cli.csv"
+        labkit(site.env, "grades", "demo", "--csv", str(cli_csv))
+        assert downloaded == cli_csv.read_bytes()
+        assert b"student1" in downloaded and b"student2" in downloaded
+    finally:
+        student_browser.close()
+        teacher_browser.close()
