@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings, make_short_dir, settings_env
 from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from labkit.config import Settings
 from labkit.services.db import Database
@@ -168,16 +169,31 @@ def log_in(page: Page, site: Site, username: str, picture: str | None = None) ->
     expect(page.locator("nav, header").first).to_contain_text(username)
 
 
-def console_run(page: Page, command: str, timeout: float = 20.0) -> str:
+def console_run(page: Page, command: str, timeout: float = 20.0, again: int = 1) -> str:
     """Type ``command`` into the browser console (real key presses into xterm) and return its output, read from the
-    terminal's buffer between two marks the shell computes (so the echo of the typed line never matches them)."""
+    terminal's buffer between two marks the shell computes (so the echo of the typed line never matches them).
+
+    A page that reloads itself meanwhile (it does when a job it shows ends) is waited for, and the command typed
+    again into the new page's console.
+    """
     mark = f"m{time.monotonic_ns()}"
     page.locator(".lk-console-screen").click()
+    page.keyboard.press("Control+c")  # a fresh prompt, whatever an earlier page left typed on the line
+    # BusyBox's line editor asks the terminal where its cursor is at each prompt (ESC [6n) and xterm.js answers:
+    # let that exchange end at the prompt, not in the middle of the command's output
+    page.wait_for_timeout(400)
     page.keyboard.type(f"echo {mark}-$((1+1))B; {command}; echo {mark}-$((2+1))E")
     page.keyboard.press("Enter")
     deadline = time.monotonic() + timeout
     while True:
-        text = page.evaluate(CONSOLE_TEXT)
+        try:
+            text = page.evaluate(CONSOLE_TEXT)
+        except PlaywrightError:
+            if not again:
+                raise
+            page.wait_for_load_state()
+            expect(page.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+            return console_run(page, command, timeout, again - 1)
         if f"{mark}-3E" in text.split(f"{mark}-2B\n", 1)[-1]:
             return text.split(f"{mark}-2B\n", 1)[1].split(f"{mark}-3E", 1)[0]
         if time.monotonic() > deadline:
@@ -197,8 +213,10 @@ def grid_state(teacher: Page, machine: str, state: str) -> None:
 
 
 def job_done(page: Page) -> None:
-    """The newest job on a student page ended well (its page reloads itself then)."""
+    """The newest job on a student page ended well, and the page has reloaded itself (jobs.js does, 400 ms after a
+    job it watched ended; a page rendered after the job ended does not)."""
     expect(page.locator(".lk-job").first).to_have_attribute("data-state", "done", timeout=JOB)
+    page.wait_for_timeout(800)
     page.wait_for_load_state()
 
 
@@ -238,6 +256,7 @@ def test_a_class_in_the_browser(site: Site, playwright: Playwright, tmp_path: Pa
         # snapshot, change, stop, restore, start: the change is gone
         student.fill("input[name=snapshot]", "clean")
         student.click("button[data-action=snapshot]")
+        job_done(student)
         expect(student.locator("#snapshot-clean")).to_be_visible(timeout=JOB)
         wait_running_with_console(student, machine)
         assert console_run(student, "echo changed > /root/mark.txt && sync && cat /root/mark.txt").strip() == "changed"
