@@ -37,13 +37,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.installation import short_dir
 from bench.report import REPO, REPORT, Row, write_report
 from labkit.cli.serve import default_workers
 from labkit.config import Settings
@@ -93,15 +93,6 @@ KEY_PROBE = """() => {
     }
   });
 }"""
-
-
-def short_dir(prefix: str) -> Path:
-    """A new folder with a short path (UNIX sockets), without "_" or "," (UML's slirp transport mangles them)."""
-    while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-        if "_" not in path and "," not in path:
-            return Path(path)
-        os.rmdir(path)
 
 
 def free_port() -> int:
