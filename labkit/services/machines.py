@@ -405,12 +405,12 @@ class Machines:
             record(session, self.actor, "freeze", name, f"overlay copied to {dest.name} ({how})")
             return size
 
-    def _flush(self, machine: Machine, backend: Backend, spec: MachineSpec) -> None:
+    def _flush(self, machine: Machine, backend: Backend, spec: MachineSpec, status: MachineStatus) -> None:
         """Get the guest's cached writes onto its disk before a copy: ``sync`` inside the guest (it returns when
         the data is written), or, when the guest cannot be reached, the kernel's emergency sync (which only starts
         the writing) and a moment for it."""
         try:
-            with self._live_guest(machine, backend, spec) as guest:
+            with self._live_guest(machine, backend, spec, status) as guest:
                 if guest.run("sync", timeout=FLUSH_TIMEOUT).ok:
                     return
         except LabkitError:
@@ -427,7 +427,7 @@ class Machines:
         backend, spec = self._backend(machine), self.spec(machine)
         live = status.state == State.RUNNING
         if live:
-            self._flush(machine, backend, spec)
+            self._flush(machine, backend, spec, status)
             backend.pause(spec)
         try:
             info = get_overlay(machine.overlay_kind).snapshot(Path(machine.overlay_path), dest)
@@ -503,10 +503,11 @@ class Machines:
             if status.state != State.RUNNING:
                 raise StateError(f"machine {name} is {status.state.value}; labkit looks inside running or stopped "
                                  "machines only", status.state)
-            return self._live_guest(machine, backend, spec)
+            return self._live_guest(machine, backend, spec, status)
 
-    def _live_guest(self, machine: Machine, backend: Backend, spec: MachineSpec) -> Guest:
-        """A Guest handle on a running machine: SSH through its forward, the console as fallback."""
+    def _live_guest(self, machine: Machine, backend: Backend, spec: MachineSpec, status: MachineStatus) -> Guest:
+        """A Guest handle on a running machine (``status``, just read): SSH through its forward, the console as
+        fallback."""
         from labkit.guest import Guest
         from labkit.guest.console import ConsoleTransport
         from labkit.guest.ssh import SshTransport
@@ -514,8 +515,7 @@ class Machines:
         endpoint = backend.ssh_endpoint(spec)
         ssh = SshTransport(endpoint[0], endpoint[1], ensure_key(self.settings.keys)) if endpoint else None
         console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
-        forwards = {f.guest_port: f.host_port for f in backend.status(spec).forwards}
-        return Guest(machine.name, ssh, console, forwards=forwards)
+        return Guest(machine.name, ssh, console, forwards={f.guest_port: f.host_port for f in status.forwards})
 
     @staticmethod
     def _offline_transport(machine: Machine, spec: MachineSpec) -> OfflineTransport:
