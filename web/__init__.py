@@ -19,6 +19,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from labkit.atomic import locked, write_atomic
 from labkit.config import Settings
+from web.turns import taking_turns
 
 csrf = CSRFProtect()
 
@@ -62,6 +63,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session (12 h)
         LABKIT_JOB_WORKERS=4,
+        # page requests computed at once in this process; the others wait their turn (web/turns.py)
+        LABKIT_TURNS=2,
         LABKIT_CSP=DEFAULT_CSP,
     )
     app.config.update(config)
@@ -84,6 +87,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for name in OPTIONAL_MODULES:
         _register_optional(app, name)
     app.after_request(_security_headers)
+    app.wsgi_app = taking_turns(app.wsgi_app, app.config["LABKIT_TURNS"])  # type: ignore[method-assign]
 
     @app.context_processor
     def _user() -> dict[str, Any]:

@@ -85,11 +85,9 @@ def _submit(kind: str, target: str, course_id: int, function: Callable[[Reporter
 
 def _recent_jobs(targets: set[str] | None = None) -> dict[str, list[JobView]]:
     """The user's jobs (on ``targets``, default all) that run or ended a short while ago, newest first, by target."""
-    now = dt.datetime.now(dt.UTC)
     found: dict[str, list[JobView]] = {}
-    for job in services().job_queries.list(owner_user_id=_user().id, limit=100):
-        if (targets is None or job.target in targets) and (
-                job.active or (job.finished_at and now - job.finished_at < RECENT)):
+    for job in services().job_queries.recent(_user().id, since=dt.datetime.now(dt.UTC) - RECENT):
+        if targets is None or job.target in targets:
             found.setdefault(job.target, []).append(job)
     return found
 

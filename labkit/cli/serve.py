@@ -71,7 +71,8 @@ def gunicorn_options(settings: Settings, host: str, port: int, threads: int, wor
     return {
         "bind": [bind],
         "workers": workers,
-        "worker_class": "gthread",
+        # gthread, accepting only its share of the connections (web/sharing_worker.py)
+        "worker_class": "web.sharing_worker.SharingWorker",
         "threads": threads,
         "pidfile": str(pid_file(settings)),
         "proc_name": "labkit-web",
@@ -88,7 +89,7 @@ def gunicorn_options(settings: Settings, host: str, port: int, threads: int, wor
     }
 
 
-def make_server(settings: Settings, options: dict[str, Any]) -> Any:
+def make_server(settings: Settings, options: dict[str, Any], turns: int = 2) -> Any:
     from gunicorn.app.base import BaseApplication
 
     class LabkitServer(BaseApplication):  # type: ignore[misc]
@@ -101,7 +102,7 @@ def make_server(settings: Settings, options: dict[str, Any]) -> Any:
             # in the worker, after the fork: the database and the job threads belong to that process
             from web import create_app
 
-            return create_app({"LABKIT_SETTINGS": settings})
+            return create_app({"LABKIT_SETTINGS": settings, "LABKIT_TURNS": turns})
 
     return LabkitServer()
 
@@ -113,8 +114,10 @@ def make_server(settings: Settings, options: dict[str, Any]) -> Any:
               help="Worker processes  [default: the CPU count, from 2 to 4].")
 @click.option("--threads", default=32, show_default=True, type=click.IntRange(2, 1024),
               help="Request threads per worker (each open browser console holds two).")
+@click.option("--turns", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Pages computed at once per worker; other requests wait their turn, oldest first.")
 @pass_app
-def command(app: App, host: str, port: int, workers: int | None, threads: int) -> None:
+def command(app: App, host: str, port: int, workers: int | None, threads: int, turns: int) -> None:
     """Serve the web app (student portal, instructor dashboard, API) until stopped."""
     from web import secret_key
 
@@ -130,4 +133,4 @@ def command(app: App, host: str, port: int, workers: int | None, threads: int) -
     click.echo(f"labkit: serving http://{shown}:{port}/ with {workers} worker{'s' if workers > 1 else ''} "
                f"(pid file {pid_file(settings)}; stop with Ctrl-C)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        make_server(settings, gunicorn_options(settings, host, port, threads, workers)).run()
+        make_server(settings, gunicorn_options(settings, host, port, threads, workers), turns).run()

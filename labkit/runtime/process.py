@@ -17,24 +17,27 @@ from pathlib import Path
 from labkit.atomic import write_atomic
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks after boot), or None when there is no such process."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from field 3 (the state) on, or None when there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as file:
+            stat = file.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) is in parentheses and may hold spaces or ')', so split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks after boot), or None when there is no such process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def process_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` (R, S, Z, t ...), or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()[0]
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 def process_group_members(pgid: int) -> list[int]:
@@ -69,7 +72,8 @@ class ProcessRecord:
 
     def alive(self) -> bool:
         """True while this very process exists and has not exited (a zombie counts as gone)."""
-        return process_start_time(self.pid) == self.start_time and process_state(self.pid) not in (None, "Z", "X")
+        fields = _stat_fields(self.pid)  # one read: status views ask this of every machine at every page view
+        return fields is not None and int(fields[19]) == self.start_time and fields[0] not in ("Z", "X")
 
     def write(self, path: Path) -> None:
         """Write ``PID START_TIME`` atomically."""

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,6 +117,19 @@ class Database:
                     yield session
                 finally:
                     session.rollback()
+        except OperationalError as err:
+            raise self._error(err) from err
+
+    @contextmanager
+    def read_rows(self) -> Iterator[Connection]:
+        """Like `read`, without the ORM: plain rows on a connection. For the reads that every page view makes (the
+        user, their jobs), where building ORM objects costs three times as much as the query itself."""
+        try:
+            with self.reader.connect() as connection, connection.begin() as transaction:
+                try:
+                    yield connection
+                finally:
+                    transaction.rollback()
         except OperationalError as err:
             raise self._error(err) from err
 

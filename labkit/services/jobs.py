@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 
 from labkit.config import Settings
 from labkit.errors import LabkitError, NotFoundError
@@ -105,7 +105,13 @@ class JobView:
                 "finished_at": self.finished_at.isoformat() if self.finished_at else None}
 
 
-def _view(job: Job) -> JobView:
+#: built once, see `Jobs.recent`
+_RECENT = (select(*Job.__table__.columns).where(Job.owner_user_id == bindparam("owner"))
+           .where(Job.state.in_(ACTIVE) | (Job.finished_at >= bindparam("since")))
+           .order_by(Job.id.desc()).limit(bindparam("limit")))
+
+
+def _view(job: Job | Row[Any]) -> JobView:
     return JobView(id=job.id, kind=job.kind, target=job.target, course_id=job.course_id,
                    owner_user_id=job.owner_user_id, state=job.state, done=job.done, total=job.total,
                    message=job.message, result=job.result, error=job.error, created_at=_aware(job.created_at),  # type: ignore[arg-type]
@@ -139,6 +145,13 @@ class Jobs:
             query = query.where(Job.state.in_(ACTIVE) if active else Job.state.not_in(ACTIVE))
         with self.db.read() as session:
             return [_view(job) for job in session.scalars(query)]
+
+    def recent(self, owner_user_id: int, since: dt.datetime, limit: int = 100) -> list[JobView]:
+        """The user's jobs that are active or ended after ``since``, newest first: read at every view of a student's
+        pages, so in plain rows (`Database.read_rows`)."""
+        with self.db.read_rows() as connection:
+            rows = connection.execute(_RECENT, {"owner": owner_user_id, "since": since, "limit": limit})
+            return [_view(job) for job in rows]
 
     def find_active(self, kind: str, target: str) -> JobView | None:
         with self.db.transaction() as session:

@@ -100,10 +100,10 @@ class Machines:
     """Create, run and look after single machines (``labkit vm ...``)."""
 
     def __init__(self, settings: Settings, db: Database, actor: str | None = None) -> None:
+        # no settings.ensure() here: opening ``db`` made the folders, and the web app makes a Machines per page view
         self.settings = settings
         self.db = db
         self.actor = actor or current_actor()
-        settings.ensure()
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def _overlay_path(self, name: str) -> Path:
@@ -237,9 +237,16 @@ class Machines:
     def look(self, machines: list[Machine]) -> tuple[list[MachineView], list[str]]:
         """The truth about ``machines`` (loaded in the caller's session), and the names of those whose record is out
         of date: pass them to `write_back` once the caller's reading transaction is over."""
-        found = [(machine, self._backend(machine).status(self.spec(machine))) for machine in machines]
-        stale = [machine.name for machine, status in found if _recorded(machine) != _facts(status, machine)]
-        return [self._view(machine, status) for machine, status in found], stale
+        statuses, stale = self.observe(machines)
+        return [self._view(machine, status) for machine, status in zip(machines, statuses, strict=True)], stale
+
+    def observe(self, machines: list[Machine]) -> tuple[list[MachineStatus], list[str]]:
+        """What the processes of ``machines`` say, without the view's disk and snapshot details (`look` adds them):
+        the student dashboard shows only state, uptime and forwards, and a whole class reloads it at once."""
+        statuses = [self._backend(machine).status(self.spec(machine)) for machine in machines]
+        stale = [machine.name for machine, status in zip(machines, statuses, strict=True)
+                 if _recorded(machine) != _facts(status, machine)]
+        return statuses, stale
 
     def write_back(self, stale: list[str]) -> None:
         """Bring the records of ``stale`` machines in line with their processes."""
@@ -264,15 +271,11 @@ class Machines:
         except OverlayError:  # a damaged overlay must not hide every other machine's status; start says what is wrong
             allocated = 0
         ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
-        uptime = None
-        if status.started_at is not None and status.state in LIVE:
-            uptime = max(0.0, dt.datetime.now(dt.UTC).timestamp() - status.started_at)
         return MachineView(
             name=machine.name, image=machine.image.label, state=status.state.value, pid=status.pid,
-            supervisor_pid=status.supervisor_pid,
-            forwards=[str(f) for f in (status.forwards or tuple(Forward(h, g) for h, g in machine.forwards))],
+            supervisor_pid=status.supervisor_pid, forwards=shown_forwards(machine, status),
             ssh=f"ssh -p {ssh} -i {self.settings.keys / 'labkit_ed25519'} root@127.0.0.1" if ssh else None,
-            uptime=uptime, overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
+            uptime=uptime(status), overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
             memory_mb=machine.memory_mb, mac=machine.mac, console_log=str(self.spec(machine).console_log),
         )
 
@@ -526,6 +529,18 @@ class Machines:
             raise StateError(f"machine {machine.name} is stopped and its {machine.overlay_kind} overlay cannot be "
                              "read offline; start it to look inside", State.STOPPED)
         return OfflineTransport(machine.name, spec.overlay, spec.image)
+
+
+def uptime(status: MachineStatus) -> float | None:
+    """Seconds since a live machine's linux started; None when it is not live."""
+    if status.started_at is None or status.state not in LIVE:
+        return None
+    return max(0.0, dt.datetime.now(dt.UTC).timestamp() - status.started_at)
+
+
+def shown_forwards(machine: Machine, status: MachineStatus) -> list[str]:
+    """``host:guest`` pairs: the ports bound now, else the configured ones (host port 0 until a start picks one)."""
+    return [str(f) for f in (status.forwards or tuple(Forward(h, g) for h, g in machine.forwards))]
 
 
 def _facts(status: MachineStatus, machine: Machine) -> dict[str, object]:

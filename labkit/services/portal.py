@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Select, and_, bindparam, select
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import joinedload
 
 from labkit.config import Settings
 from labkit.errors import LabFormatError, LabkitError, NotFoundError
@@ -23,10 +23,11 @@ from labkit.labs.loader import load_lab
 from labkit.labs.model import Lab
 from labkit.labs.render import LAB_FILE, render_instructions
 from labkit.labs.student import for_student
+from labkit.runtime.base import MachineStatus
 from labkit.services.accounts import UserView
 from labkit.services.audit import current_actor
 from labkit.services.db import Database
-from labkit.services.machines import Machines, MachineView
+from labkit.services.machines import Machines, MachineView, shown_forwards, uptime
 from labkit.services.models import Assignment, Course, CourseLab, Machine, Student
 
 SSH_PORT = 22
@@ -42,7 +43,7 @@ _DASHBOARD = (select(Student.sid, Course.id, Course.name, CourseLab.lab_id, Cour
               .outerjoin(Machine, Machine.id == Assignment.machine_id)
               .where(Student.user_id == bindparam("uid"), Student.archived_at.is_(None))
               .order_by(Course.name, CourseLab.id, Assignment.machine)
-              .options(joinedload(Machine.image), selectinload(Machine.snapshots)))
+              .options(joinedload(Machine.image)))
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,6 @@ class PortalMachine:
     ssh_port: int | None
     #: root's password on this machine (console logins and SSH); shown to the owning student only
     console_password: str
-    snapshots: list[str]
 
     @property
     def live(self) -> bool:
@@ -155,11 +155,11 @@ class Portal:
                 _, _, machines = places.setdefault((course, lab), (path, enrollment, {}))
                 if vm is not None:
                     machines[machine] = vm
-            views, stale = self.machines.look([vm for _, _, machines in places.values() for vm in machines.values()])
-            by_vm = {view.name: view for view in views}
+            rows = [vm for _, _, machines in places.values() for vm in machines.values()]
+            statuses, stale = self.machines.observe(rows)
+            by_vm = dict(zip((vm.name for vm in rows), statuses, strict=True))
             labs = [PortalLab(_titled(path, enrollment),
-                              [_portal_machine(by_vm[vm.name], machine, vm.console_password)
-                               for machine, vm in sorted(by_name.items())])
+                              [_observed(vm, by_vm[vm.name], machine) for machine, vm in sorted(by_name.items())])
                     for path, enrollment, by_name in places.values()]
         self.machines.write_back(stale)
         return labs
@@ -195,7 +195,17 @@ def _titled(path: str, enrollment: Enrollment) -> Enrollment:
 
 
 def _portal_machine(view: MachineView, machine: str, password: str) -> PortalMachine:
-    pairs = [tuple(int(part) for part in forward.split(":", 1)) for forward in view.forwards]
-    ssh = next((host for host, guest in pairs if guest == SSH_PORT and host), None)
     return PortalMachine(name=view.name, machine=machine, image=view.image, state=view.state, uptime=view.uptime,
-                         forwards=view.forwards, ssh_port=ssh, console_password=password, snapshots=view.snapshots)
+                         forwards=view.forwards, ssh_port=_ssh_port(view.forwards), console_password=password)
+
+
+def _observed(row: Machine, status: MachineStatus, machine: str) -> PortalMachine:
+    forwards = shown_forwards(row, status)
+    return PortalMachine(name=row.name, machine=machine, image=row.image.label, state=status.state.value,
+                         uptime=uptime(status), forwards=forwards, ssh_port=_ssh_port(forwards),
+                         console_password=row.console_password)
+
+
+def _ssh_port(forwards: list[str]) -> int | None:
+    pairs = [tuple(int(part) for part in forward.split(":", 1)) for forward in forwards]
+    return next((host for host, guest in pairs if guest == SSH_PORT and host), None)

@@ -3,6 +3,7 @@ and runners in several processes (server workers) sharing one database."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -260,3 +261,30 @@ def test_two_workers_submitting_at_once_make_one_job_per_target(web_settings: Se
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+
+
+def test_recent_jobs_are_the_user_s_active_ones_and_those_that_ended_lately(web_settings: Settings, db: Database,
+                                                                            runner: JobRunner) -> None:
+    """What a student's pages show beside their machines (`Jobs.recent`, read on every page view)."""
+    from labkit.services.accounts import Accounts
+
+    accounts = Accounts(web_settings, db, actor="test")
+    ann, bob = accounts.create_user("ann", "student"), accounts.create_user("bob", "student")
+    release = threading.Event()
+    old = runner.wait(runner.submit("start", "m-old", lambda report: None, owner_user_id=ann.id).id, timeout=10)
+    ended = runner.wait(runner.submit("stop", "m-ended", lambda report: None, owner_user_id=ann.id).id, timeout=10)
+    running = runner.submit("reset", "m-running", lambda report: release.wait(10) and None, owner_user_id=ann.id)
+    runner.wait(runner.submit("start", "m-bob", lambda report: None, owner_user_id=bob.id).id, timeout=10)
+    with db.transaction() as session:  # the first job ended an hour ago
+        session.get(Job, old.id).finished_at = ended.finished_at - dt.timedelta(hours=1)  # type: ignore[union-attr]
+    try:
+        since = ended.finished_at - dt.timedelta(minutes=15)  # type: ignore[operator]
+        assert [job.target for job in runner.jobs.recent(ann.id, since)] == ["m-running", "m-ended"]
+        assert [job.target for job in runner.jobs.recent(bob.id, since)] == ["m-bob"]
+        assert [job.target for job in runner.jobs.recent(ann.id, since, limit=1)] == ["m-running"]
+        later = ended.finished_at + dt.timedelta(seconds=1)  # type: ignore[operator]
+        assert [job.target for job in runner.jobs.recent(ann.id, later)] == ["m-running"]  # still active
+        assert runner.jobs.recent(ann.id, since)[1] == runner.jobs.get(ended.id)  # the same view as `get`
+    finally:
+        release.set()
+        runner.wait(running.id, timeout=10)

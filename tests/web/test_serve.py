@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +174,38 @@ def test_serve_with_two_workers_shares_sessions_and_login_limits(env: dict[str, 
     assert f"serving http://127.0.0.1:{port}/ with 2 workers" in output
     served_by = {int(pid) for pid in re.findall(r'"GET /teach/ HTTP/1.1" 200 .* pid=<(\d+)>', output)}
     assert served_by and served_by <= workers
+
+
+def test_two_workers_take_equal_shares_of_a_burst_of_kept_alive_connections(env: dict[str, str]) -> None:
+    """40 browsers connect at once and keep their connections: each worker holds about half (web/sharing_worker.py),
+    so neither answers twice the pages of the other under load."""
+    port = free_port()
+    process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "8"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(40)]
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/login") == 200
+        deadline = time.monotonic() + 20
+        while len(worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # both workers' main loops are running and have stamped the shared table
+        for connection in connections:
+            connection.connect()
+        for number, connection in enumerate(connections):  # all 40 stay open (keep-alive) until the end
+            connection.request("GET", f"/login?burst={number}")
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 200 and answer.getheader("Connection", "").lower() != "close"
+    finally:
+        for connection in connections:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = process.stdout.read().decode() if process.stdout else ""
+    per_worker = Counter(re.findall(r'"GET /login\?burst=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', output))
+    assert sum(per_worker.values()) == 40
+    assert len(per_worker) == 2 and abs(min(per_worker.values()) - max(per_worker.values())) <= 4, per_worker
