@@ -292,9 +292,10 @@ own delay is not in it.
 
 What brought the dashboard from p95 1093 ms (the first run, 92 requests/s) and then 254 ms (473 requests/s) to
 its target, all on 2026-11-26: reading transactions that begin DEFERRED, one prebuilt statement for the labs and
-machines, no write unless a machine's record changed, no cookie re-signing, several workers; then plain-row reads
-(no ORM) for the user and their jobs, no snapshot list or disk size the page does not show, one read of
-`/proc/<pid>/stat` per process, and two changes to how the app is served (docs/web.md, "Serving"). Pages take turns
+machines, no write unless a machine's record changed, no cookie re-signing, several workers; then plain rows
+instead of ORM objects for the user, their jobs and the dashboard's statement, no snapshot list or disk size the
+page does not show, one read of `/proc/<pid>/stat` per process, `gc.freeze()` in each worker once the app is
+loaded, and two changes to how the app is served (docs/web.md, "Serving"). Pages take turns
 in each worker, oldest first, instead of 32 threads taking the interpreter from each other at random, which turned
 an even load into a long tail. Workers share the connections: wrk's 50 connections (like a class opening the page at
 once) arrive in a burst, and plain gthread workers split such a burst 32 to 8 or 34 to 6 in the test

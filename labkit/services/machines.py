@@ -10,11 +10,11 @@ import datetime as dt
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -96,6 +96,28 @@ class ConsoleAccess:
     password: str
 
 
+class MachineFacts(Protocol):
+    """What a machine's status needs of its record: a `Machine`, or a plain row with these names (the student
+    dashboard reads plain rows: building ORM objects for it costs more than its whole statement)."""
+
+    name: str
+    backend: str
+    overlay_path: str
+    seed_path: str
+    memory_mb: int
+    mac: str
+    forwards: list[list[int]]
+    networks: list[list[str]]
+    state: str
+    pid: int | None
+    supervisor_pid: int | None
+    bound_forwards: list[list[int]]
+    started_at: dt.datetime | None
+
+    @property
+    def image_path(self) -> str: ...
+
+
 class Machines:
     """Create, run and look after single machines (``labkit vm ...``)."""
 
@@ -115,10 +137,10 @@ class Machines:
     def _snapshot_dir(self, name: str) -> Path:
         return self.settings.snapshots / name
 
-    def spec(self, machine: Machine) -> MachineSpec:
+    def spec(self, machine: MachineFacts) -> MachineSpec:
         return MachineSpec(
             name=machine.name,
-            image=Path(machine.image.path),
+            image=Path(machine.image_path),
             overlay=Path(machine.overlay_path),
             run_dir=self.settings.run_dir / machine.name,
             console_log=self.settings.logs / f"{machine.name}.console.log",
@@ -129,7 +151,7 @@ class Machines:
             networks=tuple(NetworkAttachment(NetworkSpec(net, Path(folder))) for net, folder in machine.networks),
         )
 
-    def _backend(self, machine: Machine) -> Backend:
+    def _backend(self, machine: MachineFacts) -> Backend:
         return get_backend(machine.backend)
 
     @contextmanager
@@ -240,7 +262,7 @@ class Machines:
         statuses, stale = self.observe(machines)
         return [self._view(machine, status) for machine, status in zip(machines, statuses, strict=True)], stale
 
-    def observe(self, machines: list[Machine]) -> tuple[list[MachineStatus], list[str]]:
+    def observe(self, machines: Sequence[MachineFacts]) -> tuple[list[MachineStatus], list[str]]:
         """What the processes of ``machines`` say, without the view's disk and snapshot details (`look` adds them):
         the student dashboard shows only state, uptime and forwards, and a whole class reloads it at once."""
         statuses = [self._backend(machine).status(self.spec(machine)) for machine in machines]
@@ -538,12 +560,12 @@ def uptime(status: MachineStatus) -> float | None:
     return max(0.0, dt.datetime.now(dt.UTC).timestamp() - status.started_at)
 
 
-def shown_forwards(machine: Machine, status: MachineStatus) -> list[str]:
+def shown_forwards(machine: MachineFacts, status: MachineStatus) -> list[str]:
     """``host:guest`` pairs: the ports bound now, else the configured ones (host port 0 until a start picks one)."""
     return [str(f) for f in (status.forwards or tuple(Forward(h, g) for h, g in machine.forwards))]
 
 
-def _facts(status: MachineStatus, machine: Machine) -> dict[str, object]:
+def _facts(status: MachineStatus, machine: MachineFacts) -> dict[str, object]:
     """What a machine's record should say, given its processes' ``status``."""
     if status.started_at is not None:
         started_at: dt.datetime | None = dt.datetime.fromtimestamp(status.started_at, dt.UTC)
@@ -553,7 +575,7 @@ def _facts(status: MachineStatus, machine: Machine) -> dict[str, object]:
             "bound_forwards": [[f.host_port, f.guest_port] for f in status.forwards], "started_at": started_at}
 
 
-def _recorded(machine: Machine) -> dict[str, object]:
+def _recorded(machine: MachineFacts) -> dict[str, object]:
     return {"state": machine.state, "pid": machine.pid, "supervisor_pid": machine.supervisor_pid,
             "bound_forwards": [list(pair) for pair in machine.bound_forwards or []],
             "started_at": machine.started_at}

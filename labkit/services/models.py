@@ -8,7 +8,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    cast,
+)
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -47,9 +60,14 @@ class Image(Base):
 
     machines: Mapped[list[Machine]] = relationship(back_populates="image")
 
-    @property
+    @hybrid_property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @label.inplace.expression
+    @classmethod
+    def _label_in_sql(cls) -> ColumnElement[str]:  # the same label, for statements that read plain rows
+        return cls.name + ":" + cast(cls.version, String)
 
 
 class Machine(Base):
@@ -84,6 +102,11 @@ class Machine(Base):
     image: Mapped[Image] = relationship(back_populates="machines")
     snapshots: Mapped[list[Snapshot]] = relationship(back_populates="machine", cascade="all, delete-orphan",
                                                      order_by="Snapshot.created_at")
+
+    @property
+    def image_path(self) -> str:
+        """The base image's file (`labkit.services.machines.MachineFacts`: plain rows carry it as a column)."""
+        return self.image.path
 
 
 class Snapshot(Base):

@@ -13,9 +13,9 @@ import datetime as dt
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, select
-from sqlalchemy.orm import joinedload
+from sqlalchemy import Row, Select, and_, bindparam, select
 
 from labkit.config import Settings
 from labkit.errors import LabFormatError, LabkitError, NotFoundError
@@ -28,22 +28,25 @@ from labkit.services.accounts import UserView
 from labkit.services.audit import current_actor
 from labkit.services.db import Database
 from labkit.services.machines import Machines, MachineView, shown_forwards, uptime
-from labkit.services.models import Assignment, Course, CourseLab, Machine, Student
+from labkit.services.models import Assignment, Course, CourseLab, Image, Machine, Student
 
 SSH_PORT = 22
 
 #: Everything the dashboard shows of a student's labs, in one statement built once (building it costs more than
 #: running it): every lab of every course the user is an active student of, with their machine of each lab machine.
-_DASHBOARD = (select(Student.sid, Course.id, Course.name, CourseLab.lab_id, CourseLab.path, CourseLab.reset_policy,
-                     Assignment.machine, Machine)
+#: Plain rows, not ORM objects (three times cheaper): a machine's columns under their own names, with its image's
+#: file and label, are what `Machines.observe` needs (`MachineFacts`).
+_DASHBOARD = (select(Student.sid, Course.id.label("course_id"), Course.name.label("course"), CourseLab.lab_id,
+                     CourseLab.path, CourseLab.reset_policy, Assignment.machine.label("lab_machine"),
+                     *Machine.__table__.columns, Image.path.label("image_path"), Image.label.label("image_label"))
               .select_from(Student).join(Course, Student.course_id == Course.id)
               .join(CourseLab, CourseLab.course_id == Course.id)
               .outerjoin(Assignment, and_(Assignment.student_id == Student.id,
                                           Assignment.course_lab_id == CourseLab.id))
               .outerjoin(Machine, Machine.id == Assignment.machine_id)
+              .outerjoin(Image, Image.id == Machine.image_id)
               .where(Student.user_id == bindparam("uid"), Student.archived_at.is_(None))
-              .order_by(Course.name, CourseLab.id, Assignment.machine)
-              .options(joinedload(Machine.image)))
+              .order_by(Course.name, CourseLab.id, Assignment.machine))
 
 
 @dataclass(frozen=True)
@@ -147,22 +150,20 @@ class Portal:
         """
         if not user.is_student or user.disabled:
             return []
-        places: dict[tuple[str, str], tuple[str, Enrollment, dict[str, Machine]]] = {}
-        with self.db.read() as session:
-            rows = session.execute(_DASHBOARD, {"uid": user.id})
-            for sid, course_id, course, lab, path, policy, machine, vm in rows:
-                enrollment = Enrollment(course, course_id, sid, lab, lab, policy)
-                _, _, machines = places.setdefault((course, lab), (path, enrollment, {}))
-                if vm is not None:
-                    machines[machine] = vm
-            rows = [vm for _, _, machines in places.values() for vm in machines.values()]
-            statuses, stale = self.machines.observe(rows)
-            by_vm = dict(zip((vm.name for vm in rows), statuses, strict=True))
-            labs = [PortalLab(_titled(path, enrollment),
-                              [_observed(vm, by_vm[vm.name], machine) for machine, vm in sorted(by_name.items())])
-                    for path, enrollment, by_name in places.values()]
+        places: dict[tuple[str, str], tuple[str, Enrollment, dict[str, Row[Any]]]] = {}
+        with self.db.read_rows() as connection:
+            for row in connection.execute(_DASHBOARD, {"uid": user.id}):
+                enrollment = Enrollment(row.course, row.course_id, row.sid, row.lab_id, row.lab_id, row.reset_policy)
+                _, _, machines = places.setdefault((row.course, row.lab_id), (row.path, enrollment, {}))
+                if row.name is not None:  # a provisioned lab: this is the student's machine of that lab machine
+                    machines[row.lab_machine] = row
+        rows = [vm for _, _, machines in places.values() for vm in machines.values()]
+        statuses, stale = self.machines.observe(rows)
+        by_vm = dict(zip((vm.name for vm in rows), statuses, strict=True))
         self.machines.write_back(stale)
-        return labs
+        return [PortalLab(_titled(path, enrollment),
+                          [_observed(vm, by_vm[vm.name], machine) for machine, vm in sorted(by_name.items())])
+                for path, enrollment, by_name in places.values()]
 
     def machine(self, name: str, machine: str | None = None) -> PortalMachine:
         """One machine, reconciled with its processes (`Machines.status`)."""
@@ -199,9 +200,9 @@ def _portal_machine(view: MachineView, machine: str, password: str) -> PortalMac
                          forwards=view.forwards, ssh_port=_ssh_port(view.forwards), console_password=password)
 
 
-def _observed(row: Machine, status: MachineStatus, machine: str) -> PortalMachine:
+def _observed(row: Row[Any], status: MachineStatus, machine: str) -> PortalMachine:
     forwards = shown_forwards(row, status)
-    return PortalMachine(name=row.name, machine=machine, image=row.image.label, state=status.state.value,
+    return PortalMachine(name=row.name, machine=machine, image=row.image_label, state=status.state.value,
                          uptime=uptime(status), forwards=forwards, ssh_port=_ssh_port(forwards),
                          console_password=row.console_password)
 
