@@ -151,9 +151,18 @@ def hostile() -> Iterator[HostileRun]:
         assert supervisor is not None
         os.kill(supervisor, signal.SIGKILL)
 
+        # The bomb waxes and wanes (its processes hit the limit, fail and end): look until it is seen raging. In
+        # about one run in three it never takes hold (only its loop is left; the cause is not known): set it off again.
         with courses.machines.open_guest(names["fork"]) as guest:
-            time.sleep(2)
-            fork_processes = int(guest.run("ps | grep -c nobody", timeout=60).out)
+            fork_processes = 0
+            for _attempt in range(3):
+                deadline = time.monotonic() + 10
+                while fork_processes < 10 and time.monotonic() < deadline:
+                    time.sleep(1)
+                    fork_processes = max(fork_processes, int(guest.run("ps | grep -c nobody", timeout=60).out))
+                if fork_processes >= 10:
+                    break
+                guest.run(HOSTILE["fork"], timeout=120)
         started = time.monotonic()
         report = Grading(settings, db, actor="teacher").grade("hc")
         elapsed = time.monotonic() - started

@@ -38,8 +38,9 @@ def ensure_user() -> pwd.struct_passwd:
 def as_user(user: pwd.struct_passwd, *command: str, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {"HOME": user.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    # in the user's home: the checkout this suite runs from may be in a folder the user cannot enter
     return subprocess.run(["runuser", "-u", USER, "--", *command], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, cwd=user.pw_dir)
 
 
 def end_processes_of(uid: int) -> None:
