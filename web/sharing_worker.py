@@ -8,7 +8,8 @@ each of them wait twice as long: the slowest pages are those of the busiest work
 Here each worker publishes how many connections it holds in a small table shared by all workers (made by the
 server before it forks them), and stops accepting while it holds more than `SLACK` above the least loaded worker;
 that worker is always accepting, so no connection is left waiting. A worker counts only while its main loop is
-alive (it stamps the table at least once a second): one that died or hangs is left out, and the others accept all.
+alive: the loop stamps the table at least once a second, and a worker silent for `STALE_MS` (one that died or
+hangs) is left out, so the others accept everything.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SharingWorker(ThreadWorker):  # type: ignore[misc]
         try:
             super().run()
         finally:
-            _TABLE[self._row + PID] = 0  # out of the table: the others no longer wait for this worker
+            _TABLE[self._row + PID] = 0  # out of the table: the others no longer count this worker
 
     # gthread counts connections in ``nr_conns`` and accepts while it is below ``worker_connections``
     @property

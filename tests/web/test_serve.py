@@ -209,3 +209,42 @@ def test_two_workers_take_equal_shares_of_a_burst_of_kept_alive_connections(env:
     per_worker = Counter(re.findall(r'"GET /login\?burst=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', output))
     assert sum(per_worker.values()) == 40
     assert len(per_worker) == 2 and abs(min(per_worker.values()) - max(per_worker.values())) <= 4, per_worker
+
+
+def test_a_hung_worker_does_not_hold_connections_back(env: dict[str, str]) -> None:
+    """A worker that stops (here: SIGSTOP) no longer stamps the shared table; after 2.5 s the other worker takes
+    every new connection instead of waiting for its share to be taken."""
+    port = free_port()
+    process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "8"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(12)]
+    hung = None
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/login") == 200
+        deadline = time.monotonic() + 20
+        while len(workers := worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        hung = min(workers)
+        os.kill(hung, signal.SIGSTOP)
+        time.sleep(3.5)  # past the 2.5 s after which a silent worker is left out
+        started = time.monotonic()
+        for number, connection in enumerate(connections):  # all kept open: far more than one above the hung one
+            connection.request("GET", f"/login?hung={number}")
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 200
+        assert time.monotonic() - started < 8
+    finally:
+        if hung is not None:
+            os.kill(hung, signal.SIGCONT)
+        for connection in connections:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = process.stdout.read().decode() if process.stdout else ""
+    served_by = set(re.findall(r'"GET /login\?hung=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', output))
+    assert served_by == {str(max(workers))}
