@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,8 +34,13 @@ MAX_SOCKET_PATH = 107
 PACKAGES = {"linux": "user-mode-linux"}
 
 
+#: a kernel stack frame (`` [<6069f509>] dump_stack+0x1a/0x1c``): a panic prints dozens after the line that says why
+_STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
+
+
 def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
-    """The last ``lines`` lines of a console log (or a note that there is none), for error messages."""
+    """The last ``lines`` lines of a console log (or a note that there is none), for error messages. Kernel stack
+    frames are left out, so that after a panic the lines that say what went wrong are the ones shown."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -44,7 +50,8 @@ def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
     except OSError:
         return f"(no console log at {path})"
     text = data.decode(errors="replace").replace("\r", "")
-    return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
+    said = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
+    return "\n".join(said[-lines:]) or "(console log is empty)"
 
 
 #: Debian's UML kernel benchmarks its RAID6 algorithms at every boot: 0.85 s of a 1.5 s boot on this machine kind.

@@ -103,3 +103,14 @@ def test_console_tail(tmp_path: Path) -> None:
     log.write_bytes(b"".join(f"line {i}\r\n".encode() for i in range(100)))
     assert console_tail(log, lines=2) == "line 98\nline 99"
     assert "no console log" in console_tail(tmp_path / "none.log")
+
+
+def test_console_tail_of_a_panic_shows_why_not_the_stack(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    frames = "".join(f" [<6069{i:04x}>] ? frame_{i}+0x0/0x58\n" for i in range(30))
+    log.write_text("VFS: Cannot open root device \"ubda\" or unknown-block(98,0): error -6\n"
+                   "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n"
+                   "CPU: 0 PID: 1 Comm: swapper Not tainted 6.1.0\nStack:\nCall Trace:\n" + frames)
+    tail = console_tail(log, lines=5)
+    assert "Cannot open root device" in tail and "Unable to mount root fs" in tail
+    assert "frame_" not in tail
