@@ -85,10 +85,11 @@ HOSTILE = {
                "[ $(cut -d' ' -f4 /proc/$p/stat) = 1 ] && kill -9 $p; done; " + OTHER_PASSWORD),
     "disk": "dd if=/dev/zero of=/fill bs=1M; sync; df /",
     # A real fork bomb, as an unprivileged user so the guest's process limit holds it (root ignores RLIMIT_NPROC):
-    # the guest stays busy with ~150 processes, and the host with it, without taking the host down.
-    # It is set off again every 0.2 s, so it is still raging when the grader comes.
-    "fork": ("setsid su nobody -s /bin/sh -c 'ulimit -u 150; b(){ b|b& }; while :; do b; sleep 0.2; done' "
-             "</dev/null >/dev/null 2>&1 &"),
+    # every process forks two more and then stays (asleep), so the guest's process table is full (~150) and every
+    # fork the grader's commands make competes with the bomb's, without taking the host down. It is set off again
+    # every 0.2 s. (Bombs whose processes end at once came and went: in some runs none was left when grading began.)
+    "fork": ("setsid su nobody -s /bin/sh -c 'ulimit -u 150; b(){ b|b& sleep 600; }; "
+             "while :; do b; sleep 0.2; done' </dev/null >/dev/null 2>&1 &"),
 }
 #: Students whose machine never runs at grading time.
 STOPPED = ("never", "broken", "crashed")
@@ -151,8 +152,7 @@ def hostile() -> Iterator[HostileRun]:
         assert supervisor is not None
         os.kill(supervisor, signal.SIGKILL)
 
-        # The bomb waxes and wanes (its processes hit the limit, fail and end): look until it is seen raging. In
-        # about one run in three it never takes hold (only its loop is left; the cause is not known): set it off again.
+        # Look until the bomb is seen raging; should it not have taken hold, set it off again.
         with courses.machines.open_guest(names["fork"]) as guest:
             fork_processes = 0
             for _attempt in range(3):

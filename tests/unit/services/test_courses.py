@@ -173,8 +173,10 @@ def test_machines_another_start_is_booting_count_against_the_budget(courses: Cou
 def test_two_provisions_at_once_and_a_killed_one(courses: Courses, tmp_path: Path) -> None:
     courses.create("c1", [LABS / "two-hosts"])
     courses.import_roster("c1", roster(tmp_path, *[f"s{i}" for i in range(12)]))
+    # TMPDIR: the killed run cannot remove its staging folders; they stay in this test's own folder
     env = {**os.environ, "LABKIT_HOME": str(courses.settings.home), "LABKIT_RUN": str(courses.settings.run_dir),
-           "LABKIT_CACHE": str(courses.settings.cache), "LABKIT_RECIPES": str(courses.settings.recipes)}
+           "LABKIT_CACHE": str(courses.settings.cache), "LABKIT_RECIPES": str(courses.settings.recipes),
+           "TMPDIR": str(tmp_path)}
     command = [str(Path(sys.executable).with_name("labkit")), "course", "provision", "c1"]
     killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
