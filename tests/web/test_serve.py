@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -176,37 +178,62 @@ def test_serve_with_two_workers_shares_sessions_and_login_limits(env: dict[str, 
     assert served_by and served_by <= workers
 
 
-def test_two_workers_take_equal_shares_of_a_burst_of_kept_alive_connections(env: dict[str, str]) -> None:
-    """40 browsers connect at once and keep their connections: each worker holds about half (web/sharing_worker.py),
-    so neither answers twice the pages of the other under load."""
+@dataclass
+class TwoWorkers:
+    """A ``labkit serve --workers 2`` running (both workers up), and its output once it has stopped."""
+
+    port: int
+    workers: set[int]
+    output: str = ""
+
+
+@contextmanager
+def two_workers(env: dict[str, str]) -> Iterator[TwoWorkers]:
     port = free_port()
     process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "8"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(40)]
+    served = TwoWorkers(port, set())
     try:
         assert wait_for(f"http://127.0.0.1:{port}/login") == 200
         deadline = time.monotonic() + 20
-        while len(worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+        while len(served.workers) < 2 and time.monotonic() < deadline:
+            served.workers = worker_pids(process.pid)
             time.sleep(0.1)
-        time.sleep(1.5)  # both workers' main loops are running and have stamped the shared table
-        for connection in connections:
-            connection.connect()
-        for number, connection in enumerate(connections):  # all 40 stay open (keep-alive) until the end
-            connection.request("GET", f"/login?burst={number}")
-            answer = connection.getresponse()
-            answer.read()
-            assert answer.status == 200 and answer.getheader("Connection", "").lower() != "close"
+        assert len(served.workers) == 2
+        yield served
     finally:
-        for connection in connections:
-            connection.close()
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    output = process.stdout.read().decode() if process.stdout else ""
-    per_worker = Counter(re.findall(r'"GET /login\?burst=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', output))
+        served.output = process.stdout.read().decode() if process.stdout else ""
+
+
+def get_on_each(connections: list[http.client.HTTPConnection], path: str) -> None:
+    """One request on each connection (``path`` plus its number), each answered 200 and the connection kept open."""
+    for number, connection in enumerate(connections):
+        connection.request("GET", f"{path}{number}")
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200 and answer.getheader("Connection", "").lower() != "close"
+
+
+def test_two_workers_take_equal_shares_of_a_burst_of_kept_alive_connections(env: dict[str, str]) -> None:
+    """40 browsers connect at once and keep their connections: each worker holds about half (web/sharing_worker.py),
+    so neither answers twice the pages of the other under load."""
+    with two_workers(env) as served:
+        connections = [http.client.HTTPConnection("127.0.0.1", served.port, timeout=10) for _ in range(40)]
+        try:
+            time.sleep(1.5)  # both workers' main loops are running and have stamped the shared table
+            for connection in connections:  # at once
+                connection.connect()
+            get_on_each(connections, "/login?burst=")  # all 40 stay open (keep-alive) until the end
+        finally:
+            for connection in connections:
+                connection.close()
+    per_worker = Counter(re.findall(r'"GET /login\?burst=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', served.output))
     assert sum(per_worker.values()) == 40
     assert len(per_worker) == 2 and abs(min(per_worker.values()) - max(per_worker.values())) <= 4, per_worker
 
@@ -214,37 +241,19 @@ def test_two_workers_take_equal_shares_of_a_burst_of_kept_alive_connections(env:
 def test_a_hung_worker_does_not_hold_connections_back(env: dict[str, str]) -> None:
     """A worker that stops (here: SIGSTOP) no longer stamps the shared table; after 2.5 s the other worker takes
     every new connection instead of waiting for its share to be taken."""
-    port = free_port()
-    process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "8"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(12)]
-    hung = None
-    try:
-        assert wait_for(f"http://127.0.0.1:{port}/login") == 200
-        deadline = time.monotonic() + 20
-        while len(workers := worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        hung = min(workers)
+    connections: list[http.client.HTTPConnection] = []
+    with two_workers(env) as served:
+        hung = min(served.workers)
         os.kill(hung, signal.SIGSTOP)
-        time.sleep(3.5)  # past the 2.5 s after which a silent worker is left out
-        started = time.monotonic()
-        for number, connection in enumerate(connections):  # all kept open: far more than one above the hung one
-            connection.request("GET", f"/login?hung={number}")
-            answer = connection.getresponse()
-            answer.read()
-            assert answer.status == 200
-        assert time.monotonic() - started < 8
-    finally:
-        if hung is not None:
-            os.kill(hung, signal.SIGCONT)
-        for connection in connections:
-            connection.close()
-        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    output = process.stdout.read().decode() if process.stdout else ""
-    served_by = set(re.findall(r'"GET /login\?hung=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', output))
-    assert served_by == {str(max(workers))}
+            time.sleep(3.5)  # past the 2.5 s after which a silent worker is left out
+            connections = [http.client.HTTPConnection("127.0.0.1", served.port, timeout=10) for _ in range(12)]
+            started = time.monotonic()
+            get_on_each(connections, "/login?hung=")  # all kept open: far more than one above the hung worker
+            assert time.monotonic() - started < 8
+        finally:
+            os.kill(hung, signal.SIGCONT)
+            for connection in connections:
+                connection.close()
+    served_by = set(re.findall(r'"GET /login\?hung=\d+ HTTP/1.1" 200 .* pid=<(\d+)>', served.output))
+    assert served_by == {str(max(served.workers))}
