@@ -56,6 +56,17 @@ def stopped(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
+def stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
+    """SIGTERM to the server's pid; its exit code, or None when it had to be killed after ``timeout`` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
+
+
 @pytest.fixture
 def env(web_settings: Settings) -> dict[str, str]:
     from conftest import settings_env
@@ -70,12 +81,7 @@ def server(env: dict[str, str], web_settings: Settings) -> Iterator[tuple[subpro
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     yield process, port
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 15)
 
 
 def test_serve_answers_and_stops_by_pid(server: tuple[subprocess.Popen[bytes], int], web_settings: Settings) -> None:
@@ -132,16 +138,8 @@ def test_serve_with_two_workers_shares_sessions_and_login_limits(env: dict[str, 
     password = "correct horse battery"
     subprocess.run([*LABKIT, "user", "create", "teacher", "--role", "instructor", "--password-stdin"], env=env,
                    input=password + "\n", text=True, capture_output=True, check=True, timeout=60)
-    port = free_port()
-    process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "4"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_for(f"{base}/login") == 200
-        deadline = time.monotonic() + 20
-        while len(workers := worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(workers) == 2
+    with two_workers(env) as served:
+        base = f"http://127.0.0.1:{served.port}"
         # a session made by one worker is good on every worker (one key, made before they forked); each request
         # is a new connection, so the two workers share them
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
@@ -163,19 +161,10 @@ def test_serve_with_two_workers_shares_sessions_and_login_limits(env: dict[str, 
         # failed logins through whichever worker answers count against one limit (5 per username)
         assert [post_login("wrong password") for _ in range(5)] == [401] * 5
         assert post_login(password) == 429
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-    assert code == 0 and all(stopped(pid) for pid in workers)
-    output = process.stdout.read().decode() if process.stdout else ""
-    assert f"serving http://127.0.0.1:{port}/ with 2 workers" in output
-    served_by = {int(pid) for pid in re.findall(r'"GET /teach/ HTTP/1.1" 200 .* pid=<(\d+)>', output)}
-    assert served_by and served_by <= workers
+    assert served.code == 0 and all(stopped(pid) for pid in served.workers)
+    assert f"serving http://127.0.0.1:{served.port}/ with 2 workers" in served.output
+    served_by = {int(pid) for pid in re.findall(r'"GET /teach/ HTTP/1.1" 200 .* pid=<(\d+)>', served.output)}
+    assert served_by and served_by <= served.workers
 
 
 @dataclass
@@ -185,6 +174,8 @@ class TwoWorkers:
     port: int
     workers: set[int]
     output: str = ""
+    #: the exit code after SIGTERM; None when it had to be killed
+    code: int | None = None
 
 
 @contextmanager
@@ -202,12 +193,7 @@ def two_workers(env: dict[str, str]) -> Iterator[TwoWorkers]:
         assert len(served.workers) == 2
         yield served
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        served.code = stop(process)
         served.output = process.stdout.read().decode() if process.stdout else ""
 
 
