@@ -51,6 +51,12 @@ class BudgetedGuest:
         return getattr(self._guest, "forwards", {}) or {}
 
     @property
+    def last_transport(self) -> str | None:
+        """The transport that answered the handle's last call."""
+        used = getattr(self._guest, "last_transport", None)
+        return str(used) if used else None
+
+    @property
     def inside_transport(self) -> str:
         """The transport that reaches inside the guest: SSH when the handle has it, else the console."""
         return "ssh" if getattr(self._guest, "ssh", None) is not None else "console"

@@ -11,29 +11,25 @@ choosing the feedback, and timing. A kind only implements `evaluate`, which says
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import re
 import socket
-import sys
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from labkit.errors import GuestError, LabFormatError, LabkitError
 from labkit.grading.budget import Budget, BudgetedGuest
 from labkit.grading.result import CheckResult, safe_text
+from labkit.grading.sandbox import SCRIPT_GRACE, SandboxUnavailable, run_grader
+from labkit.labs.loader import GRADER_FILE
 from labkit.labs.model import CheckDef, Lab, parse_mode
+from labkit.labs.render import lab_path
 
 #: How long a port reached from the host must stay open to count: slirp accepts every connection on a forwarded
 #: port at once and closes it when nothing in the guest answers, so "it connected" alone proves nothing.
 HOST_PROBE = 1.0
-#: Extra time a script gets past its budget before it is reported as hung (its guest calls end at the deadline).
-SCRIPT_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ class Check(ABC):
         wrapped = {name: BudgetedGuest(guest, budget, transports) for name, guest in guests.items()}
         try:
             outcome = self._evaluate_on(wrapped, params, spec)
-        except GuestError as err:  # the student's feedback says the check could not look, not that it failed
+        except (GuestError, SandboxUnavailable) as err:  # feedback: the check could not look, not that it failed
             reason = f"labkit could not check this: {err}"
             outcome = Outcome(False, reason, evidence=f"error: {err}", feedback=reason)
         except LabkitError as err:
@@ -301,76 +297,13 @@ class HttpCheck(Check):
 
 # ---- script checks ---------------------------------------------------------------------------------------------
 
-_GRADERS: dict[Path, Any] = {}
-_GRADERS_LOCK = threading.Lock()
-
-
-def load_grader(path: Path) -> Any:
-    """The module of a lab's grader.py, imported by path once per process (not put in ``sys.modules``)."""
-    path = path.resolve()
-    with _GRADERS_LOCK:
-        if path in _GRADERS:
-            return _GRADERS[path]
-        if not path.is_file():
-            raise LabFormatError(f"no grader.py at {path}")
-        spec = importlib.util.spec_from_file_location(f"labkit_grader_{path.parent.name.replace('-', '_')}", path)
-        if spec is None or spec.loader is None:
-            raise LabFormatError(f"cannot import {path}")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as err:
-            raise LabFormatError(f"importing {path} failed: {type(err).__name__}: {err}") from err
-        _GRADERS[path] = module
-        return module
-
-
-class _GraderStopped(BaseException):
-    """Raised inside a grading function that overran; a BaseException so its ``except Exception`` cannot keep it."""
-
-
-def _run_bounded(function: Callable[[], Any], seconds: float) -> Any:
-    """``function()`` in a daemon thread, waiting at most ``seconds``; raises GuestError when it does not finish.
-
-    A Python thread cannot be killed, so the thread traces itself and stops at its next line once the time is up
-    (a grader spinning in a loop does not burn a core for the rest of the run). Its guest calls already end at the
-    check's deadline, so it cannot hold a guest for longer either.
-    """
-    box: dict[str, Any] = {}
-    stop = threading.Event()
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        if stop.is_set():
-            raise _GraderStopped
-        return tracer
-
-    def target() -> None:
-        sys.settrace(tracer)
-        try:
-            box["value"] = function()
-        except _GraderStopped:
-            pass
-        except BaseException as err:
-            box["error"] = err
-        finally:
-            sys.settrace(None)
-
-    thread = threading.Thread(target=target, name="labkit-grader", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        stop.set()
-        raise GuestError(f"the grading function did not finish within {seconds:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
 
 class ScriptCheck(Check):
     """Calls ``function(guests, params)`` from the lab's grader.py; it returns ``(points, feedback)``.
 
     Points between 0 and the check's points give partial credit (outside that range they are clamped); the check
-    passes with full marks. The function gets every machine's Guest (its calls bounded by the check's timeout).
+    passes with full marks. The function runs in a sandbox (labkit.grading.sandbox) with a time and a memory limit,
+    and gets every machine's Guest handle through labkit (each call bounded by the check's timeout).
     """
 
     on_machine = False
@@ -380,28 +313,18 @@ class ScriptCheck(Check):
         name = str(spec["function"])
         if self.lab is None or self.lab.folder is None:
             raise LabFormatError(f"script check {self.definition.id} needs its lab's folder to find grader.py")
-        path = self.lab.folder / "grader.py"
-        function = getattr(load_grader(path), name, None)
-        if not callable(function) or inspect.isclass(function):
-            raise LabFormatError(f"{path} has no function {name}")
-        try:
-            value = _run_bounded(lambda: function(dict(guests), dict(params)), self.definition.timeout + SCRIPT_GRACE)
-        except LabkitError:
-            raise
-        except Exception as err:
-            raise LabFormatError(f"{name} in grader.py raised {type(err).__name__}: {err}") from err
-        points, feedback = self._unpack(name, value)
+        root = self.lab.folder.resolve()
+        path, why = lab_path(root, GRADER_FILE)
+        if path is None:
+            raise LabFormatError(why or "bad path", str(self.lab.folder / GRADER_FILE))
+        if not path.is_file():
+            raise LabFormatError(f"no grader.py at {self.lab.folder / GRADER_FILE}")
+        answer = run_grader(root, path.relative_to(root).as_posix(), name, guests, params,
+                            self.definition.timeout + SCRIPT_GRACE)
         max_points = float(self.definition.points)
-        points = min(max(points, 0.0), max_points)
-        return Outcome(points >= max_points, "", f"{name} returned {points:g} of {max_points:g}: {feedback}",
-                       points=points, feedback=feedback)
-
-    @staticmethod
-    def _unpack(name: str, value: object) -> tuple[float, str]:
-        if (isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], int | float)
-                and not isinstance(value[0], bool)):
-            return float(value[0]), "" if value[1] is None else str(value[1])
-        raise LabFormatError(f"{name} in grader.py must return (points, feedback), not {safe_text(repr(value), 200)}")
+        points = min(max(answer.points, 0.0), max_points)
+        return Outcome(points >= max_points, "", f"{name} returned {points:g} of {max_points:g}: {answer.feedback}",
+                       points=points, feedback=answer.feedback)
 
 
 #: The check kinds by the name used in ``kind = ...``; the option names are those of labkit.labs.schema.CHECK_KINDS.
