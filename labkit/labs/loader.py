@@ -334,6 +334,10 @@ def _grader(parts: _Parts, root: Path, report: _Report) -> None:
     if not scripts:
         return
     grader = root / GRADER_FILE
+    inside, why = lab_path(root, GRADER_FILE)
+    if inside is None:  # a symlink out of the lab: labkit reads no file there, and the sandbox would not see it
+        report.file(grader, None, why or "bad path")
+        return
     if not grader.is_file():
         for i, check in scripts:
             report.key(("checks", i, "function"), f"check {check.id} needs {GRADER_FILE} in the lab folder")

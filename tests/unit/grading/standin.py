@@ -69,6 +69,10 @@ class StandInGuest:
             raise GuestError(f"cannot stat {path} in {self.name}: no such file")
         return self.files[path][1]
 
+    def listening_ports(self, timeout: float = 30.0, transport: str | None = None) -> set[int]:
+        self._record("listening_ports", None, timeout, transport)
+        return set(self.ports)
+
     def port_open(self, port: int, timeout: float = 30.0, transport: str | None = None) -> bool:
         self._record("port_open", port, timeout, transport)
         return port in self.ports
