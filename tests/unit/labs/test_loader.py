@@ -219,6 +219,18 @@ def test_symlinks_out_of_the_lab_are_refused(make_lab: MakeLab, tmp_path: Path, 
     assert len(problems) == 4
 
 
+def test_grader_symlink_out_of_the_lab_is_refused(make_lab: MakeLab, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text("def grade_routes(guests, params):\n    return 1, ''\n")
+    folder = make_lab(files={"grader.py": None})
+    os.symlink(outside, folder / "grader.py")
+    problems = problems_of(folder)
+    assert [(p.file, p.message) for p in problems] == [
+        (str(folder / "grader.py"), f"path 'grader.py' leads outside the lab folder (to {outside})")]
+    with pytest.raises(LabFormatError, match="leads outside the lab folder"):
+        load_lab(folder)
+
+
 def test_symlinked_lab_folder_inside_is_fine(make_lab: MakeLab) -> None:
     folder = make_lab()
     os.symlink(folder / "files/a/etc", folder / "files/b/etc-copy")
