@@ -8,9 +8,11 @@ lab folder is refused, and nothing is ever read from or written outside the lab 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import ipaddress
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +31,11 @@ LAB_FILE = "lab.toml"
 #: a rendered template larger than this is refused (a runaway loop, not a lab file)
 MAX_OUTPUT = 16 << 20
 _MAX_REPEAT = 1_000_000
+#: One rendering may take this many loop steps and function or macro calls in all, and this many seconds: far more
+#: than any lab file needs, and a runaway ``{% for %}`` over ``range(100000)`` twice stops in about a second.
+MAX_STEPS = 1_000_000
+RENDER_SECONDS = 2.0
+_COUNTED = "labkit_counted"
 
 #: (line inside the template or None, message)
 TemplateProblem = tuple[int | None, str]
@@ -50,8 +57,62 @@ def _netmask(network: str) -> str:
     return str(ipaddress.IPv4Network(str(network), strict=False).netmask)
 
 
+class TemplateTooCostly(SecurityError):
+    """A template ran more loop steps and calls, or longer, than a lab file may (a runaway loop or recursion)."""
+
+
+@dataclass
+class _RenderBudget:
+    """What one rendering may still spend: loop steps and calls together, and wall-clock time."""
+
+    deadline: float
+    steps: int = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TemplateTooCostly(f"template stopped after {MAX_STEPS:,} loop steps and calls: a loop or a macro "
+                                    "runs far too long for a lab file")
+        if time.monotonic() > self.deadline:
+            raise TemplateTooCostly(f"template stopped after {RENDER_SECONDS:g} s: a loop or a macro runs far too "
+                                    "long for a lab file")
+
+
+_BUDGET: contextvars.ContextVar[_RenderBudget | None] = contextvars.ContextVar("labkit_render_budget", default=None)
+
+
+def _counted(iterable: Any) -> Any:
+    """The iterable of a ``{% for %}`` (put there when the template is compiled): each item costs one step."""
+    budget = _BUDGET.get()
+    if budget is None:
+        return iterable
+    return _each_counted(iterable, budget)
+
+
+def _each_counted(iterable: Any, budget: _RenderBudget) -> Iterator[Any]:
+    for item in iterable:
+        budget.step()
+        yield item
+
+
+def _replace(value: Any, old: Any, new: Any, count: int | None = None) -> Any:
+    """The ``replace`` filter, refusing a result beyond `MAX_OUTPUT` before making it."""
+    text, old, new = str(value), str(old), str(new)
+    hits = text.count(old) if old else len(text) + 1
+    if count is not None and int(count) >= 0:
+        hits = min(hits, int(count))
+    if len(text) + hits * len(new) > MAX_OUTPUT:
+        raise SecurityError("replacing makes the text too large")
+    return text.replace(old, new, -1 if count is None else int(count))
+
+
+#: str methods whose integer arguments are sizes of the result
+_SIZED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
 class LabEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox every lab template runs in; also refuses huge string repeats and powers."""
+    """The sandbox every lab template runs in; also refuses huge string repeats, powers and paddings, and counts
+    loop steps and calls against the rendering's budget (`MAX_STEPS`, `RENDER_SECONDS`)."""
 
     intercepted_binops = frozenset({"*", "**"})
 
@@ -64,20 +125,40 @@ class LabEnvironment(ImmutableSandboxedEnvironment):
             raise SecurityError(f"the power {right} is too large")
         return super().call_binop(context, operator, left, right)
 
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.step()
+        owner, method = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+        sizes = [a for a in (*args, *kwargs.values()) if isinstance(a, int)]
+        if isinstance(owner, str) and method in _SIZED_METHODS and any(size > _MAX_REPEAT for size in sizes):
+            raise SecurityError(f"{method} would make the text too large")
+        if isinstance(owner, str) and method == "replace":
+            return _replace(owner, *args, **kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
 
 def make_environment() -> LabEnvironment:
     env = LabEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters.update(host=_host, prefixlen=_prefixlen, netmask=_netmask)
+    env.filters.update(host=_host, prefixlen=_prefixlen, netmask=_netmask, replace=_replace)
+    env.filters[_COUNTED] = _counted
     return env
 
 
 _ENV = make_environment()
 
 
+def _count_loops(tree: nodes.Template) -> nodes.Template:
+    """Make every ``{% for %}`` draw its items through `_counted`, so a loop spends the rendering's budget."""
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Filter(loop.iter, _COUNTED, [], [], None, None, lineno=loop.iter.lineno)
+    return tree
+
+
 @functools.lru_cache(maxsize=1024)
 def _compile(source: str, name: str) -> Template:
     """Compiled once per (source, name): provisioning renders the same templates for every student."""
-    code = _ENV.compile(source, name=name, filename=name)
+    code = _ENV.compile(_count_loops(_ENV.parse(source, name=name, filename=name)), name=name, filename=name)
     return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
 
 
@@ -110,16 +191,23 @@ def syntax_problems(source: str, name: str, known: set[str]) -> list[TemplatePro
 
 def try_render(source: str, context: Mapping[str, object], name: str) -> tuple[str | None, TemplateProblem | None]:
     """Render ``source``; on failure return the line and one sentence instead of raising."""
+    token = _BUDGET.set(_RenderBudget(time.monotonic() + RENDER_SECONDS))
     try:
         text = _compile(source, name).render(dict(context))
     except TemplateSyntaxError as err:
         return None, (err.lineno, f"template syntax error: {err.message}")
+    except TemplateTooCostly as err:
+        return None, (_error_line(err, name), str(err))
+    except RecursionError as err:
+        return None, (_error_line(err, name), "template stopped: a macro calls itself too deeply")
     except SecurityError as err:
         return None, (_error_line(err, name), f"template does something the sandbox forbids: {err}")
     except TemplateError as err:  # UndefinedError and friends
         return None, (_error_line(err, name), f"template error: {err}")
     except (ArithmeticError, LookupError, TypeError, ValueError) as err:
         return None, (_error_line(err, name), f"template failed: {err}")
+    finally:
+        _BUDGET.reset(token)
     if len(text) > MAX_OUTPUT:
         return None, (None, f"template renders to {len(text)} characters; the limit is {MAX_OUTPUT}")
     return text, None

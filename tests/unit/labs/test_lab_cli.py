@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +158,28 @@ def test_render_refuses_bad_input(cli_env: dict[str, str], tmp_path: Path, broke
     assert code == 1 and "problem(s)" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+     "template stopped after "),
+    ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+     "template stopped after "),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(1) }}", "template stopped: a macro calls itself too deeply"),
+])
+def test_validate_stops_a_runaway_template_in_seconds(cli_env: dict[str, str], tmp_path: Path, template: str,
+                                                      says: str) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    instructions = lab / "instructions.md"
+    instructions.write_text(instructions.read_text() + f"\n## Extra\n\n{template}\n")
+    line = len(instructions.read_text().splitlines())
+    labkit = Path(sys.executable).with_name("labkit")
+    started = time.monotonic()
+    done = subprocess.run([str(labkit), "lab", "validate", str(lab)], env={**os.environ, **cli_env},
+                          capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 10  # the rendering budget is 2 s per template; the rest is Python starting
+    assert done.returncode == 1
+    [only] = done.stdout.splitlines()
+    assert only.startswith(f"{instructions}:{line}: {says}"), only
+    assert "Traceback" not in done.stdout + done.stderr
