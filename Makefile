@@ -10,6 +10,8 @@ PORT ?= 8000
 # Debian 12 packages labkit runs on (engine) and tests with.
 DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
 	cpio python3-venv ca-certificates
+# Script checks run a lab's grader.py in a bubblewrap sandbox with Debian's /usr/bin/python3 (docs/operations.md).
+DEB_PACKAGES += bubblewrap python3
 
 # Only the tests need these: the browser tests drive Debian's chromium (no browser download).
 TEST_DEB_PACKAGES := chromium

@@ -34,6 +34,7 @@ PROGRAMS = {
     "dropbear": "dropbear-bin",
     "mmdebstrap": "mmdebstrap",
     "fakechroot": "fakechroot",
+    "bwrap": "bubblewrap",
 }
 EXTRA_PATH = ("/usr/sbin", "/sbin")
 
@@ -60,6 +61,11 @@ def findings(app: App) -> list[Finding]:
     if os.path.exists("/dev/shm"):
         found.append(Finding("/dev/shm is writable (UML keeps guest memory there)", os.access("/dev/shm", os.W_OK),
                              "mount a writable tmpfs on /dev/shm, or set TMPDIR to a writable folder"))
+    from labkit.grading.sandbox import probe
+
+    why = probe()
+    found.append(Finding("the sandbox for grader.py starts (bubblewrap, user namespaces)", why is None,
+                         f"{why}; see docs/operations.md (Sandbox for grader.py)"))
     return found
 
 

@@ -102,6 +102,24 @@ def sandbox_command(program: str, lab_root: Path, grader: str, fd: int, memory: 
     ]
 
 
+def probe() -> str | None:
+    """Why the sandbox cannot start on this host, or None when it can (for ``labkit doctor``)."""
+    try:
+        program = bwrap_program()
+    except SandboxUnavailable as err:
+        return str(err)
+    command = sandbox_command(program, Path(__file__).resolve().parent, "grader_process.py", 0, GRADER_MEMORY)
+    python = command.index(GRADER_PYTHON)
+    try:
+        done = subprocess.run([*command[:python + 1], "-I", "-c", "pass"], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"bwrap did not run: {err}"
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[0][:300]
+    return None
+
+
 class _Closed(Exception):
     """The grader process closed its end of the socket."""
 
