@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -76,7 +77,8 @@ def main(argv: list[str]) -> int:
             "start cost of one script check in the sandbox (`run_grader`: bwrap, Debian's Python, import grader.py, "
             "call a function that returns at once, process ended)", "report",
             f"{statistics.median(times) * 1000:.1f} ms median of {runs} (min {min(times) * 1000:.1f}, max "
-            f"{max(times) * 1000:.1f}); in labkit's own process, as before: {statistics.median(before) * 1000:.2f} ms",
+            f"{max(times) * 1000:.1f}); in labkit's own process, as before: {statistics.median(before) * 1000:.2f} ms; "
+            f"host load average {os.getloadavg()[0]:.1f} during the run",
             "reported"))
 
     def per_call() -> None:
