@@ -170,7 +170,7 @@ class _Link:
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             message = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise LabFormatError("grader.py broke the sandbox's protocol (not JSON)") from err
         if not isinstance(message, dict):
             raise LabFormatError("grader.py broke the sandbox's protocol (not an object)")
@@ -225,6 +225,27 @@ def _drain(stream: Any, into: BoundedBuffer) -> None:
         into.write(chunk)
 
 
+def _private_places() -> dict[str, Path]:
+    """Folders the sandbox must never show, by what they hold: a lab folder that contains one is refused."""
+    places = {"your home folder": Path.home()}
+    if os.environ.get("LABKIT_HOME"):
+        places["labkit's state folder (LABKIT_HOME)"] = Path(os.environ["LABKIT_HOME"])
+    else:
+        places["labkit's state folder"] = Path.home() / ".local/share/labkit"
+    database = os.environ.get("LABKIT_DB", "")
+    if database.startswith("sqlite:///"):
+        places["labkit's database"] = Path(database.removeprefix("sqlite:///"))
+    return places
+
+
+def refuse_broad(lab_root: Path) -> None:
+    """The lab folder is shown to grader.py in full, so it may not hold a home folder or labkit's state."""
+    for what, place in _private_places().items():
+        if place.absolute().resolve().is_relative_to(lab_root):
+            raise LabFormatError(f"the lab folder {lab_root} holds {what}, which grader.py would see: keep each lab "
+                                 "in a folder of its own")
+
+
 def run_grader(lab_root: Path, grader: str, function: str, guests: Mapping[str, Any],
                params: Mapping[str, object], seconds: float, memory: int = GRADER_MEMORY) -> GraderAnswer:
     """Call ``function(guests, params)`` of ``lab_root/grader`` in a sandbox; its answer, or a `LabkitError`.
@@ -235,6 +256,7 @@ def run_grader(lab_root: Path, grader: str, function: str, guests: Mapping[str, 
     - `SandboxUnavailable` when bwrap cannot start here (never run without the sandbox).
     """
     program = bwrap_program()
+    refuse_broad(lab_root)
     ours, theirs = socket.socketpair()
     started = time.monotonic()
     try:

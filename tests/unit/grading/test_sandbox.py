@@ -223,3 +223,14 @@ def test_without_user_namespaces_script_checks_are_refused(lab_folder: Path) -> 
     assert last.startswith("labkit.grading.sandbox.SandboxUnavailable: script checks run grader.py in a bubblewrap "
                            "sandbox, which cannot start here: bwrap: "), done.stderr
     assert "docs/operations.md" in last
+
+
+def test_a_lab_folder_that_holds_the_state_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grader.py sees its whole lab folder: a lab.toml at the top of a folder holding LABKIT_HOME is not graded."""
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "web-secret").write_text("key")
+    (tmp_path / "grader.py").write_text("def f(guests, params):\n    return 2, open('/lab/state/web-secret').read()\n")
+    result = script_check(tmp_path, "f")
+    assert not result.passed and "holds labkit's state folder (LABKIT_HOME), which grader.py would see" in \
+        result.feedback
