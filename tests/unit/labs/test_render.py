@@ -115,6 +115,32 @@ def test_strict_undefined_and_sandbox() -> None:
         "10.1.2.5 255.255.255.0"
 
 
+@pytest.mark.parametrize(("source", "says"), [  # a macro's problem is reported at the macro (line 1)
+    ("x\n{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+     "template stopped after 1,000,000 loop steps and calls"),
+    ("{% set s = 'x' * 1000000 %}\n{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "loop steps"),
+    ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}\n{{ f(60) }}",
+     "template stopped after"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}\n{{ f(1) }}", "a macro calls itself too deeply"),
+    ("x\n{{ ('x' * 1000000) | replace('x', 'x' * 1000000) }}", "replacing makes the text too large"),
+    ("x\n{{ ('x' * 1000000).replace('x', 'x' * 1000000) }}", "replacing makes the text too large"),
+    ("x\n{{ 'x'.center(1000000000) }}", "center would make the text too large"),
+])
+def test_runaway_templates_stop_at_their_line(source: str, says: str) -> None:
+    with pytest.raises(LabFormatError, match=says) as err:
+        render_text(source, {}, "t.j2")
+    assert err.value.line == (1 if source.startswith("{% macro") else 2)
+
+
+def test_the_budget_leaves_ordinary_templates_alone() -> None:
+    source = ("{% for i in range(3) %}{{ i }}{% if loop.last %}!{% endif %}{% else %}none{% endfor %} "
+              "{% for x in [] %}{{ x }}{% else %}empty{% endfor %} {{ 'a-b' | replace('-', '+') }} "
+              "{{ 'ab'.replace('a', 'c') }} {% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %} "
+              "{% for x in [[1, [2]], 3] recursive %}{% if x is iterable %}{{ loop(x) }}{% else %}{{ x }}{% endif %}"
+              "{% endfor %} {% for i in range(1000) %}{% for j in range(500) %}{% endfor %}{% endfor %}done")
+    assert render_text(source, {}, "t.j2") == "012! empty a+b cb a=1 123 done"
+
+
 def test_render_refuses_symlinks_out(make_lab: MakeLab, tmp_path: Path) -> None:
     folder = make_lab()
     lab = load_lab(folder)
