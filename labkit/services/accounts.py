@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -26,7 +26,17 @@ from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.enrolments import Held, enrolled_courses, held_students, refusal
 from labkit.services.lookup import course_by_name
-from labkit.services.models import ApiToken, Assignment, Course, CourseLab, Machine, PasswordToken, Student, User
+from labkit.services.models import (
+    ApiToken,
+    Assignment,
+    Course,
+    CourseLab,
+    Machine,
+    PasswordToken,
+    Student,
+    User,
+    WebSession,
+)
 
 ROLES = ("instructor", "student")
 LINK_LIFETIME = dt.timedelta(days=7)
@@ -141,6 +151,11 @@ class OwnedMachine:
 #: the columns `_view` reads, without the ORM; built once (building a statement costs more than running it)
 _USER_BY_ID = select(User.id, User.username, User.role, User.password_hash, User.created_at,
                      User.disabled_at).where(User.id == bindparam("uid"))
+#: the same, only while the browser session (by the hash of its secret) is open
+_USER_BY_SESSION = _USER_BY_ID.join(WebSession, WebSession.user_id == User.id) \
+    .where(WebSession.token_hash == bindparam("digest"))
+#: how long a browser session lasts at most (the web app's cookie lifetime is the same)
+SESSION_LIFETIME = dt.timedelta(hours=12)
 
 
 def _view(user: User | Row[Any]) -> UserView:
@@ -194,6 +209,27 @@ class Accounts:
         """Asked at every page view (who is logged in): one plain row."""
         with self.db.read_rows() as connection:
             user = connection.execute(_USER_BY_ID, {"uid": user_id}).one_or_none()
+            return _view(user) if user is not None else None
+
+    # ---- browser sessions --------------------------------------------------------------------------------------
+    def open_session(self, user_id: int, lifetime: dt.timedelta = SESSION_LIFETIME) -> str:
+        """A new session's secret (for the cookie); sessions older than ``lifetime`` are deleted on the way."""
+        secret = secrets.token_urlsafe(32)
+        with self.db.transaction() as session:
+            session.execute(delete(WebSession).where(WebSession.created_at < _now() - lifetime))
+            session.add(WebSession(user_id=user_id, token_hash=hash_secret(secret)))
+        return secret
+
+    def close_session(self, secret: str) -> None:
+        """Logging out: the session's row goes, so the same cookie, copied or not, no longer logs anyone in."""
+        with self.db.transaction() as session:
+            session.execute(delete(WebSession).where(WebSession.token_hash == hash_secret(secret)))
+
+    def get_by_session(self, user_id: int, secret: str) -> UserView | None:
+        """The user of an open browser session (one plain row, asked at every page view), else None."""
+        with self.db.read_rows() as connection:
+            user = connection.execute(_USER_BY_SESSION, {"uid": user_id, "digest": hash_secret(secret)}) \
+                .one_or_none()
             return _view(user) if user is not None else None
 
     def users(self) -> list[UserView]:
