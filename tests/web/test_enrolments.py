@@ -63,10 +63,11 @@ def _courses_of(app: Flask, username: str) -> list[str]:
     return [m.course for m in Memberships(state(app).db).of(user)]
 
 
-def _cli(settings: Settings, *args: str) -> Any:
+def _cli(settings: Settings, *args: str, input: str | None = None) -> Any:
     from conftest import settings_env
 
-    return CliRunner().invoke(main, list(args), env={**settings_env(settings), "LABKIT_ACTOR": "bert"})
+    return CliRunner().invoke(main, list(args), env={**settings_env(settings), "LABKIT_ACTOR": "admin"},
+                              input=input)
 
 
 @pytest.mark.usefixtures("two_courses")
@@ -157,3 +158,32 @@ def test_one_instructors_student_in_two_courses_and_an_admins_enrolment(
     assert admin.exit_code == 0 and "/set-password/" in admin.output
     shown = _cli(web_settings, "user", "show", "alice")
     assert "owner bert" in shown.output and "only an admin issues its links" in shown.output
+
+
+def _audit_rows(client: FlaskClient, course: str) -> list[tuple[str, str]]:
+    """(action, target) of every row of the course's audit page."""
+    import re
+
+    html = client.get(f"/teach/courses/{course}/audit").get_data(as_text=True)
+    rows = re.findall(r"<tr data-event=\"\d+\">(.*?)</tr>", html, re.S)
+    return [tuple(re.findall(r"<td>(.*?)</td>", row, re.S)[2:4]) for row in rows]  # type: ignore[misc]
+
+
+@pytest.mark.usefixtures("two_courses")
+def test_a_course_audit_log_leaves_out_other_courses_account_events(app: Flask, web_settings: Settings) -> None:
+    """alice's account events (made in course ca, or by an admin) are not course cb's, even with alice on its
+    roster; ca sees them while alice is in ca alone, and no course does once an admin shares her account."""
+    ann, bert = app.test_client(), app.test_client()
+    _web_login(ann, "ann")
+    _web_login(bert, "bert")
+    _upload(bert, "cb")
+    _links(bert, "cb")
+    assert _cli(web_settings, "user", "passwd", "alice", "--password-stdin", input=PASSWORD + "\n").exit_code == 0
+    ann_rows = _audit_rows(ann, "ca")
+    assert ("link-use", "alice") in ann_rows and ("user-passwd", "alice") in ann_rows
+    bert_rows = _audit_rows(bert, "cb")
+    assert ("roster-import", "cb") in bert_rows and ("user-create", "zed") in bert_rows
+    assert not [row for row in bert_rows if row[1] == "alice"]
+    assert _cli(web_settings, "user", "enrol", "alice", "cb").exit_code == 0
+    for client, course in ((ann, "ca"), (bert, "cb")):
+        assert not [row for row in _audit_rows(client, course) if row[1] == "alice"]
