@@ -18,7 +18,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from labkit.errors import LabkitError
 from labkit.services.accounts import MAX_PASSWORD, MIN_PASSWORD, UserView
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER, actor, current_user, home_url
+from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER, actor, current_user, home_url, login_required
 from web.state import services
 
 bp = Blueprint("auth", __name__)
@@ -31,6 +31,12 @@ class LoginForm(FlaskForm):
 
 
 class SetPasswordForm(FlaskForm):
+    password = PasswordField("New password", validators=[DataRequired(), Length(min=MIN_PASSWORD, max=MAX_PASSWORD)])
+    confirm = PasswordField("Repeat it", validators=[DataRequired(), EqualTo("password", "The passwords differ.")])
+
+
+class ChangePasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
     password = PasswordField("New password", validators=[DataRequired(), Length(min=MIN_PASSWORD, max=MAX_PASSWORD)])
     confirm = PasswordField("Repeat it", validators=[DataRequired(), EqualTo("password", "The passwords differ.")])
 
@@ -109,6 +115,32 @@ def logout() -> ResponseReturnValue:
     session.clear()
     flash("You are logged out.", "info")
     return redirect("/login")
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+def change_password() -> ResponseReturnValue:
+    """The account itself changes its password (an account shared by courses has no instructor who could): the
+    current password is checked and rate-limited like a login; the user's other sessions end, this one goes on."""
+    user = current_user()
+    assert user is not None
+    form = ChangePasswordForm()
+    if not form.validate_on_submit():
+        return render_template("change_password.html", form=form), 400 if request.method == "POST" else 200
+    state, address = services(), request.remote_addr or "unknown"
+    wait = state.limiter.blocked(user.username, address)
+    if wait is not None:
+        flash("Too many wrong passwords. Try again later.", "error")
+        return render_template("change_password.html", form=form), 429, {"Retry-After": str(int(wait))}
+    if state.accounts(user.username).verify(user.username, form.current.data) is None:
+        state.limiter.failed(user.username, address)
+        flash("The current password is wrong.", "error")
+        return render_template("change_password.html", form=form), 400
+    state.limiter.succeeded(user.username)
+    changed = state.accounts(user.username).set_password(user.username, form.password.data)
+    log_in(changed)
+    flash("Your password is changed. Your other sessions have ended.", "info")
+    return redirect(home_url(changed))
 
 
 @bp.route("/set-password/<token>", methods=["GET", "POST"])
