@@ -53,11 +53,11 @@ def refusal(session: Session, user: User, course: Course) -> str | None:
     """Why the owner of ``course`` may not act for ``user`` (enrol it, issue its link), or None when they may."""
     if user.role != "student":
         return f"student id {user.username!r} is already the username of an {user.role}; rename one"
-    others = foreign_courses(session, user.id, course.owner_id)
-    if others:
-        return (f"the account {user.username!r} is also enrolled in {_courses(others)} of another instructor, so "
-                "only an admin may issue its link ('labkit user link "
-                f"{user.username}') or 'labkit user enrol {user.username} {course.name}' to enrol it here)")
+    if foreign_courses(session, user.id, course.owner_id):
+        # the other course is not named: it is not this instructor's to know (the admin sees it: 'labkit user show')
+        return (f"the account {user.username!r} is also enrolled in another instructor's course, so only an admin "
+                f"may issue its link ('labkit user link {user.username}') or enrol it here ('labkit user enrol "
+                f"{user.username} {course.name}')")
     return None
 
 
@@ -71,7 +71,3 @@ def held_students(session: Session, course: Course) -> list[Held]:
         if user is not None and (reason := refusal(session, user, course)) is not None:
             held.append(Held(student.sid, reason))
     return held
-
-
-def _courses(names: list[str]) -> str:
-    return f"course {names[0]}" if len(names) == 1 else "courses " + ", ".join(names)
