@@ -36,6 +36,12 @@ class ConflictError(LabkitError):
     status = 409
 
 
+class NotYoursError(LabkitError):
+    """The caller may see the thing but not do this to it (an account that is not only their course's)."""
+
+    status = 403
+
+
 class ImageError(LabkitError):
     """Building, storing or verifying a base image failed."""
 

@@ -17,19 +17,22 @@ from web.state import services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: session keys: the user's id, and the stamp of their password (a changed password ends older sessions)
+#: session keys: the user's id, the stamp of their password (a changed password ends older sessions), and the
+#: secret of the server-side session row (logging out deletes the row: a copied cookie stops working)
 SESSION_USER = "uid"
 SESSION_STAMP = "stamp"
+SESSION_SECRET = "sid"
 
 
 def current_user() -> UserView | None:
-    """The logged-in user of this request (cached in ``g``), or None. A disabled user or a stale session is None."""
+    """The logged-in user of this request (cached in ``g``), or None. A disabled user, a stale session or one that
+    was logged out (its server-side row is gone) is None."""
     if "labkit_user" in g:
         return g.labkit_user
     user = None
-    uid = session.get(SESSION_USER)
+    uid, secret = session.get(SESSION_USER), session.get(SESSION_SECRET)
     if isinstance(uid, int):
-        found = services().accounts("web").get_by_id(uid)
+        found = services().accounts("web").get_by_session(uid, secret) if isinstance(secret, str) else None
         if found is not None and not found.disabled and found.stamp == session.get(SESSION_STAMP):
             user = found
         else:

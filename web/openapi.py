@@ -134,7 +134,7 @@ SCHEMAS: dict[str, Schema] = {
                            "machines": {"type": "array", "items": {"type": "string"}}, "bytes": {"type": "integer"}},
                           ("id", "course", "student", "lab", "created_at", "machines"), closed=False),
     "RosterReport": _object({key: {"type": "array", "items": {"type": "string"}}
-                             for key in ("added", "updated", "archived", "restored", "purged")},
+                             for key in ("added", "updated", "archived", "restored", "purged", "held")},
                             ("added", "updated", "archived", "restored", "purged")),
     "SessionBegun": _object({"course": {"type": "string"}, "session": {"type": "integer"},
                              "begun_at": {"type": "string"}}, ("course", "session", "begun_at"), closed=False),

@@ -94,6 +94,11 @@ def roster(app: App, name: str, csv_file: Path, purge: bool, as_json: bool) -> N
     for what, sids in dataclasses.asdict(report).items():
         click.echo(f"{what}: {len(sids)}" + (f" ({', '.join(sids[:20])}{' ...' if len(sids) > 20 else ''})"
                                              if sids else ""))
+    if report.held:
+        from labkit.cli.user import accounts
+
+        for held in accounts(app).held(name):
+            click.echo(f"held {held.sid}: {held.reason}", err=True)
 
 
 @command.command("owner")

@@ -60,17 +60,24 @@ def _problem_json(problem: LabProblem) -> dict[str, object]:
 @json_option
 @pass_app
 def validate(app: App, path: Path, as_json: bool) -> None:
-    """Report every problem of the lab at PATH (a folder or its lab.toml) as FILE:LINE: message; exit 1 if any."""
+    """Report every problem of the lab at PATH (a folder or its lab.toml) as FILE:LINE: message; exit 1 if any.
+    Warnings (a visible check that depends on a hidden one) go to stderr and do not change the exit code."""
+    from labkit.labs.loader import lab_warnings
+
     known = _known_images(app)
     problems = validate_lab(path, known_images=known)
+    warnings = [] if problems else lab_warnings(path, known_images=known)
     if as_json:
         echo_json({"path": str(path), "ok": not problems, "images_checked": known is not None,
-                   "problems": [_problem_json(p) for p in problems]})
+                   "problems": [_problem_json(p) for p in problems],
+                   "warnings": [_problem_json(w) for w in warnings]})
     else:
         if known is None:
             click.echo("note: no images are built, so image names were not checked", err=True)
         for problem in problems:
             click.echo(str(problem))
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
         if problems:
             click.echo(f"{len(problems)} problem(s) in {path}", err=True)
         else:

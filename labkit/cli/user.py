@@ -85,6 +85,52 @@ def disable(app: App, name: str, enable: bool) -> None:
     click.echo(f"{'enabled' if enable else 'disabled'} {name}")
 
 
+@command.command("link")
+@click.argument("name")
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
+              help="The web app's address as the user reaches it.")
+@pass_app
+def link(app: App, name: str, base_url: str) -> None:
+    """A one-time set-password link for user NAME, whatever courses they are in (an admin's reset)."""
+    made = accounts(app).admin_link(name)
+    click.echo(f"{base_url.rstrip('/')}/set-password/{made.token}")
+    click.echo(f"link for {name}, valid until {made.expires_at:%Y-%m-%d %H:%M} UTC; only the newest link works",
+               err=True)
+
+
+@command.command("enrol")
+@click.argument("name")
+@click.argument("course")
+@pass_app
+def enrol(app: App, name: str, course: str) -> None:
+    """Enrol account NAME in COURSE (its roster line NAME), even if another instructor's course has it too."""
+    courses = accounts(app).enrol(name, course)
+    click.echo(f"{name} is enrolled in {', '.join(courses)}" + (
+        "; no instructor can issue its links now, only 'labkit user link'" if len(courses) > 1 else ""))
+
+
+@command.command("show")
+@click.argument("name")
+@json_option
+@pass_app
+def show(app: App, name: str, as_json: bool) -> None:
+    """Show user NAME and the courses (with their owners) the account is enrolled in."""
+    service = accounts(app)
+    user = service.get(name)
+    courses = service.enrolments(name)
+    if as_json:
+        echo_json({"username": user.username, "role": user.role, "has_password": user.has_password,
+                   "disabled": user.disabled, "courses": [{"course": c, "owner": o} for c, o in courses]})
+        return
+    click.echo(f"{user.username} ({user.role}{', disabled' if user.disabled else ''}"
+               f"{'' if user.has_password else ', no password'})")
+    for course, owner in courses:
+        click.echo(f"  {course:<24} owner {owner or '(command line)'}")
+    owners = {o for _c, o in courses}
+    if len(owners) > 1:
+        click.echo("  shared by courses of different owners: only an admin issues its links", err=True)
+
+
 @command.group("token")
 def token() -> None:
     """API bearer tokens (for scripts that use /api/v1)."""
@@ -131,7 +177,9 @@ def token_list(app: App, name: str, as_json: bool) -> None:
 def show_links(app: App, course: str, students: list[str] | None, csv_file: Path | None, base_url: str,
                as_json: bool) -> None:
     """``labkit course links``: make the links, print them, and write them to a private CSV file if asked."""
-    links = accounts(app).create_links(course, students)
+    service = accounts(app)
+    links = service.create_links(course, students)
+    held = service.held(course) if students is None else []
     rows = [{"id": link.username, "name": link.name, "email": link.email,
              "url": f"{base_url.rstrip('/')}/set-password/{link.token}",
              "expires": link.expires_at.strftime("%Y-%m-%d %H:%M UTC")} for link in links]
@@ -148,5 +196,8 @@ def show_links(app: App, course: str, students: list[str] | None, csv_file: Path
         click.echo(f"{row['id']:<20} {row['url']}")
     click.echo(f"{len(rows)} links for course {course}, valid until {rows[0]['expires'] if rows else '-'}"
                + (f"; written to {csv_file}" if csv_file else "")
-               + ("" if rows else " (every active student can already log in; use --student ID for a new link)"),
+               + ("" if rows or held else " (every active student can already log in; use --student ID for a new "
+                                          "link)"),
                err=True)
+    for student in held:
+        click.echo(f"no link for {student.sid}: {student.reason}", err=True)

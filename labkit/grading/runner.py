@@ -15,6 +15,9 @@ from labkit.grading.result import CheckResult
 from labkit.labs.model import CheckDef, Lab
 from labkit.labs.render import render_check
 
+#: what a visible check says when a hidden check it depends on did not pass (issue 11: hidden checks stay hidden)
+HIDDEN_DEPENDENCY = "not checked: it needs an earlier step that did not pass"
+
 
 def grade(lab: Lab, checks: Sequence[CheckDef] | None, guests: Mapping[str, Any], params: Mapping[str, object],
           context: Mapping[str, object], include_hidden: bool = True) -> list[CheckResult]:
@@ -26,7 +29,8 @@ def grade(lab: Lab, checks: Sequence[CheckDef] | None, guests: Mapping[str, Any]
       ``include_hidden`` is false) still runs, so the dependency is honoured, but is not reported.
     - A check whose dependency did not pass (failed, only partly passed, or was itself skipped) does not run: it is
       reported failed with 0 points, and both its feedback and ``skipped_reason`` say which dependency (its own
-      ``feedback_fail`` would describe a check that never ran).
+      ``feedback_fail`` would describe a check that never ran). A visible check never names a hidden dependency:
+      it says `HIDDEN_DEPENDENCY`, the same whatever the hidden check's id, title or outcome.
     - Every problem becomes that check's failed result and the others still run: an unknown machine, a guest that
       does not answer or times out (each check's guest calls share its ``CheckDef.timeout``), a template that does
       not render, a broken grader.py, and (as a last resort) any other exception.
@@ -80,12 +84,15 @@ def _failed(check: CheckDef, feedback: str, evidence: str, skipped: str | None =
 
 def _grade_one(lab: Lab, check: CheckDef, index: int, guests: Mapping[str, Any], params: Mapping[str, object],
                context: Mapping[str, object], results: Mapping[str, CheckResult]) -> CheckResult:
+    hidden = {c.id for c in lab.checks if c.hidden}
     for dep in check.depends_on:
         earlier = results.get(dep)
         if earlier is None or not earlier.passed:
             why = ("is not a check of this lab" if dep not in {c.id for c in lab.checks} and earlier is None
                    else "has no result (dependency cycle)" if earlier is None else "did not pass")
             reason = f"not checked: it needs check {dep!r}, which {why}"
+            if dep in hidden and not check.hidden:  # a student sees this one: name neither the hidden check nor why
+                reason = HIDDEN_DEPENDENCY
             return _failed(check, reason, reason, skipped=reason)
     started = time.monotonic()
     try:

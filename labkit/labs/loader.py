@@ -521,3 +521,29 @@ def load_lab(path: Path | str, known_images: set[str] | None = None) -> Lab:
         rest = "".join(f"\n  {problem}" for problem in problems)
         raise LabFormatError(f"{len(problems)} problem(s) in the lab:{rest}", first.file, first.line)
     return lab
+
+
+def lab_warnings(path: Path | str, known_images: set[str] | None = None) -> list[LabProblem]:
+    """What a sound lab allows but its author probably did not mean (``lab validate`` prints them, exit code 0).
+    Empty when the lab has problems: those come first.
+
+    - A visible check that depends on a hidden one: when the hidden check does not pass, the student sees the
+      visible one skipped for "an earlier step" (the grader never names the hidden check), so they learn that some
+      hidden step failed.
+    """
+    lab, _problems = _load(path, known_images)
+    if lab is None:
+        return []
+    toml_file = _lab_file(Path(path))
+    locator = KeyLocator(toml_file.read_text(encoding="utf-8"))
+    hidden = {check.id for check in lab.checks if check.hidden}
+    warnings = []
+    for i, check in enumerate(lab.checks):
+        for dep in check.depends_on if not check.hidden else ():
+            if dep in hidden:
+                key = ("checks", i, "depends_on")
+                warnings.append(LabProblem(str(toml_file), locator.line(key), format_key(key),
+                                           f"visible check {check.id} depends on hidden check {dep}: when {dep} "
+                                           f"does not pass, students see {check.id} skipped because 'an earlier "
+                                           "step did not pass' (make both hidden, or neither, to say nothing)"))
+    return warnings

@@ -16,16 +16,27 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from labkit.config import Settings
-from labkit.errors import BadNameError, ConflictError, NotFoundError
+from labkit.errors import BadNameError, ConflictError, NotFoundError, NotYoursError
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.enrolments import Held, enrolled_courses, held_students, refusal
 from labkit.services.lookup import course_by_name
-from labkit.services.models import ApiToken, Assignment, Course, CourseLab, Machine, PasswordToken, Student, User
+from labkit.services.models import (
+    ApiToken,
+    Assignment,
+    Course,
+    CourseLab,
+    Machine,
+    PasswordToken,
+    Student,
+    User,
+    WebSession,
+)
 
 ROLES = ("instructor", "student")
 LINK_LIFETIME = dt.timedelta(days=7)
@@ -140,6 +151,11 @@ class OwnedMachine:
 #: the columns `_view` reads, without the ORM; built once (building a statement costs more than running it)
 _USER_BY_ID = select(User.id, User.username, User.role, User.password_hash, User.created_at,
                      User.disabled_at).where(User.id == bindparam("uid"))
+#: the same, only while the browser session (by the hash of its secret) is open
+_USER_BY_SESSION = _USER_BY_ID.join(WebSession, WebSession.user_id == User.id) \
+    .where(WebSession.token_hash == bindparam("digest"))
+#: how long a browser session lasts at most (the web app's cookie lifetime is the same)
+SESSION_LIFETIME = dt.timedelta(hours=12)
 
 
 def _view(user: User | Row[Any]) -> UserView:
@@ -195,6 +211,27 @@ class Accounts:
             user = connection.execute(_USER_BY_ID, {"uid": user_id}).one_or_none()
             return _view(user) if user is not None else None
 
+    # ---- browser sessions --------------------------------------------------------------------------------------
+    def open_session(self, user_id: int, lifetime: dt.timedelta = SESSION_LIFETIME) -> str:
+        """A new session's secret (for the cookie); sessions older than ``lifetime`` are deleted on the way."""
+        secret = secrets.token_urlsafe(32)
+        with self.db.transaction() as session:
+            session.execute(delete(WebSession).where(WebSession.created_at < _now() - lifetime))
+            session.add(WebSession(user_id=user_id, token_hash=hash_secret(secret)))
+        return secret
+
+    def close_session(self, secret: str) -> None:
+        """Logging out: the session's row goes, so the same cookie, copied or not, no longer logs anyone in."""
+        with self.db.transaction() as session:
+            session.execute(delete(WebSession).where(WebSession.token_hash == hash_secret(secret)))
+
+    def get_by_session(self, user_id: int, secret: str) -> UserView | None:
+        """The user of an open browser session (one plain row, asked at every page view), else None."""
+        with self.db.read_rows() as connection:
+            user = connection.execute(_USER_BY_SESSION, {"uid": user_id, "digest": hash_secret(secret)}) \
+                .one_or_none()
+            return _view(user) if user is not None else None
+
     def users(self) -> list[UserView]:
         with self.db.transaction() as session:
             return [_view(u) for u in session.scalars(select(User).order_by(User.role, User.username))]
@@ -233,8 +270,11 @@ class Accounts:
     def create_links(self, course: str, students: list[str] | None = None) -> list[PasswordLink]:
         """A new link for every active roster student of ``course`` who cannot log in yet (or only ``students``).
 
-        A student without an account gets one (username = student id, role student), linked from the roster line.
-        Older unused links of the same user stop working: only the newest link is valid.
+        This acts with the rights of the course's owner (`labkit.services.enrolments`): a student without an account
+        gets one (username = student id, role student), and a roster line is bound to an existing account only when
+        that account is the owner's. A named student whose account is not the owner's is refused with the reason
+        (nothing is made); without names, such held students are left out (`held` lists them). Older unused links
+        of the same user stop working: only the newest link is valid.
         """
         links: list[PasswordLink] = []
         now = _now()
@@ -247,35 +287,88 @@ class Accounts:
                     raise NotFoundError(f"course {course} has no active student {', '.join(unknown)}")
                 roster = [s for s in roster if s.sid in students]
             for student in roster:
-                user = self._student_user(session, student)
+                user, reason = self._student_user(session, found, student)
+                if user is None or reason is not None:
+                    if students is not None:
+                        raise NotYoursError(f"no link for {student.sid}: {reason}")
+                    continue
                 if user.password_hash is not None and students is None:
                     continue
-                for old in session.scalars(select(PasswordToken).where(PasswordToken.user_id == user.id,
-                                                                        PasswordToken.used_at.is_(None))):
-                    old.used_at = now
-                token = secrets.token_urlsafe(32)
-                expires = now + LINK_LIFETIME
-                session.add(PasswordToken(user_id=user.id, token_hash=hash_secret(token), expires_at=expires))
-                links.append(PasswordLink(username=user.username, name=student.name, email=student.email,
-                                          token=token, expires_at=expires))
+                links.append(self._new_link(session, user, student.name, student.email, now))
             record(session, self.actor, "links-create", course, f"{len(links)} links")
         return links
 
-    def _student_user(self, session: Session, student: Student) -> User:
+    def held(self, course: str) -> list[Held]:
+        """The course's roster lines whose account belongs to another instructor's course (or is an instructor)."""
+        with self.db.transaction() as session:
+            return held_students(session, course_by_name(session, course))
+
+    @staticmethod
+    def _new_link(session: Session, user: User, name: str, email: str, now: dt.datetime) -> PasswordLink:
+        for old in session.scalars(select(PasswordToken).where(PasswordToken.user_id == user.id,
+                                                                PasswordToken.used_at.is_(None))):
+            old.used_at = now
+        token = secrets.token_urlsafe(32)
+        expires = now + LINK_LIFETIME
+        session.add(PasswordToken(user_id=user.id, token_hash=hash_secret(token), expires_at=expires))
+        return PasswordLink(username=user.username, name=name, email=email, token=token, expires_at=expires)
+
+    def _student_user(self, session: Session, course: Course, student: Student) -> tuple[User | None, str | None]:
+        """The roster line's account (bound now if it is the owner's to bind, made if there is none), and why the
+        course's owner may not act for it (None: they may)."""
         if student.user_id is not None:
             user = session.get(User, student.user_id)
             assert user is not None
-            return user
+            return user, refusal(session, user, course)
         user = session.scalar(select(User).where(User.username == student.sid))
+        if user is not None and user.role != "student":
+            raise ConflictError(f"student id {student.sid!r} is already the username of an {user.role}; rename one")
         if user is None:
             user = User(username=check_username(student.sid), role="student")
             session.add(user)
             session.flush()
             record(session, self.actor, "user-create", user.username, "student (roster)")
-        elif user.role != "student":
-            raise ConflictError(f"student id {student.sid!r} is already the username of an instructor; rename one")
+        elif (reason := refusal(session, user, course)) is not None:
+            return None, reason
         student.user_id = user.id
-        return user
+        record(session, self.actor, "enrol", user.username, course.name)
+        session.flush()
+        return user, None
+
+    # ---- what only an admin does (the command line: ``labkit user ...``) ---------------------------------------
+    def admin_link(self, username: str) -> PasswordLink:
+        """A one-time link for any account (the admin's way to reset an account shared by courses)."""
+        with self.db.transaction() as session:
+            user = self._user(session, username)
+            link = self._new_link(session, user, "", "", _now())
+            record(session, self.actor, "link-admin", username)
+            return link
+
+    def enrol(self, username: str, course: str) -> list[str]:
+        """Bind the course's roster line ``username`` to the account of that name, whoever else it is enrolled with
+        (the admin has checked that it is the same person). Returns the courses the account is now enrolled in."""
+        with self.db.transaction() as session:
+            found = course_by_name(session, course)
+            user = self._user(session, username)
+            if user.role != "student":
+                raise ConflictError(f"user {username} is an {user.role}; only a student account joins a roster")
+            student = next((s for s in found.students if s.sid == username), None)
+            if student is None:
+                raise NotFoundError(f"course {course} has no student {username!r} on its roster; import it first")
+            if student.user_id not in (None, user.id):
+                raise ConflictError(f"the roster line {username} of course {course} is bound to another account")
+            student.user_id = user.id
+            record(session, self.actor, "enrol", username, f"{course} (admin)")
+            session.flush()
+            return [name for name, _owner in enrolled_courses(session, user.id)]
+
+    def enrolments(self, username: str) -> list[tuple[str, str | None]]:
+        """(course, owner's username or None) of every course the account is enrolled in."""
+        with self.db.transaction() as session:
+            user = self._user(session, username)
+            owners = {u.id: u.username for u in session.scalars(select(User).where(User.role == "instructor"))}
+            return [(name, owners.get(owner) if owner is not None else None)
+                    for name, owner in enrolled_courses(session, user.id)]
 
     def _link(self, session: Session, token: str) -> PasswordToken:
         link = session.scalar(select(PasswordToken).where(PasswordToken.token_hash == hash_secret(token)))

@@ -1,8 +1,10 @@
 """Reading the audit log of one course: what the instructor's dashboard shows (issue 5, "every state-changing action
 is recorded and visible to the instructor").
 
-An event belongs to a course when its target is the course itself, one of its students' machines, or one of its
-students (their ids are also their web usernames). Events are only read here; `labkit.services.audit` writes them.
+An event belongs to a course when its target is the course itself, or one of its students' machines. An account's
+events (its links, passwords, tokens; the target is the username) belong to a course only when the account is
+enrolled in that course alone: a student id that another course also lists, or an account shared by two courses, is
+not this course's to watch (issue 11). Events are only read here; `labkit.services.audit` writes them.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from labkit.services.db import Database
 from labkit.services.lookup import course_by_name
-from labkit.services.models import Assignment, CourseLab, Event, Machine, Student
+from labkit.services.models import Assignment, CourseLab, Event, Machine, Student, User
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,13 @@ class AuditView:
             found = course_by_name(session, course)
             machines = select(Machine.name).join(Assignment, Assignment.machine_id == Machine.id) \
                 .join(CourseLab, Assignment.course_lab_id == CourseLab.id).where(CourseLab.course_id == found.id)
-            students = select(Student.sid).where(Student.course_id == found.id)
+            elsewhere = aliased(Student)
+            accounts = select(User.username).join(Student, Student.user_id == User.id) \
+                .where(Student.course_id == found.id,
+                       ~select(elsewhere.id).where(elsewhere.user_id == User.id,
+                                                   elsewhere.course_id != found.id).exists())
             query = (select(Event).where((Event.target == course) | Event.target.in_(machines)
-                                         | Event.target.in_(students))
+                                         | Event.target.in_(accounts))
                      .order_by(Event.id.desc()).limit(max(1, min(limit, 1000))))
             if before is not None:
                 query = query.where(Event.id < before)

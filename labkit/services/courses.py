@@ -35,6 +35,7 @@ from labkit.runtime.base import Forward
 from labkit.services import starting
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.enrolments import held_students
 from labkit.services.lookup import course_by_name
 from labkit.services.machines import LIVE, Machines, SeedContent
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
@@ -51,6 +52,8 @@ class RosterReport:
     archived: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
+    #: listed students whose account belongs to another instructor's course: not enrolled here until an admin does
+    held: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ class Courses:
                         to_purge += [a.vm.name for a in student.assignments]
                         submitted.append(student_folder(self.settings, course.id, student.id))
                         report.purged.append(sid)
+                report.held.extend(h.sid for h in held_students(session, course))
                 record(session, self.actor, "roster-import", name,
                        f"+{len(report.added)} ~{len(report.updated)} -{len(report.archived)} "
                        f"restored {len(report.restored)} purged {len(report.purged)}")

@@ -332,6 +332,18 @@ class PasswordToken(Base):
     user: Mapped[User] = relationship()
 
 
+class WebSession(Base):
+    """A logged-in browser session: the cookie holds its secret, only the SHA-256 is stored. Logging out deletes the
+    row, so a copied cookie stops working (the cookie alone is signed, not revocable)."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
 class ApiToken(Base):
     """A bearer token for the JSON API: only the SHA-256 of its secret is stored; shown once when created."""
 

@@ -205,3 +205,47 @@ def test_uploads_over_one_mebibyte_are_refused(client: FlaskClient) -> None:
 def test_anonymous_is_sent_to_login(client: FlaskClient, path: str) -> None:
     answer = client.get(path)
     assert answer.status_code == 302 and answer.headers["Location"] == f"/login?next={path}"
+
+
+def test_logging_out_ends_the_session_on_the_server(app: Flask, client: FlaskClient,
+                                                    make_student: Callable[..., UserView], login: Login) -> None:
+    """A cookie copied before logging out (a shared computer, a stolen cookie) no longer logs anyone in."""
+    make_student("c1", "alice")
+    login(client, "alice")
+    cookie = client.get_cookie("labkit_session")
+    assert cookie is not None and client.get("/my/").status_code == 200
+    thief = app.test_client()
+    thief.set_cookie("labkit_session", cookie.value)
+    assert thief.get("/my/").status_code == 200  # the copy works while the session is open
+    other = app.test_client()  # the same user in another browser stays logged in
+    login(other, "alice")
+    out = client.post("/logout", data={"csrf_token": csrf_token(client, "/my/")})
+    assert out.status_code == 302 and out.headers["Location"] == "/login"
+    replay = app.test_client()
+    replay.set_cookie("labkit_session", cookie.value)
+    answer = replay.get("/my/")
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/login?next=/my/")
+    assert thief.get("/my/").status_code == 302
+    assert other.get("/my/").status_code == 200
+
+
+def test_a_user_changes_their_own_password(app: Flask, client: FlaskClient, make_student: Callable[..., UserView],
+                                           login: Login) -> None:
+    """The account itself may change its password (the only one besides an admin, for an account two instructors'
+    courses share): the current password is needed, and the user's other sessions end."""
+    make_student("c1", "alice")
+    assert client.get("/password").headers["Location"].startswith("/login?next=/password")
+    login(client, "alice")
+    other = app.test_client()
+    login(other, "alice")
+    token = csrf_token(client, "/password")
+    wrong = client.post("/password", data={"current": "not it at all", "password": "a new password",
+                                           "confirm": "a new password", "csrf_token": token})
+    assert wrong.status_code == 400 and "The current password is wrong." in wrong.get_data(as_text=True)
+    done = client.post("/password", data={"current": PASSWORD, "password": "a new password",
+                                          "confirm": "a new password", "csrf_token": token})
+    assert done.status_code == 302 and done.headers["Location"] == "/my/"
+    assert client.get("/my/").status_code == 200  # this browser stays logged in
+    assert other.get("/my/").status_code == 302  # the other one is logged out
+    accounts = state(app).accounts("test")
+    assert accounts.verify("alice", "a new password") is not None and accounts.verify("alice", PASSWORD) is None

@@ -31,13 +31,14 @@ def app() -> Iterator[Flask]:
 
 
 def logged_in(app: Flask, username: str, role: str) -> FlaskClient:
-    from web.access import SESSION_STAMP, SESSION_USER
+    from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 
     state = app.extensions["labkit"]
     user = Accounts(state.settings, state.db, "test").create_user(username, role, PASSWORD)
     client = app.test_client()
     with client.session_transaction() as session:
         session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
+        session[SESSION_SECRET] = Accounts(state.settings, state.db, "test").open_session(user.id)
     return client
 
 

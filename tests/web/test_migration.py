@@ -56,3 +56,30 @@ def test_upgrade_to_0005_keeps_jobs_and_downgrades(web_settings: Settings) -> No
         assert connection.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     engine.dispose()
+
+
+def test_upgrade_to_0007_adds_web_sessions_and_downgrades(web_settings: Settings) -> None:
+    engine = make_engine(web_settings)
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users (id, username, role, created_at) "
+                                "VALUES (1, 'alice', 'student', '2026-01-01')"))
+    engine.dispose()
+    db = Database(web_settings)
+    with db.engine.begin() as connection:
+        connection.execute(text("INSERT INTO web_sessions (user_id, token_hash, created_at) "
+                                "VALUES (1, 'h', '2026-01-01')"))
+        assert connection.execute(text("SELECT username FROM users")).scalar() == "alice"
+    db.close()
+    engine = make_engine(web_settings)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM users")).scalar() == 1
+        assert "web_sessions" not in {row[0] for row in connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    engine.dispose()

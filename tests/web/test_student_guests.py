@@ -23,7 +23,7 @@ from labkit.services.accounts import Accounts
 from labkit.services.courses import Courses
 from labkit.services.models import Machine
 from web import create_app
-from web.access import SESSION_STAMP, SESSION_USER
+from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
 
 pytestmark = pytest.mark.guest
@@ -68,6 +68,7 @@ def alice(site: Site) -> FlaskClient:
     client = site.app.test_client()
     with client.session_transaction() as session:
         session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
+        session[SESSION_SECRET] = site.state.accounts("test").open_session(user.id)
     return client
 
 

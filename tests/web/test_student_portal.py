@@ -25,7 +25,7 @@ from labkit.services.accounts import Accounts
 from labkit.services.courses import Courses
 from labkit.services.models import Event
 from web import create_app
-from web.access import SESSION_STAMP, SESSION_USER
+from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
@@ -78,6 +78,7 @@ def client_of(site: Site, username: str | None) -> FlaskClient:
         user = site.state.accounts("test").get(username)
         with client.session_transaction() as session:
             session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
+            session[SESSION_SECRET] = site.state.accounts("test").open_session(user.id)
     return client
 
 

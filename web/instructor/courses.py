@@ -111,7 +111,9 @@ def roster(course: str) -> ResponseReturnValue:
 
 def _report_rows(report: RosterReport) -> list[tuple[str, list[str]]]:
     return [("added", report.added), ("updated", report.updated), ("archived (no longer listed; their work is "
-            "kept)", report.archived), ("restored", report.restored)]
+            "kept)", report.archived), ("restored", report.restored),
+            ("held (their account is in another instructor's course: not enrolled here, no links; an admin enrols "
+             "them with 'labkit user enrol')", report.held)]
 
 
 @bp.post("/courses/<course>/links")
@@ -125,6 +127,9 @@ def links(course: str) -> ResponseReturnValue:
     except LabkitError as err:
         flash(f"No links were made: {err}.", "error")
         return redirect(url_for("instructor.course", course=owned.name))
+    if not student:
+        for held in services().accounts(actor()).held(owned.name):
+            flash(f"No link for {held.sid}: {held.reason}.", "error")
     rows = [_link_row(link) for link in made]
     if request.form.get("format") == "csv":
         response = make_response(to_csv(LINK_COLUMNS, [[row[c] for c in LINK_COLUMNS] for row in rows]))

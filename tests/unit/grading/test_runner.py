@@ -121,3 +121,18 @@ def test_intro_shell_example_lab_against_a_stand_in_machine() -> None:
     assert len(results) == len(lab.checks)
     assert len(grade(lab, None, {machine: guest}, params, context, include_hidden=False)) == \
         len([c for c in lab.checks if not c.hidden])
+
+
+def test_a_visible_check_never_names_a_hidden_dependency() -> None:
+    """Issue 11: 'needs check 'hidden-gate', which did not pass' told students the hidden check's id and result."""
+    lab = two_machine_lab(cmd("hidden-gate", "false", hidden=True, title="The secret gate"),
+                          cmd("shown", "true", depends_on=("hidden-gate",)),
+                          cmd("also-hidden", "true", hidden=True, depends_on=("hidden-gate",)))
+    a = StandInGuest("a", commands={"true": ok(b""), "false": ok(b"", 1)})
+    for include_hidden in (False, True):
+        shown = next(r for r in grade(lab, None, {"a": a}, {}, CONTEXT, include_hidden) if r.check_id == "shown")
+        assert shown.skipped_reason == shown.feedback == shown.evidence == \
+            "not checked: it needs an earlier step that did not pass"
+    # the instructor's hidden checks keep the exact reason
+    also = grade(lab, None, {"a": a}, {}, CONTEXT)[2]
+    assert also.skipped_reason == "not checked: it needs check 'hidden-gate', which did not pass"

@@ -183,3 +183,37 @@ def test_validate_stops_a_runaway_template_in_seconds(cli_env: dict[str, str], t
     [only] = done.stdout.splitlines()
     assert only.startswith(f"{instructions}:{line}: {says}"), only
     assert "Traceback" not in done.stdout + done.stderr
+
+
+GATED = """
+[[checks]]
+id = "hidden-gate"
+title = "The secret gate"
+kind = "command"
+command = "true"
+hidden = true
+
+[[checks]]
+id = "after-gate"
+title = "After the gate"
+kind = "command"
+command = "true"
+depends_on = ["hidden-gate"]
+"""
+
+
+def test_validate_warns_about_a_visible_check_that_depends_on_a_hidden_one(cli_env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text() + GATED)
+    code, out, err = run(cli_env, "lab", "validate", str(lab))
+    assert code == 0 and out == f"ok: {lab}\n"  # a warning, not a problem
+    line = line_of(toml, 'depends_on = ["hidden-gate"]')
+    assert f"warning: {toml}:{line}: checks[9].depends_on: visible check after-gate depends on hidden check " \
+           "hidden-gate" in err
+    code, out, _err = run(cli_env, "lab", "validate", "--json", str(lab))
+    found = json.loads(out)
+    assert code == 0 and found["ok"] and [w["key"] for w in found["warnings"]] == ["checks[9].depends_on"]
+    assert json.loads(run(cli_env, "lab", "validate", "--json", str(LABS / "intro-shell"))[1])["warnings"] == []
