@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
 from .conftest import state
 from .test_api import World, world  # noqa: F401  (the shared fixture)
 
-#: requests per operation: about 30 operations, so some 1,200 requests in all
-EXAMPLES = 40
+#: requests per operation: about 30 operations, so some 1,800 requests in all
+EXAMPLES = 60
 CALLERS = ("teacher", "other", "alice", "carol")
 POSITIVE_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
                    response_headers_conformance, response_schema_conformance]
