@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.errors import ConfigError
+
 #: The repository's own recipe folder, when labkit runs from a checkout.
 _CHECKOUT_RECIPES = Path(__file__).resolve().parent.parent / "base_images"
 
@@ -54,12 +56,24 @@ class Settings:
         return self.home / "seeds"
 
     def ensure(self) -> None:
-        """Create the state folders (private to the user: they hold keys and students' work)."""
-        for path in (self.home, self.images, self.overlays, self.snapshots, self.submissions, self.logs, self.keys,
-                     self.seeds, self.run_dir, self.cache):
-            path.mkdir(parents=True, exist_ok=True)
-        self.home.chmod(0o700)
-        self.keys.chmod(0o700)
+        """Create the state folders (private to the user: they hold keys and students' work).
+
+        A home that cannot be written (a read-only disk, a file where the folder should be, another user's folder) is
+        a `ConfigError` that names the folder, not a traceback from deep inside the first command that needed it.
+        """
+        try:
+            for path in (self.home, self.images, self.overlays, self.snapshots, self.submissions, self.logs,
+                         self.keys, self.seeds, self.run_dir, self.cache):
+                path.mkdir(parents=True, exist_ok=True)
+            for path in (self.home, self.keys):
+                if path.stat().st_mode & 0o777 != 0o700:
+                    path.chmod(0o700)
+        except OSError as err:
+            raise ConfigError(f"LABKIT_HOME {self.home} cannot be used: {err.strerror or err} "
+                              f"({err.filename}); point LABKIT_HOME at a folder you can write") from err
+        if not os.access(self.home, os.W_OK):
+            raise ConfigError(f"LABKIT_HOME {self.home} cannot be written (a read-only disk or another user's "
+                              "folder); point LABKIT_HOME at a folder you can write")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -47,6 +47,10 @@ def secret_key(settings: Settings) -> str:
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    from web.ids import IdConverter
+
+    # before any route is added: every <int:...> in a URL is bounded to what a row id can be
+    app.url_map.converters["int"] = IdConverter
     config = dict(test_config or {})
     settings: Settings = config.pop("LABKIT_SETTINGS", None) or Settings.from_env()
     settings.ensure()

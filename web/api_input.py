@@ -40,6 +40,8 @@ def json_body(fields: dict[str, Field]) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise BadRequest(f"the body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") \
                 from err
+        except RecursionError as err:  # no route takes nested values: a deep body is never a real request
+            raise BadRequest("the body is nested too deeply: send a flat JSON object") from err
     if not isinstance(data, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(data).__name__}")
     unknown = sorted(set(data) - set(fields))

@@ -46,8 +46,14 @@ class LogoutForm(FlaskForm):
 
 
 def safe_next(target: str | None) -> str | None:
-    """Only a path on this site (no scheme, no host, no "//evil"): an open redirect would make phishing easy."""
+    """Only a path on this site (no scheme, no host, no "//evil"): an open redirect would make phishing easy.
+
+    Control characters and spaces are refused too: CR/LF in a Location header would be a header injection (werkzeug
+    refuses it with a 500), and browsers drop tabs and newlines from URLs, so "/<tab>/evil" would become "//evil".
+    """
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in target):
         return None
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else None

@@ -176,7 +176,7 @@ class ConsoleRelay:
     def _control(self, sock: socket.socket, ws: WebSocketLike, text: str) -> None:
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested a hundred thousand deep
             message = None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "input" and isinstance(message.get("data"), str):

@@ -8,6 +8,7 @@ they propagate).
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
@@ -31,8 +32,13 @@ MESSAGES = {
 }
 
 
+#: the routes that answer JSON: the API, the job progress polled by the pages, and the .json views
+_JSON_PATHS = re.compile(r"/api/|/jobs/|/teach/courses/[^/]+/jobs/|.*\.json$")
+
+
 def wants_json() -> bool:
-    return request.path.startswith("/api/")
+    """Errors on a JSON route are JSON too, even when no view matched (``/jobs/<an id past 2**63>``)."""
+    return _JSON_PATHS.match(request.path) is not None
 
 
 def answer(message: str, status: int) -> ResponseReturnValue:

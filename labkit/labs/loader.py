@@ -81,13 +81,21 @@ class LabProblem:
 
 
 def parse_key(text: str) -> KeyPath:
-    """``checks[2].regex`` -> ``("checks", 2, "regex")`` (the inverse of `format_key` for labkit's own keys)."""
+    """``checks[2].regex`` -> ``("checks", 2, "regex")`` (the inverse of `format_key` for labkit's own keys).
+
+    A part holding a lab's own name with "[" in it (an unknown option ``"x["``) is kept whole as a name: the problem is
+    then reported at its table's line, and never lost to a ValueError.
+    """
     path: list[str | int] = []
     for part in filter(None, text.split(".")):
         name, *indexes = part.split("[")
+        numbers = [i[:-1] for i in indexes]
+        if not all(i.endswith("]") and n.isdecimal() and n.isascii() for i, n in zip(indexes, numbers, strict=True)):
+            path.append(part)
+            continue
         if name:
             path.append(name)
-        path.extend(int(i.rstrip("]")) for i in indexes)
+        path.extend(int(n) for n in numbers)
     return tuple(path)
 
 

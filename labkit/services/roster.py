@@ -14,6 +14,9 @@ from labkit.errors import RosterError
 _SID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 MAX_BYTES = 2 << 20
 COLUMNS = ("id", "name", "email")
+#: the longest name or email the database keeps (models.Student)
+MAX_FIELD = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,17 @@ class RosterEntry:
     line: int
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """A value quoted in a message: a hostile 100 KiB cell must not become a 100 KiB error line."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def check_student_id(sid: str, where: str = "student id") -> str:
     if not sid:
         raise RosterError(f"{where} is empty")
     if ".." in sid or not _SID.fullmatch(sid):
-        raise RosterError(f"{where} {sid!r} may only hold ASCII letters, digits, '.', '_' and '-' (at most 64, "
-                          "starting and ending with a letter or digit, no '..')")
+        raise RosterError(f"{where} {shorten(sid)!r} may only hold ASCII letters, digits, '.', '_' and '-' "
+                          "(at most 64, starting and ending with a letter or digit, no '..')")
     return sid
 
 
@@ -43,7 +51,11 @@ def parse_roster(data: bytes, file: str = "roster.csv") -> list[RosterEntry]:
         line = data[: err.start].count(b"\n") + 1
         raise RosterError(f"not UTF-8 (byte {err.start} cannot be decoded); save the file as UTF-8", file, line) \
             from err
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as err:  # a field over csv's limit (128 KiB): no name or email is that long
+        raise RosterError(f"cannot be read as CSV: {err}", file, reader.line_num or 1) from err
     problems: list[tuple[int, str]] = []
     entries: list[RosterEntry] = []
     seen: dict[str, int] = {}
@@ -63,7 +75,11 @@ def parse_roster(data: bytes, file: str = "roster.csv") -> list[RosterEntry]:
         if sid in seen:
             problems.append((line, f"student id {sid!r} is already on line {seen[sid]}"))
         elif email and "@" not in email:
-            problems.append((line, f"email {email!r} has no '@'"))
+            problems.append((line, f"email {shorten(email)!r} has no '@'"))
+        elif len(name) > MAX_FIELD or len(email) > MAX_FIELD:
+            problems.append((line, f"a name or email is longer than {MAX_FIELD} characters"))
+        elif _CONTROL.search(name + email):
+            problems.append((line, "a name or email holds a control character (a line break, a tab, a NUL ...)"))
         else:
             seen[sid] = line
             entries.append(RosterEntry(sid, name, email, line))

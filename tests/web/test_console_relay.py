@@ -212,6 +212,10 @@ def test_new_tab_sees_recent_output_and_resize_and_ping_are_answered(access: Con
     assert "cols" in str(late.ws.wait_control("error")["message"])
     late.ws.control({"type": "ping"})
     late.ws.wait_control("pong")
+    # arrays nested 100,000 deep are "not a control message", not a RecursionError that ends the relay
+    late.ws.inbox.put("[" * 100_000 + "]" * 100_000)
+    late.ws.wait(lambda: sum(c["type"] == "error" for c in late.ws.controls()) == 2, what="a second error message")
+    assert "must be JSON" in str([c for c in late.ws.controls() if c["type"] == "error"][-1]["message"])
 
     # The relay still works after the control messages.
     line, mark = command("echo after-resize")

@@ -7,6 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from labkit.services.audit_view import AuditView
 from web.access import instructor_required, owned_course_or_404
+from web.ids import record_id
 from web.instructor import bp
 from web.state import services
 
@@ -18,7 +19,7 @@ PAGE = 100
 def audit(course: str) -> ResponseReturnValue:
     """Newest first, ``PAGE`` events a page; ``?before=<event id>`` pages back."""
     owned = owned_course_or_404(course)
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=record_id)
     events = AuditView(services().db).course_events(owned.name, limit=PAGE, before=before)
     older = events[-1].id if len(events) == PAGE else None
     return render_template("instructor/audit.html", course=owned.name, events=events, older=older, before=before)

@@ -24,6 +24,7 @@ from labkit.services.course_view import CourseView
 from labkit.services.courses import RESET_EACH_SESSION, RosterReport
 from web.access import actor, current_user, instructor_required, owned_course_or_404
 from web.errors import answer
+from web.ids import record_id
 from web.instructor import bp
 from web.instructor.actions import course_jobs
 from web.state import services
@@ -70,7 +71,7 @@ def course_context(owned: OwnedCourse) -> dict[str, Any]:
             "archived": summary["archived_students"], "machines": len(machines),
             "running": sum(1 for m in machines if m["state"] == "running"),
             "session": CourseView(services().db).open_session(owned.name), "jobs": course_jobs(owned),
-            "follow": request.args.get("job", type=int), "each_session": RESET_EACH_SESSION,
+            "follow": request.args.get("job", type=record_id), "each_session": RESET_EACH_SESSION,
             "upload_limit": size_text(current_app.config.get("MAX_CONTENT_LENGTH") or 0)}
 
 

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from labkit.grading.report import cell, to_csv
 from labkit.progress import Reporter
 from web.access import actor, instructor_required, owned_course_or_404
+from web.ids import record_id
 from web.instructor import bp
 from web.instructor.actions import course_jobs, started, submit
 from web.state import services
@@ -36,7 +37,7 @@ def grades(course: str) -> ResponseReturnValue:
                            person=_PERSON, totals=_TOTALS, rates=rates,
                            titles={f"{r['lab']}:{r['check']}": r["title"] for r in rates},
                            runs=grading.runs(owned.name), labs=labs,
-                           jobs=course_jobs(owned), follow=request.args.get("job", type=int))
+                           jobs=course_jobs(owned), follow=request.args.get("job", type=record_id))
 
 
 @bp.post("/courses/<course>/grade")

@@ -16,6 +16,7 @@ from labkit.services.accounts import OwnedCourse
 from labkit.services.course_view import CourseView
 from labkit.services.courses import RESET_EACH_SESSION
 from web.access import actor, instructor_required, owned_course_or_404, owned_machine_or_404
+from web.ids import record_id
 from web.instructor import bp
 from web.instructor.actions import course_jobs
 from web.state import services
@@ -61,7 +62,7 @@ def grid(course: str) -> ResponseReturnValue:
     summary = services().courses(actor()).show(owned.name)
     return render_template("instructor/grid.html", course=owned.name, grid=data, cells=by_key, poll_ms=POLL_MS,
                            labs=summary["labs"], each_session=RESET_EACH_SESSION, jobs=course_jobs(owned),
-                           follow=request.args.get("job", type=int),
+                           follow=request.args.get("job", type=record_id),
                            session=CourseView(services().db).open_session(owned.name))
 
 
