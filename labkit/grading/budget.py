@@ -51,6 +51,11 @@ class BudgetedGuest:
         return getattr(self._guest, "forwards", {}) or {}
 
     @property
+    def running(self) -> bool:
+        """Whether the machine was running when its handle was opened (a stopped one is read offline)."""
+        return bool(getattr(self._guest, "running", True))
+
+    @property
     def inside_transport(self) -> str:
         """The transport that reaches inside the guest: SSH when the handle has it, else the console."""
         return "ssh" if getattr(self._guest, "ssh", None) is not None else "console"

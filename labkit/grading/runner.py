@@ -26,7 +26,10 @@ def grade(lab: Lab, checks: Sequence[CheckDef] | None, guests: Mapping[str, Any]
       ``include_hidden`` is false) still runs, so the dependency is honoured, but is not reported.
     - A check whose dependency did not pass (failed, only partly passed, or was itself skipped) does not run: it is
       reported failed with 0 points, and both its feedback and ``skipped_reason`` say which dependency (its own
-      ``feedback_fail`` would describe a check that never ran).
+      ``feedback_fail`` would describe a check that never ran). A check whose dependency could not be checked
+      (`CheckResult.unchecked`) is not checked either.
+    - A guest that labkit cannot look into (stopped while the check needs it running, never started,
+      unreachable) makes the check "not checked" (`CheckResult.unchecked`), never failed.
     - Every problem becomes that check's failed result and the others still run: an unknown machine, a guest that
       does not answer or times out (each check's guest calls share its ``CheckDef.timeout``), a template that does
       not render, a broken grader.py, and (as a last resort) any other exception.
@@ -82,6 +85,10 @@ def _grade_one(lab: Lab, check: CheckDef, index: int, guests: Mapping[str, Any],
                context: Mapping[str, object], results: Mapping[str, CheckResult]) -> CheckResult:
     for dep in check.depends_on:
         earlier = results.get(dep)
+        if earlier is not None and earlier.unchecked is not None:  # nothing is known: neither is this one
+            reason = f"not checked: it needs check {dep!r}, which could not be checked ({earlier.unchecked})"
+            return CheckResult(check.id, False, 0.0, float(check.points), reason, reason, "", 0.0,
+                               unchecked=earlier.unchecked)
         if earlier is None or not earlier.passed:
             why = ("is not a check of this lab" if dep not in {c.id for c in lab.checks} and earlier is None
                    else "has no result (dependency cycle)" if earlier is None else "did not pass")

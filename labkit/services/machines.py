@@ -400,12 +400,27 @@ class Machines:
                                  status.state)
             yield session, machine
 
-    def reset(self, name: str) -> MachineView:
-        """Throw away every change in the machine's overlay (explicit, recorded)."""
+    def reset(self, name: str, discard: bool = False) -> MachineView:
+        """Give the machine an empty overlay (explicit, recorded). The old overlay is kept as a snapshot named
+        ``before-reset-<time>`` unless ``discard`` or it holds nothing: a reset never loses work without a record."""
         with self._stopped(name, "reset") as (session, machine):
             image_service.require_intact(session, self.settings, machine.image)
-            get_overlay(machine.overlay_kind).reset(Path(machine.overlay_path), Path(machine.image.path))
-            record(session, self.actor, "reset", name, "overlay replaced by an empty one")
+            overlay = get_overlay(machine.overlay_kind)
+            kept = ""
+            path = Path(machine.overlay_path)
+            if not discard and path.exists() and overlay.info(path).allocated_bytes:
+                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dt%H%M%S")
+                taken = {s.name for s in machine.snapshots}
+                keep = next(f"before-reset-{stamp}{suffix}" for suffix in ("", *(f"-{i}" for i in range(2, 99)))
+                            if f"before-reset-{stamp}{suffix}" not in taken)
+                dest = self._snapshot_dir(name) / f"{keep}.cow"
+                size, _how = self._copy_overlay(session, machine, dest, "reset")
+                machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size))
+                record(session, self.actor, "snapshot", name, f"{keep} (kept before a reset)")
+                kept = f"; the old one is kept as snapshot {keep}"
+            overlay.reset(path, Path(machine.image.path))
+            record(session, self.actor, "reset", name, "overlay replaced by an empty one"
+                   + (kept or ("; the old one was discarded" if discard else "")))
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
 
     def snapshot(self, name: str, snapshot: str) -> MachineView:

@@ -86,7 +86,8 @@ def _submit_job(found: Membership, sid: str, lab: str | None) -> ResponseReturnV
     service = Submissions(services().settings, services().db, scope.user().username)
     course = found.course
     return submit("submit", f"submit:{course}/{sid}" + (f"/{lab}" if lab else ""),
-                  lambda progress: {"submissions": [_submission_json(s) for s in service.submit(course, sid, lab)]},
+                  lambda progress: {"submissions": [_submission_json(s, graded=found.is_owner)
+                                                    for s in service.submit(course, sid, lab)]},
                   found.course_id)
 
 
@@ -129,15 +130,21 @@ def _grade_json(grade: StudentGrade, hidden: bool) -> dict[str, Any]:
             continue
         check: dict[str, Any] = {"id": r.check_id, "title": grade.titles.get(r.check_id, r.check_id),
                                  "passed": r.passed, "points": r.points, "max_points": r.max_points,
-                                 "feedback": r.feedback, "skipped_reason": r.skipped_reason}
+                                 "feedback": r.feedback, "skipped_reason": r.skipped_reason,
+                                 "not_checked": r.unchecked}
         if hidden:
             check.update(hidden=r.check_id in grade.hidden, evidence=r.evidence)
         checks.append(check)
     return {"student": grade.student, "lab": grade.lab, "points": grade.points, "max_points": grade.max_points,
             "passed": grade.passed, "graded_at": grade.graded_at.isoformat(), "source": grade.source,
-            "checks": checks}
+            "complete": grade.complete, "not_graded_because": grade.why_not_graded or None, "checks": checks}
 
 
-def _submission_json(s: SubmissionView) -> dict[str, Any]:
-    return {"id": s.id, "course": s.course, "student": s.student, "lab": s.lab,
-            "created_at": s.created_at.isoformat(), "machines": s.machines, "bytes": s.bytes}
+def _submission_json(s: SubmissionView, graded: bool = False) -> dict[str, Any]:
+    """A submission; with ``graded`` (the instructor) the grade stored with it, hidden checks included."""
+    found = {"id": s.id, "course": s.course, "student": s.student, "lab": s.lab,
+             "created_at": s.created_at.isoformat(), "machines": s.machines, "bytes": s.bytes}
+    if graded:
+        found.update(points=s.points, max_points=s.max_points, not_checked=s.not_checked,
+                     not_graded_because=s.graded_note or None)
+    return found
