@@ -113,6 +113,8 @@ class BookEntry:
     grade: StudentGrade | None
     #: "best of 3 grades: live of 2026-12-07 14:02:11 UTC", or "not graded: 2 of 6 checks could not be checked: ..."
     note: str
+    #: the check ids of the latest run (the gradebook's detail columns, graded or not)
+    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -417,8 +419,9 @@ class Grading:
             for course_lab in labs:
                 ids: dict[str, None] = {}
                 for (_, lab_id), entry in book.items():
-                    if lab_id == course_lab.lab_id and entry.grade is not None:
-                        ids.update(dict.fromkeys(r.check_id for r in entry.grade.results))
+                    if lab_id == course_lab.lab_id:
+                        ids.update(dict.fromkeys(entry.checks))
+                        ids.update(dict.fromkeys(r.check_id for r in entry.grade.results) if entry.grade else {})
                 check_columns[course_lab.lab_id] = list(ids)
             columns = ["student", "name", "email", "archived"]
             for course_lab in labs:
@@ -531,13 +534,14 @@ def choose(grades: Sequence[StudentGrade], policy: str) -> BookEntry:
     submission's grade (of the submissions whose grade is complete).
     """
     last = grades[-1]
+    checks = tuple(r.check_id for r in last.results)
     complete = [g for g in grades if g.complete]
     if policy == "submission":
         complete = [g for g in complete if g.kind == SUBMIT]
     if not complete:
         incomplete = [g for g in grades if not g.complete and (policy != "submission" or g.kind == SUBMIT)]
         why = incomplete[-1].why_not_graded if incomplete else "no submission was graded"
-        return BookEntry(last.student, last.lab, policy, None, f"not graded: {why}")
+        return BookEntry(last.student, last.lab, policy, None, f"not graded: {why}", checks)
     if policy == "best":
         chosen = max(reversed(complete), key=lambda g: g.points)  # reversed: the latest wins a tie
         how = f"best of {len(complete)} grades"
@@ -547,7 +551,7 @@ def choose(grades: Sequence[StudentGrade], policy: str) -> BookEntry:
     note = f"{policy}: {how}: {chosen.source} (run {chosen.run_id}, {chosen.graded_at:%Y-%m-%d %H:%M:%S} UTC)"
     if grades[-1] is not chosen and not grades[-1].complete:
         note += f"; the last run could not check everything ({grades[-1].why_not_graded})"
-    return BookEntry(chosen.student, chosen.lab, policy, chosen, note)
+    return BookEntry(chosen.student, chosen.lab, policy, chosen, note, checks)
 
 
 def _latest_submission(session: Session, student_pk: int, lab_pk: int) -> Submission | None:

@@ -80,7 +80,7 @@ def test_reset_one_student_needs_confirmation(teaching: Teaching) -> None:
     job = job_of(post(teaching.teacher, "/teach/courses/c1/reset-student", student="alice", confirm="yes",
                       back="grid"))
     found = finish(teaching, teaching.teacher, job)
-    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1}
+    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1, "submitted": 0}  # never started: nothing to keep
     with state(teaching.app).db.transaction() as session:
         resets = [(e.actor, e.target) for e in session.query(Event).filter(Event.action == "reset")]
     assert resets == [("teacher", teaching.machines["alice"])]
@@ -115,16 +115,22 @@ def test_csrf_missing_or_forged_starts_nothing(teaching: Teaching) -> None:
 
 
 def test_grading_stopped_machines_fills_the_grades_page(teaching: Teaching) -> None:
-    """Stopped machines are graded offline (from their disks): the job, the gradebook, pass rates, runs, CSV."""
+    """Machines never started cannot be graded: the job runs, and the gradebook says "not graded" with the reason
+    (empty cells, never 0); the runs are kept."""
     job = job_of(post(teaching.teacher, "/teach/courses/c1/grade", back="grades"))
     found = finish(teaching, teaching.teacher, job)
     assert found["state"] == "done", found
-    assert found["result"]["graded"] == 2  # type: ignore[index]
+    assert found["result"]["graded"] == 2 and found["result"]["not_checked"] == 16  # type: ignore[index]
     html = teaching.teacher.get("/teach/courses/c1/grades").get_data(as_text=True)
     table = re.search(r'<table id="grades-table">.*?</table>', html, re.S)
-    assert table and 'data-student="alice"' in table.group(0) and "intro-shell:" in table.group(0)
-    total = re.search(r'<tr data-student="alice">.*?<td data-column="max">([^<]*)</td>', table.group(0), re.S)
-    assert total and float(total.group(1)) > 0
-    assert 'id="pass-rates-table"' in html and 'id="runs-table"' in html
+    assert table and 'data-student="alice"' in table.group(0)
+    status = re.search(r'<tr data-student="alice">.*?<td data-column="intro-shell status">([^<]*)</td>',
+                       table.group(0), re.S)
+    assert status and status.group(1).startswith("not graded: 8 of 8 checks could not be checked: machine box "
+                                                 "was never started")
+    points = re.search(r'<tr data-student="alice">.*?<td data-column="intro-shell">([^<]*)</td>', table.group(0),
+                       re.S)
+    assert points and points.group(1) == ""
+    assert "Nothing graded yet" in html and 'id="runs-table"' in html
     grid = teaching.teacher.get("/teach/courses/c1/grid.json").get_json()
-    assert all(re.fullmatch(r"[\d.]+/[\d.]+", cell["grade"]) for cell in grid["cells"])
+    assert all(cell["grade"] == "" for cell in grid["cells"])

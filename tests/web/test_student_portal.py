@@ -315,8 +315,8 @@ def test_self_check_shows_visible_checks_only(site: Site) -> None:
     job = wait(site, last_job(site, "self-check", "check:c1/alice/intro-shell"))
     assert job["state"] == "done", job
     page = client.get("/my/courses/c1/labs/intro-shell").get_data(as_text=True)
-    assert 'data-check="root-intact"' in page and "it must run to run commands" in page  # the box is stopped
-    assert "secret.txt must hold exactly one line" in page  # a file check's feedback (read offline)
+    assert 'data-check="root-intact"' in page and "was never started" in page  # the box never ran: not checked
+    assert 'class="check check-unchecked"' in page and "not checked</span>" in page and "check-fail" not in page
     assert 'data-check="user-exists"' in page
     for hidden in ("user-entry", "secret-perms"):  # hidden checks never reach a student
         assert hidden not in page
