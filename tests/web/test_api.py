@@ -322,7 +322,8 @@ def test_grading_hidden_checks_stay_with_the_instructor(world: World) -> None:
     assert book["pass_rates"] == []  # machines never started: not graded, so no rates
     csv = world.call("teacher", "GET", "/api/v1/courses/c1/grades.csv")
     assert csv.status_code == 200 and csv.mimetype == "text/csv"
-    assert csv.get_data(as_text=True).lstrip("\ufeff").startswith("student,name,email,archived,intro-shell,intro-shell max,intro-shell status")
+    assert csv.get_data(as_text=True).lstrip("\ufeff").startswith(
+        "student,name,email,archived,intro-shell,intro-shell max,intro-shell status")
     teacher = world.call("teacher", "GET", "/api/v1/courses/c1/students/alice/grades").get_json()
     checks = teacher["grades"][0]["checks"]
     assert any(c["hidden"] for c in checks) and all("evidence" in c for c in checks)

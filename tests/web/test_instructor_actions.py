@@ -80,7 +80,8 @@ def test_reset_one_student_needs_confirmation(teaching: Teaching) -> None:
     job = job_of(post(teaching.teacher, "/teach/courses/c1/reset-student", student="alice", confirm="yes",
                       back="grid"))
     found = finish(teaching, teaching.teacher, job)
-    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1, "submitted": 0}  # never started: nothing to keep
+    # never started: nothing to keep as a submission
+    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1, "submitted": 0}
     with state(teaching.app).db.transaction() as session:
         resets = [(e.actor, e.target) for e in session.query(Event).filter(Event.action == "reset")]
     assert resets == [("teacher", teaching.machines["alice"])]

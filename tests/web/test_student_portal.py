@@ -276,7 +276,8 @@ def test_reset_asks_first_and_says_the_work_is_lost(site: Site) -> None:
     name = site.machines["bob"]
     client = client_of(site, "bob")
     confirm = client.get(f"/my/machines/{name}/reset").get_data(as_text=True)
-    assert "All your work on box is lost from the machine" in confirm and "before-reset-" in confirm and 'name="confirm" value="yes"' in confirm
+    assert "All your work on box is lost from the machine" in confirm and "before-reset-" in confirm
+    assert 'name="confirm" value="yes"' in confirm
     refused = post(client, f"/my/machines/{name}/reset")
     assert refused.status_code == 400 and job_count(site) >= 0
     assert not [j for j in site.state.job_queries.list(kind="reset", limit=100) if j.target == name]
