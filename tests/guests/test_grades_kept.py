@@ -195,12 +195,22 @@ def test_resets_keep_work_unless_discarded(klass: Class) -> None:
     [snapshot] = klass.json("vm", "snapshots", a)  # type: ignore[misc]
     assert snapshot["name"].startswith("before-reset-") and snapshot["size"] > 0
 
+    # a restore keeps the disk it replaces too
+    klass.courses.start(COURSE, student="alice", machine="a")
+    klass.courses.stop(COURSE, student="alice")
+    klass.lk("vm", "restore", a, snapshot["name"], "--yes")
+    names = [s["name"] for s in klass.json("vm", "snapshots", a)]  # type: ignore[union-attr]
+    assert len(names) == 2 and names[1].startswith("before-restore-")
+
     # with --discard nothing is kept, and the student's submissions are never touched by a reset
     klass.courses.start(COURSE, student="alice", machine="a")
     klass.courses.stop(COURSE, student="alice")
+    klass.lk("vm", "restore", a, snapshot["name"], "--yes", "--discard")
     klass.lk("vm", "reset", a, "--yes", "--discard")
+    klass.courses.start(COURSE, student="alice", machine="a")
+    klass.courses.stop(COURSE, student="alice")
     klass.lk("course", "reset", COURSE, "--student", "alice", "--yes", "--discard")
-    assert len(klass.json("vm", "snapshots", a)) == 1  # type: ignore[arg-type]
+    assert len(klass.json("vm", "snapshots", a)) == 2  # type: ignore[arg-type]
     assert len(klass.json("submissions", COURSE)) == 1  # type: ignore[arg-type]
     assert all(path.exists() for path in frozen)
     assert klass.processes() == {}

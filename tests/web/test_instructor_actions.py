@@ -104,6 +104,22 @@ def test_session_begin_and_end_with_the_reset_policy_shown(teaching: Teaching) -
     assert "No session is open" in teaching.teacher.get("/teach/courses/c1").get_data(as_text=True)
 
 
+def test_the_session_end_button_says_what_will_be_reset(teaching: Teaching, make_course: object,
+                                                        make_student: object) -> None:
+    """An each-session lab: the button and its confirmation count the machines that will be submitted and reset."""
+    make_course("c5", owner="teacher", labs=("two-hosts",))  # type: ignore[operator]
+    for sid in ("dave", "erin"):
+        make_student("c5", sid)  # type: ignore[operator]
+    teaching.courses.provision("c5")
+    for path in ("/teach/courses/c5", "/teach/courses/c5/grid"):
+        html = teaching.teacher.get(path).get_data(as_text=True)
+        assert "End session: submit and reset 4 machines</button>" in html, path
+        assert ("0 running machines stop, and 4 machines of each-session labs are graded, frozen as submissions "
+                "and reset (labs: two-hosts)") in html, path
+    html = teaching.teacher.get("/teach/courses/c1/grid").get_data(as_text=True)  # a persist lab: none reset
+    assert "End session: submit and reset 0 machines</button>" in html
+
+
 def test_csrf_missing_or_forged_starts_nothing(teaching: Teaching) -> None:
     for data in ({}, {"csrf_token": "forged"}):
         for path in ("/teach/courses/c1/start-all", "/teach/courses/c1/grade", "/teach/courses/c1/session/begin",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -113,3 +114,39 @@ def test_a_stopped_submission_is_frozen_and_graded_offline_or_booted(course: tup
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["box.cow", "box.seed"]
     courses.remove("c1", purge=True)  # purging the course deletes its submissions too
     assert not folder.exists()
+
+
+def test_the_cli_exits_3_when_checks_could_not_be_checked_and_keeps_the_old_name(course: tuple[Courses, Grading],
+                                                                                lk_settings: Settings) -> None:
+    """`labkit grade` exits 3 with one line; `labkit gradebook` is the gradebook and `grades` its hidden alias;
+    `course session end` without a terminal and without --yes refuses; `course policy` shows and sets."""
+    from click.testing import CliRunner
+    from conftest import settings_env
+
+    from labkit.cli import main
+
+    env = {**settings_env(lk_settings), "LABKIT_DEBUG": "0"}
+
+    def run(*args: str) -> tuple[int, str, str]:
+        done = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        return done.exit_code, done.stdout, done.stderr
+
+    code, out, err = run("grade", "c1")
+    assert code == 3 and "not graded" in out and "FAIL" not in out
+    assert [line for line in err.splitlines() if line.startswith("labkit:")] == [
+        "labkit: 16 checks could not be checked (2 student labs: alice/intro-shell, bob/intro-shell); their earlier "
+        "grades stand"]
+    code, book, _ = run("gradebook", "c1", "--json")
+    assert code == 0 and json.loads(book)[0]["intro-shell status"].startswith("not graded: 8 of 8 checks")
+    assert run("grades", "c1", "--json")[:2] == (0, book)
+    _, helped, _ = run("--help")
+    assert "gradebook" in helped and " grades " not in helped
+    code, out, _ = run("course", "policy", "c1", "intro-shell", "submission")
+    assert code == 0 and out == "intro-shell          submission\n"
+    assert run("course", "policy", "c1", "--json")[1] == '{\n  "intro-shell": "submission"\n}\n'
+    assert run("course", "policy", "c1", "intro-shell", "worst")[0] == 2
+    assert run("course", "session", "begin", "c1")[0] == 0
+    code, _, err = run("course", "session", "end", "c1")
+    assert code == 1 and err.startswith("labkit: error: End the session of c1") and "add --yes" in err
+    code, out, _ = run("course", "session", "end", "c1", "--yes")
+    assert code == 0 and "0 student labs submitted" in out
