@@ -30,7 +30,7 @@ def grades(course: str) -> ResponseReturnValue:
 
 @bp.get("/courses/<course>/grades.csv")
 def grades_csv(course: str) -> ResponseReturnValue:
-    """The same gradebook as ``labkit grades --csv``."""
+    """The same gradebook as ``labkit gradebook --csv``."""
     scope.owned_course(course)
     book = services().grading(scope.user().username).gradebook(course, detail=flag("detail"))
     return Response("\ufeff" + to_csv(book.columns, book.rows), mimetype="text/csv",
@@ -39,7 +39,8 @@ def grades_csv(course: str) -> ResponseReturnValue:
 
 @bp.post("/courses/<course>/grade")
 def grade(course: str) -> ResponseReturnValue:
-    """Grade the class, one lab, or one student (live machines, or with ``submissions`` the latest submissions)."""
+    """Grade the class, one lab, or one student (live machines, or with ``submissions`` the latest submissions again
+    from their frozen disks; ``needs_running`` then names the checks that may differ from the submissions' grades)."""
     found = scope.owned_course(course)
     body = json_body({"lab": Field(str), "student": Field(str), "submissions": Field(bool)})
     lab = scope.lab(found, body["lab"]) if "lab" in body else None
@@ -50,6 +51,7 @@ def grade(course: str) -> ResponseReturnValue:
         report = grading.grade(course, lab=lab, student=student, submissions=body.get("submissions", False),
                                progress=progress)
         return {"run_id": report.run_id, "kind": report.kind, "missing": report.missing,
+                "not_checked": report.not_checked, "needs_running": report.needs_running,
                 "grades": [_grade_json(g, hidden=True) for g in report.grades]}
 
     target = "/".join(["grade:" + course, *(f"{k}={v}" for k, v in (("lab", lab), ("student", student)) if v)])

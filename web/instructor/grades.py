@@ -51,7 +51,7 @@ def grade(course: str) -> ResponseReturnValue:
     def run(progress: Reporter) -> dict[str, Any]:
         report = grading.grade(owned.name, lab=lab, submissions=submissions, progress=progress)
         return {"run": report.run_id, "graded": len(report.grades), "missing": report.missing,
-                "not_checked": report.not_checked}
+                "not_checked": report.not_checked, "needs_running": report.needs_running}
 
     return started(owned, submit(owned, "grade", run))
 
