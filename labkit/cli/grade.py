@@ -116,23 +116,27 @@ def _stored_submission_grades(app: App, course: str, lab: str | None, student: s
     found = _grading(app).submission_grades(course, lab, student)
     if csv_path is not None:
         write_csv(csv_path, ["submission", "student", "lab", "submitted_at", "points", "max_points", "status"],
-                  [[s.id, g.student if g else "", g.lab if g else "", f"{s.created_at:%Y-%m-%d %H:%M:%S}",
-                    g.points if g and g.complete else None, g.max_points if g else None,
-                    "graded" if g and g.complete else (g.why_not_graded if g else "no grade stored")]
-                   for s, g in found])
+                  [[s.id, s.student, s.lab, f"{s.created_at:%Y-%m-%d %H:%M:%S}",
+                    s.grade.points if s.grade and s.grade.complete else None,
+                    s.grade.max_points if s.grade else None,
+                    ("graded" if s.grade.complete else s.grade.why_not_graded) if s.grade else "no grade stored"]
+                   for s in found])
     if as_json:
-        echo_json([{"submission": s.id, "created_at": s.created_at.isoformat(),
-                    "grade": _grade_json(g) if g else None} for s, g in found])
+        echo_json([{"submission": s.id, "student": s.student, "lab": s.lab, "created_at": s.created_at.isoformat(),
+                    "grade": _grade_json(s.grade) if s.grade else None} for s in found])
         return
-    for s, g in found:
-        if g is None:
-            click.echo(f"  submission {s.id:<5} {s.created_at:%Y-%m-%d %H:%M:%S} UTC  no grade stored (made "
-                       "before submissions were graded, or the lab has no checks)")
+    if not found:
+        click.echo(f"  no submissions in {course}" + (f" lab {lab}" if lab else "")
+                   + (f" from {student}" if student else ""))
+    for s in found:
+        if s.grade is None:
+            click.echo(f"  submission {s.id:<5} {s.created_at:%Y-%m-%d %H:%M:%S} UTC  {s.student:<20} {s.lab:<16} "
+                       "no grade stored (made before submissions were graded, or the lab has no checks)")
             continue
         click.echo(f"  submission {s.id:<5} {s.created_at:%Y-%m-%d %H:%M:%S} UTC", nl=False)
-        _print_total(g)
+        _print_total(s.grade)
         if verbose:
-            _print_checks(g, show_evidence=False)
+            _print_checks(s.grade, show_evidence=False)
 
 
 def _print_checks(grade, show_evidence: bool) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,8 @@ from labkit.services.roster import check_student_id, read_roster
 from labkit.services.submissions import Submissions, student_folder
 
 RESET_EACH_SESSION = "each-session"
+#: students whose each-session labs a session end grades and freezes at once
+SUBMIT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -546,12 +548,19 @@ class Courses:
             resets = [t for t in targets if policies[t.lab] == RESET_EACH_SESSION]
             submitted: list[dict[str, object]] = []
             failed: dict[tuple[str, str], str] = {}
-            for sid, lab_id in sorted({(t.student, t.lab) for t in resets}):
-                try:
-                    submitted += self._keep(name, [t for t in resets if (t.student, t.lab) == (sid, lab_id)],
-                                            progress)
-                except LabkitError as err:  # no record, no reset: this student's machines stay as they are
-                    failed[(sid, lab_id)] = str(err)
+            pairs = sorted({(t.student, t.lab) for t in resets})
+
+            def keep(pair: tuple[str, str]) -> list[dict[str, object]]:
+                return self._keep(name, [t for t in resets if (t.student, t.lab) == pair], silent)
+
+            with ThreadPoolExecutor(max_workers=SUBMIT_WORKERS) as pool:  # students are graded side by side
+                futures = {pair: pool.submit(keep, pair) for pair in pairs}
+                for done, (pair, future) in enumerate(futures.items(), start=1):
+                    try:
+                        submitted += future.result()
+                    except LabkitError as err:  # no record, no reset: this student's machines stay as they are
+                        failed[pair] = str(err)
+                    progress(ProgressEvent("submit", done, len(pairs), "grading and freezing each-session labs"))
             self._stop(targets, 8, progress)
             resets = [t for t in resets if (t.student, t.lab) not in failed]
             for done, target in enumerate(resets, start=1):

@@ -104,6 +104,17 @@ class StudentGrade:
 
 
 @dataclass(frozen=True)
+class SubmissionGrade:
+    """A submission and the grade stored when it was made (None: it has none)."""
+
+    id: int
+    student: str
+    lab: str
+    created_at: dt.datetime
+    grade: StudentGrade | None
+
+
+@dataclass(frozen=True)
 class BookEntry:
     """What the gradebook shows for one student in one lab: the grade its policy chose, or why there is none."""
 
@@ -492,7 +503,7 @@ class Grading:
             record(session, self.actor, "grade-policy", f"{course}/{lab}", f"{before} -> {policy}")
 
     def submission_grades(self, course: str, lab: str | None = None,
-                          student: str | None = None) -> list[tuple[Submission, StudentGrade | None]]:
+                          student: str | None = None) -> list[SubmissionGrade]:
         """Every submission (of ``lab``, of ``student``) with the grade stored when it was made (None: it has
         none, e.g. made before labkit graded submissions, or its lab has no checks). Oldest first."""
         if student is not None:
@@ -509,9 +520,8 @@ class Grading:
             found = list(session.execute(query))
             grades = {g.submission_id: g for grades in self._history(session, course_row, (SUBMIT,)).values()
                       for g in grades}
-            for submission, _, _ in found:
-                session.expunge(submission)
-            return [(submission, grades.get(submission.id)) for submission, _, _ in found]
+            return [SubmissionGrade(submission.id, student_row.sid, course_lab.lab_id, submission.created_at,
+                                    grades.get(submission.id)) for submission, student_row, course_lab in found]
 
     def runs(self, course: str, limit: int = 20) -> list[dict[str, object]]:
         """The latest grading runs of the course, newest first (the history)."""
