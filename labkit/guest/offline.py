@@ -53,7 +53,7 @@ class OfflineTransport:
             umlcow.merge(self.overlay, folder / "disk.img", backing=self.base)
         except LabkitError as err:
             self.close()
-            raise GuestError(f"cannot read the disk of stopped machine {self.machine}: {err}") from err
+            raise GuestUnavailableError(f"cannot read the disk of stopped machine {self.machine}: {err}") from err
         except BaseException:
             self.close()
             raise
