@@ -250,12 +250,11 @@ def test_machines_that_are_not_running_are_not_checked_clearly(hostile: HostileR
         assert not crashed[check_id].passed and crashed[check_id].unchecked
         assert "is stopped: it must run to run commands" in crashed[check_id].feedback
     assert crashed["passwd"].passed and crashed["passwd"].transport == "offline"
-    # a machine never started has no work of the student's on it: nothing is checked
-    assert all(r.unchecked and "was never started" in r.feedback for r in hostile.results("never").values())
-    broken = hostile.results("broken")  # does not boot, and its disk cannot be read either: not checked
-    assert all(not r.passed and r.unchecked for r in broken.values())
-    assert "cannot read the disk of stopped machine" in broken["passwd"].feedback
-    assert "mtime mismatch" in broken["passwd"].feedback
+    # a machine never started has no work of the student's on it: nothing is checked; "broken" never booted either
+    # (UML refused its overlay), so its empty overlay says the same
+    for student in ("never", "broken"):
+        assert all(not r.passed and r.unchecked and "was never started" in r.feedback
+                   for r in hostile.results(student).values()), student
     states = {v.name: v.state for v in hostile.courses.machines.status()}
     assert all(states[hostile.names[s]] == "stopped" for s in STOPPED)
 
