@@ -83,6 +83,8 @@ SCHEMAS: dict[str, Schema] = {
         "session_open": {"type": "boolean"},
         "lab_details": {"type": "array", "items": _object({"id": _NAME, "version": {"type": "integer"},
                                                            "reset_policy": {"type": "string"},
+                                                           "grade_policy": {"enum": ["best", "latest",
+                                                                                     "submission"]},
                                                            "provisioned": {"type": "boolean"}}, closed=False)},
         "students": {"type": "array", "items": _object({"id": _NAME, "name": {"type": "string"},
                                                         "email": {"type": "string"},

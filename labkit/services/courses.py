@@ -148,7 +148,8 @@ class Courses:
         return {
             "name": course.name,
             "labs": [{"id": cl.lab_id, "path": cl.path, "version": cl.version, "reset_policy": cl.reset_policy,
-                      "provisioned": cl.digest is not None} for cl in course.labs],
+                      "grade_policy": cl.grade_policy or "best", "provisioned": cl.digest is not None}
+                     for cl in course.labs],
             "students": len([s for s in course.students if s.archived_at is None]),
             "archived_students": len([s for s in course.students if s.archived_at is not None]),
             "memory_budget_mb": course.memory_budget_mb or default_budget_mb(),

@@ -265,8 +265,10 @@ class Grading:
             assert run is not None
             run.finished_at = dt.datetime.now(dt.UTC)
             finished_at = run.finished_at
+            missed = sum(g.not_checked for g in grades)
             record(session, self.actor, kind, course, f"run {run_id}: {len(grades)} student labs"
-                   + (f", lab {lab}" if lab else "") + (f", student {student}" if student else ""))
+                   + (f", lab {lab}" if lab else "") + (f", student {student}" if student else "")
+                   + (f", {missed} checks not checked" if missed else ""))
         grades.sort(key=lambda g: (g.student, g.lab))
         return RunReport(run_id, kind, started_at, finished_at, grades, missing)
 
