@@ -3,6 +3,7 @@ student's own self-check and lab submission."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Response, abort, jsonify
@@ -69,10 +70,22 @@ def student_grades(course: str, sid: str) -> ResponseReturnValue:
 
 @bp.get("/courses/<course>/students/<sid>/submissions")
 def student_submissions(course: str, sid: str) -> ResponseReturnValue:
+    """A student's submissions; the instructor also sees the grade each got when it was made."""
     found = scope.course(course)
     scope.student_of(found, sid)
     listed = Submissions(services().settings, services().db, scope.user().username).list(course, sid)
-    return jsonify([_submission_json(s) for s in listed])
+    if not found.is_owner:
+        return jsonify([_submission_json(s) for s in listed])
+    stored = {g.id: g.grade for g in services().grading(scope.user().username).submission_grades(course, None, sid)}
+    return jsonify([_submission_json(_with_grade(s, stored.get(s.id)), graded=True) for s in listed])
+
+
+def _with_grade(view: SubmissionView, grade: StudentGrade | None) -> SubmissionView:
+    """The submission with the grade stored when it was made (the instructor's view)."""
+    if grade is None:
+        return view
+    return dataclasses.replace(view, points=grade.points, max_points=grade.max_points,
+                               not_checked=grade.not_checked, graded_note=grade.why_not_graded)
 
 
 @bp.post("/courses/<course>/students/<sid>/submit")
