@@ -84,6 +84,11 @@ class GuestError(LabkitError):
     status = 502
 
 
+class GuestUnavailableError(GuestError):
+    """labkit could not look inside the guest at all: it is stopped (and the question needs it running), was never
+    started, or cannot be reached. Grading records such a check as "not checked", never as failed."""
+
+
 class AdmissionError(LabkitError):
     """Starting the machine would exceed a resource budget."""
 

@@ -83,6 +83,8 @@ SCHEMAS: dict[str, Schema] = {
         "session_open": {"type": "boolean"},
         "lab_details": {"type": "array", "items": _object({"id": _NAME, "version": {"type": "integer"},
                                                            "reset_policy": {"type": "string"},
+                                                           "grade_policy": {"enum": ["best", "latest",
+                                                                                     "submission"]},
                                                            "provisioned": {"type": "boolean"}}, closed=False)},
         "students": {"type": "array", "items": _object({"id": _NAME, "name": {"type": "string"},
                                                         "email": {"type": "string"},
@@ -117,11 +119,14 @@ SCHEMAS: dict[str, Schema] = {
                     "created_at", "started_at", "finished_at"), closed=False),
     "Check": _object({"id": {"type": "string"}, "title": {"type": "string"}, "passed": {"type": "boolean"},
                       "points": _NUMBER, "max_points": _NUMBER, "feedback": {"type": "string"},
-                      "skipped_reason": _NULLABLE_STRING, "hidden": {"type": "boolean"},
+                      "skipped_reason": _NULLABLE_STRING, "not_checked": _NULLABLE_STRING,
+                      "hidden": {"type": "boolean"},
                       "evidence": {"type": "string"}}, ("id", "passed", "points", "max_points"), closed=False),
     "Grade": _object({"student": {"type": "string"}, "lab": {"type": "string"}, "points": _NUMBER,
                       "max_points": _NUMBER, "passed": {"type": "integer"}, "graded_at": {"type": "string"},
-                      "source": {"type": "string"}, "checks": {"type": "array", "items": _ref("Check")}},
+                      "source": {"type": "string"}, "complete": {"type": "boolean"},
+                      "not_graded_because": _NULLABLE_STRING,
+                      "checks": {"type": "array", "items": _ref("Check")}},
                      ("student", "lab", "points", "max_points", "checks"), closed=False),
     "StudentGrades": _object({"student": {"type": "string"}, "grades": {"type": "array", "items": _ref("Grade")}},
                              ("student", "grades")),
@@ -131,7 +136,9 @@ SCHEMAS: dict[str, Schema] = {
                          ("columns", "rows", "pass_rates")),
     "Submission": _object({"id": {"type": "integer"}, "course": {"type": "string"}, "student": {"type": "string"},
                            "lab": {"type": "string"}, "created_at": {"type": "string"},
-                           "machines": {"type": "array", "items": {"type": "string"}}, "bytes": {"type": "integer"}},
+                           "machines": {"type": "array", "items": {"type": "string"}}, "bytes": {"type": "integer"},
+                           "points": {"type": ["number", "null"]}, "max_points": {"type": ["number", "null"]},
+                           "not_checked": {"type": "integer"}, "not_graded_because": _NULLABLE_STRING},
                           ("id", "course", "student", "lab", "created_at", "machines"), closed=False),
     "RosterReport": _object({key: {"type": "array", "items": {"type": "string"}}
                              for key in ("added", "updated", "archived", "restored", "purged", "held")},
@@ -143,7 +150,7 @@ SCHEMAS: dict[str, Schema] = {
     "Provision": _object({"upgrade": {"type": "boolean"}}),
     "GradeRequest": _object({"lab": _NAME, "student": _SID, "submissions": {"type": "boolean"}}),
     "LabChoice": _object({"lab": _NAME}),
-    "Reset": _object({"confirm": {"const": True}}, ("confirm",)),
+    "Reset": _object({"confirm": {"const": True}, "discard": {"type": "boolean"}}, ("confirm",)),
     "NewSnapshot": _object({"name": {"type": "string", "maxLength": 32, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}},
                            ("name",)),
 }
@@ -181,7 +188,8 @@ PATHS: dict[str, dict[str, Schema]] = {
         "Begin a class session (instructor)", "sessions", {201: _json(_ref("SessionBegun"), "The session.")},
         (400, 403, 404, 409, 415), body=_EMPTY)},
     "/api/v1/courses/{course}/sessions/end": {"post": _op(
-        "End the session: stop every machine, reset each-session labs (instructor)", "sessions", _JOB,
+        "End the session: submit (graded live) and reset each-session labs, stop every machine (instructor)",
+        "sessions", _JOB,
         (400, 403, 404, 409, 415), body=_EMPTY)},
     "/api/v1/courses/{course}/grades": {"get": _op(
         "The class gradebook and per-check pass rates (instructor)", "grades",
@@ -219,9 +227,10 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/v1/machines/{name}/stop": {"post": _op("Stop the machine", "machines", _JOB, _MACHINE_ERRORS,
                                                  body=_EMPTY)},
     "/api/v1/machines/{name}/reset": {"post": _op(
-        "Reset the machine to its lab's start: every change is lost", "machines", _JOB, _MACHINE_ERRORS,
-        body=_ref("Reset"), body_required=True, description='Needs {"confirm": true}; the machine must be '
-                                                            'stopped.')},
+        "Reset the machine to its lab's start (the old disk is kept as a snapshot)", "machines", _JOB,
+        _MACHINE_ERRORS, body=_ref("Reset"), body_required=True,
+        description='Needs {"confirm": true}; the machine must be stopped. The old disk is kept as snapshot '
+                    'before-reset-<time> unless {"discard": true}.')},
     "/api/v1/machines/{name}/snapshots": {
         "get": _op("The machine's snapshots", "snapshots",
                    {200: _json({"type": "array", "items": _ref("Snapshot")}, "Oldest first.")}, (404,)),

@@ -257,7 +257,8 @@ def reset(name: str) -> ResponseReturnValue:
         return {"machine": owned.name, "state": view.state}
 
     _machine_job(owned, "reset", run, "Resetting")
-    flash(f"{owned.machine} is being reset: its disk is replaced by a new one.", "info")
+    flash(f"{owned.machine} is being reset: its disk is replaced by a new one (the old one is kept as a snapshot).",
+          "info")
     return _to_machine(owned)
 
 
@@ -368,7 +369,7 @@ def submit(course: str, lab: str) -> ResponseReturnValue:
     def run(progress: Reporter) -> dict[str, Any]:
         from labkit.services.submissions import Submissions
 
-        progress(ProgressEvent("submit", 0, 1, "freezing your machines"))
+        progress(ProgressEvent("submit", 0, 1, "checking and freezing your machines"))
         views = Submissions(state.settings, state.db, who).submit(place.course, place.student, place.lab)
         progress(ProgressEvent("submit", 1, 1, "submitted"))
         return {"submissions": [{"id": v.id, "created_at": v.created_at.isoformat(), "machines": v.machines}

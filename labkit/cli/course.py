@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
 
 from labkit.cli.app import App, echo_json, json_option
 from labkit.cli.progress import StatusLine
+from labkit.errors import LabkitError
 
 pass_app = click.make_pass_decorator(App)
 selection = [
@@ -191,15 +193,43 @@ def stop(app: App, name: str, student: str | None, machine: str | None, lab: str
 @click.argument("name")
 @select
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--discard", is_flag=True, help="Do not keep the students' work as a submission first: it is lost.")
 @pass_app
-def reset(app: App, name: str, student: str | None, machine: str | None, lab: str | None, yes: bool) -> None:
-    """Give stopped student machines fresh overlays: the students' changes are lost."""
+def reset(app: App, name: str, student: str | None, machine: str | None, lab: str | None, yes: bool,
+          discard: bool) -> None:
+    """Give stopped student machines fresh overlays. Each student's lab is first frozen and graded as a submission
+    (machines never started are left out), unless --discard."""
     if not yes:
         who = f"student {student}" if student else "every student"
-        click.confirm(f"Reset the machines of {who} in {name}? Their changes are lost.", abort=True)
+        kept = "Their changes are lost." if discard else "Their work is kept as a submission first."
+        click.confirm(f"Reset the machines of {who} in {name}? {kept}", abort=True)
     with StatusLine() as status:
-        rows = app.courses.reset(name, student, machine, lab, progress=status)
+        rows = app.courses.reset(name, student, machine, lab, progress=status, discard=discard)
     _table(rows)
+
+
+@command.command("policy")
+@click.argument("name")
+@click.argument("lab", required=False)
+@click.argument("policy", required=False, type=click.Choice(["best", "latest", "submission"]))
+@json_option
+@pass_app
+def policy(app: App, name: str, lab: str | None, policy: str | None, as_json: bool) -> None:
+    """Show or set which grade the gradebook counts for LAB: best (the default), latest, or submission (the
+    latest submission's grade). Only grades whose checks could all be checked count."""
+    from labkit.services.grading import Grading
+
+    grading = Grading(app.settings, app.db)
+    if lab is not None and policy is not None:
+        grading.set_policy(name, lab, policy)
+    elif lab is not None:
+        raise click.UsageError("give the policy too: labkit course policy COURSE LAB best|latest|submission")
+    policies = grading.policies(name)
+    if as_json:
+        echo_json(policies)
+        return
+    for lab_id, chosen in policies.items():
+        click.echo(f"{lab_id:<20} {chosen}")
 
 
 @command.command("status")
@@ -219,7 +249,7 @@ def status(app: App, name: str, as_json: bool) -> None:
 
 @command.group("session")
 def session() -> None:
-    """Teaching sessions: begin, and end (stops every machine; resets each-session labs)."""
+    """Teaching sessions: begin, and end (submits and resets each-session labs; stops every machine)."""
 
 
 @session.command("begin")
@@ -233,11 +263,29 @@ def session_begin(app: App, name: str, as_json: bool) -> None:
 
 @session.command("end")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @pass_app
-def session_end(app: App, name: str, as_json: bool) -> None:
+def session_end(app: App, name: str, yes: bool, as_json: bool) -> None:
+    """End the session: every student's machines of each-session labs are graded live and frozen as a submission,
+    every machine stops, then the each-session labs are reset."""
+    if not yes:
+        plan = app.courses.session_plan(name)
+        question = (f"End the session of {name}? {plan['running']} of {plan['machines']} machines are running and "
+                    f"will stop; {plan['reset']} machines of each-session labs "
+                    f"({', '.join(plan['reset_labs']) or 'none'}) will be graded, frozen as submissions and "  # type: ignore[arg-type]
+                    "reset.")
+        if not sys.stdin.isatty():
+            raise LabkitError(f"{question.split('?')[0]} needs a confirmation, and there is no terminal to ask on: "
+                              "add --yes")
+        click.confirm(question, abort=True)
     with StatusLine() as progress:
         result = app.courses.session_end(name, progress=progress)
-    echo_json(result) if as_json else click.echo(
-        f"session of {name} ended: {result['stopped']} machines stopped, {result['reset']} reset"
-        + (f"; kept (persist): {', '.join(result['kept'])}" if result["kept"] else ""))  # type: ignore[arg-type]
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"session of {name} ended: {result['stopped']} machines stopped, "
+               f"{len(result['submitted'])} student labs submitted, {result['reset']} machines reset"  # type: ignore[arg-type]
+               + (f"; kept (persist): {', '.join(result['kept'])}" if result["kept"] else ""))  # type: ignore[arg-type]
+    for line in result["not_reset"]:  # type: ignore[attr-defined]
+        click.echo(f"  not reset (could not be submitted): {line}", err=True)

@@ -161,11 +161,14 @@ def _confirm(yes: bool, message: str) -> None:
 @command.command("reset")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--discard", is_flag=True, help="Do not keep the old overlay as a snapshot: every change is lost.")
 @pass_app
-def reset(app: App, name: str, yes: bool) -> None:
-    """Give stopped machine NAME a fresh, empty overlay. Every change in it is lost."""
-    _confirm(yes, f"Reset {name}? Every change made in it since it was created is lost.")
-    _show(app.machines.reset(name))
+def reset(app: App, name: str, yes: bool, discard: bool) -> None:
+    """Give stopped machine NAME a fresh, empty overlay. The old one is kept as snapshot before-reset-<time>
+    (unless --discard)."""
+    _confirm(yes, f"Reset {name}? " + ("Every change made in it since it was created is lost." if discard else
+                                        "Its old disk is kept as a snapshot."))
+    _show(app.machines.reset(name, discard=discard))
 
 
 @command.command("snapshot")
@@ -181,11 +184,15 @@ def snapshot(app: App, name: str, snapshot: str) -> None:
 @click.argument("name")
 @click.argument("snapshot")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--discard", is_flag=True, help="Do not keep the current overlay as a snapshot: changes made since "
+              "SNAPSHOT are lost.")
 @pass_app
-def restore(app: App, name: str, snapshot: str, yes: bool) -> None:
-    """Bring SNAPSHOT back as stopped machine NAME's overlay. Changes made since the snapshot are lost."""
-    _confirm(yes, f"Restore {name} to {snapshot}? Changes made since that snapshot are lost.")
-    _show(app.machines.restore(name, snapshot))
+def restore(app: App, name: str, snapshot: str, yes: bool, discard: bool) -> None:
+    """Bring SNAPSHOT back as stopped machine NAME's overlay. The current one is kept as snapshot
+    before-restore-<time> (unless --discard)."""
+    _confirm(yes, f"Restore {name} to {snapshot}? " + ("Changes made since that snapshot are lost." if discard else
+                                                       "The current disk is kept as a snapshot."))
+    _show(app.machines.restore(name, snapshot, discard=discard))
 
 
 @command.command("snapshots")

@@ -57,6 +57,11 @@ class BudgetedGuest:
         return str(used) if used else None
 
     @property
+    def running(self) -> bool:
+        """Whether the machine was running when its handle was opened (a stopped one is read offline)."""
+        return bool(getattr(self._guest, "running", True))
+
+    @property
     def inside_transport(self) -> str:
         """The transport that reaches inside the guest: SSH when the handle has it, else the console."""
         return "ssh" if getattr(self._guest, "ssh", None) is not None else "console"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.errors import GuestError, LabFormatError, LabkitError
+from labkit.errors import GuestError, GuestUnavailableError, LabFormatError, LabkitError
 from labkit.grading.budget import Budget, BudgetedGuest
 from labkit.grading.result import CheckResult, safe_text
 from labkit.grading.sandbox import SCRIPT_GRACE, SandboxUnavailable, run_grader
@@ -42,6 +42,7 @@ class Outcome:
     points: float | None = None
     feedback: str | None = None  # a script's own feedback, used instead of feedback_pass/feedback_fail
     transport: str = ""
+    unchecked: str | None = None  # why labkit could not look at all (see CheckResult.unchecked)
 
 
 def _text(data: bytes | str) -> str:
@@ -89,7 +90,10 @@ class Check(ABC):
         wrapped = {name: BudgetedGuest(guest, budget, transports) for name, guest in guests.items()}
         try:
             outcome = self._evaluate_on(wrapped, params, spec)
-        except (GuestError, SandboxUnavailable) as err:  # feedback: the check could not look, not that it failed
+        except (GuestUnavailableError, SandboxUnavailable) as err:  # not the student's doing: "not checked"
+            reason = f"not checked: {err}"
+            outcome = Outcome(False, reason, evidence=f"error: {err}", feedback=reason, unchecked=str(err))
+        except GuestError as err:  # the student's feedback says the check could not look, not that it failed
             reason = f"labkit could not check this: {err}"
             outcome = Outcome(False, reason, evidence=f"error: {err}", feedback=reason)
         except LabkitError as err:
@@ -119,7 +123,7 @@ class Check(ABC):
         feedback = outcome.feedback or written or outcome.reason
         evidence = outcome.evidence if outcome.passed or not outcome.reason else f"{outcome.reason}\n{outcome.evidence}"
         return CheckResult(self.definition.id, outcome.passed, points, max_points, feedback, evidence.strip(),
-                           transport, duration)
+                           transport, duration, unchecked=outcome.unchecked)
 
     @abstractmethod
     def evaluate(self, guest: BudgetedGuest | None, guests: Mapping[str, BudgetedGuest],
@@ -239,6 +243,12 @@ def probe_host_port(port: int, timeout: float) -> tuple[bool, str]:
         return False, f"cannot connect to 127.0.0.1:{port}: {err}"
 
 
+def _require_running(guest: BudgetedGuest, why: str) -> None:
+    """A stopped machine has no forwards: say it cannot be checked, not that the port is closed."""
+    if not guest.running:
+        raise GuestUnavailableError(f"machine {guest.name} is stopped: it must run {why}")
+
+
 def _forwarded(guest: BudgetedGuest, port: int) -> int | None:
     return guest.forwards.get(port)
 
@@ -253,6 +263,7 @@ class PortCheck(Check):
         port = int(spec["port"])  # type: ignore[call-overload]
         want_open = spec.get("open", True) is not False
         if spec.get("via", "guest") == "host":
+            _require_running(guest, f"to reach its port {port} from the host")
             host_port = _forwarded(guest, port)
             if host_port is None:
                 return Outcome(False, f"port {port} of {guest.name} is not forwarded to the host",
@@ -281,6 +292,7 @@ class HttpCheck(Check):
         path = str(spec.get("path", "/")) or "/"
         transport = None
         if spec.get("via", "guest") == "host":
+            _require_running(guest, f"to answer HTTP on port {port}")
             if _forwarded(guest, port) is None:
                 return Outcome(False, f"port {port} of {guest.name} is not forwarded to the host",
                                f"forwards: {dict(guest.forwards)}")
@@ -326,6 +338,10 @@ class ScriptCheck(Check):
         return Outcome(points >= max_points, "", f"{name} returned {points:g} of {max_points:g}: {answer.feedback}",
                        points=points, feedback=answer.feedback)
 
+
+#: The check kinds that need a running machine: a frozen or stopped disk cannot answer them the way the student's
+#: running machine did (added addresses, routes and started services are gone after a reboot).
+NEEDS_RUNNING = frozenset({"command", "port", "http"})
 
 #: The check kinds by the name used in ``kind = ...``; the option names are those of labkit.labs.schema.CHECK_KINDS.
 CHECK_KINDS: dict[str, type[Check]] = {

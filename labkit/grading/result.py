@@ -9,6 +9,7 @@ with a note saying how much was cut.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: Evidence keeps at most this many characters (head and tail) besides the note where it cut.
@@ -61,7 +62,9 @@ class CheckResult:
     ``passed`` means full marks. ``feedback`` is for the student, ``evidence`` for the instructor (what was run and
     seen). ``transport`` names how the guest was reached ("ssh", "console", "offline", "host", several joined by
     ",", or "" when no guest was touched); ``duration`` is in seconds. ``skipped_reason`` is set when the check did
-    not run because a check it depends on did not pass.
+    not run because a check it depends on did not pass. ``unchecked`` is set (to the reason) when labkit could not
+    look at all (the machine is stopped and the check needs it running, was never started, or cannot be reached):
+    such a result is neither passed nor failed, gives no points, and a grade holding one is "not graded".
     """
 
     check_id: str
@@ -73,15 +76,31 @@ class CheckResult:
     transport: str
     duration: float
     skipped_reason: str | None = None
+    unchecked: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feedback", safe_text(self.feedback, FEEDBACK_LIMIT))
         object.__setattr__(self, "evidence", safe_text(self.evidence, EVIDENCE_LIMIT))
         if self.skipped_reason is not None:
             object.__setattr__(self, "skipped_reason", safe_text(self.skipped_reason, FEEDBACK_LIMIT))
+        if self.unchecked is not None:
+            object.__setattr__(self, "unchecked", safe_text(self.unchecked, FEEDBACK_LIMIT))
+            object.__setattr__(self, "passed", False)
+            object.__setattr__(self, "points", 0.0)
+            return
         points = min(max(float(self.points), 0.0), float(self.max_points))
         object.__setattr__(self, "points", points)
 
     @property
     def skipped(self) -> bool:
         return self.skipped_reason is not None
+
+    @property
+    def checked(self) -> bool:
+        """False when labkit could not look (see ``unchecked``): the result says nothing about the student's work."""
+        return self.unchecked is None
+
+
+def unchecked_reasons(results: Iterable[CheckResult]) -> list[str]:
+    """The distinct reasons why checks of ``results`` could not be checked (empty: everything was checked)."""
+    return list(dict.fromkeys(r.unchecked for r in results if r.unchecked is not None))

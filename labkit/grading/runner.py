@@ -29,8 +29,11 @@ def grade(lab: Lab, checks: Sequence[CheckDef] | None, guests: Mapping[str, Any]
       ``include_hidden`` is false) still runs, so the dependency is honoured, but is not reported.
     - A check whose dependency did not pass (failed, only partly passed, or was itself skipped) does not run: it is
       reported failed with 0 points, and both its feedback and ``skipped_reason`` say which dependency (its own
-      ``feedback_fail`` would describe a check that never ran). A visible check never names a hidden dependency:
-      it says `HIDDEN_DEPENDENCY`, the same whatever the hidden check's id, title or outcome.
+      ``feedback_fail`` would describe a check that never ran). A check whose dependency could not be checked
+      (`CheckResult.unchecked`) is not checked either. A visible check never names a hidden dependency: it says
+      `HIDDEN_DEPENDENCY` (or that an earlier step could not be checked), whatever the hidden check's id or title.
+    - A guest that labkit cannot look into (stopped while the check needs it running, never started,
+      unreachable) makes the check "not checked" (`CheckResult.unchecked`), never failed.
     - Every problem becomes that check's failed result and the others still run: an unknown machine, a guest that
       does not answer or times out (each check's guest calls share its ``CheckDef.timeout``), a template that does
       not render, a broken grader.py, and (as a last resort) any other exception.
@@ -87,6 +90,12 @@ def _grade_one(lab: Lab, check: CheckDef, index: int, guests: Mapping[str, Any],
     hidden = {c.id for c in lab.checks if c.hidden}
     for dep in check.depends_on:
         earlier = results.get(dep)
+        if earlier is not None and earlier.unchecked is not None:  # nothing is known: neither is this one
+            reason = f"not checked: it needs check {dep!r}, which could not be checked ({earlier.unchecked})"
+            if dep in hidden and not check.hidden:  # name neither the hidden check nor its title
+                reason = f"not checked: it needs an earlier step that could not be checked ({earlier.unchecked})"
+            return CheckResult(check.id, False, 0.0, float(check.points), reason, reason, "", 0.0,
+                               unchecked=earlier.unchecked)
         if earlier is None or not earlier.passed:
             why = ("is not a check of this lab" if dep not in {c.id for c in lab.checks} and earlier is None
                    else "has no result (dependency cycle)" if earlier is None else "did not pass")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import labkit
-from labkit.errors import ConfigError, GuestError, LabFormatError, LabkitError
+from labkit.errors import ConfigError, GuestError, GuestUnavailableError, LabFormatError, LabkitError
 from labkit.grading.grader_process import MAX_LINE, METHODS, decode_bytes, encode_value
 from labkit.guest.result import BoundedBuffer
 
@@ -204,8 +204,12 @@ def _arguments(method: str, args: object) -> tuple[list[object], dict[str, objec
     return positional, keywords
 
 
-def _serve(guests: Mapping[str, Any], message: Mapping[str, Any]) -> dict[str, object]:
-    """Run one Guest call on the real (budgeted) handle; labkit's errors go back to the grader to catch."""
+def _serve(guests: Mapping[str, Any], message: Mapping[str, Any],
+           unavailable: list[GuestUnavailableError]) -> dict[str, object]:
+    """Run one Guest call on the real (budgeted) handle; labkit's errors go back to the grader to catch.
+
+    A guest labkit could not look into is also kept in ``unavailable``: whatever grader.py makes of it, the check
+    is then "not checked", never a score the student did not earn or lose."""
     method, machine = message.get("call"), message.get("machine")
     guest = guests.get(machine) if isinstance(machine, str) else None
     if guest is None:
@@ -213,6 +217,9 @@ def _serve(guests: Mapping[str, Any], message: Mapping[str, Any]) -> dict[str, o
     positional, keywords = _arguments(str(method), message.get("args"))
     try:
         value = getattr(guest, str(method))(*positional, **keywords)
+    except GuestUnavailableError as err:
+        unavailable.append(err)
+        return {"error": "guest", "message": str(err), "transport": guest.last_transport}
     except GuestError as err:
         return {"error": "guest", "message": str(err), "transport": guest.last_transport}
     except LabkitError as err:
@@ -294,11 +301,14 @@ def _converse(link: _Link, process: subprocess.Popen[bytes], output: BoundedBuff
                            guest.inside_transport} for name, guest in guests.items()}
         link.send({"function": function, "params": json.loads(json.dumps(dict(params), default=str)),
                    "machines": machines})
+        unavailable: list[GuestUnavailableError] = []
         while True:
             message = link.receive()
             if "call" not in message:
+                if unavailable:
+                    raise unavailable[0]
                 return _answer(function, message, memory)
-            link.send(_serve(guests, message))
+            link.send(_serve(guests, message, unavailable))
     except _Closed:
         pass
     # the grader process ended without a last word: bwrap could not start, or grader.py killed its own process

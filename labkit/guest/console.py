@@ -18,7 +18,7 @@ from pathlib import Path
 import pexpect
 from pexpect import fdpexpect
 
-from labkit.errors import GuestError
+from labkit.errors import GuestError, GuestUnavailableError
 from labkit.guest.result import OUTPUT_LIMIT, Result
 
 #: Terminal control sequences a shell may print after its prompt (busybox ash asks for the cursor position: ESC [6n).
@@ -46,7 +46,7 @@ class ConsoleTransport:
             sock.connect(str(self.socket_path))
         except OSError as err:
             sock.close()
-            raise GuestError(f"cannot attach to the console at {self.socket_path}: {err}") from err
+            raise GuestUnavailableError(f"cannot attach to the console at {self.socket_path}: {err}") from err
         return sock, fdpexpect.fdspawn(sock, timeout=self.login_timeout, maxread=65536)
 
     def _login(self, child: fdpexpect.fdspawn, timeout: float) -> None:

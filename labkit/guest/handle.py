@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from labkit.errors import GuestError
+from labkit.errors import GuestError, GuestUnavailableError
 from labkit.guest.console import ConsoleTransport
 from labkit.guest.files import STAT_FORMAT, FileStat, parse_listening_ports, parse_stat_line, parse_wget_status
 from labkit.guest.offline import OfflineTransport
@@ -62,7 +62,7 @@ class Guest:
             return True
         if transport is None and not self.running:
             if self.offline is None:
-                raise GuestError(f"machine {self.name} has no way in: no SSH, console or disk to read")
+                raise GuestUnavailableError(f"machine {self.name} has no way in: no SSH, console or disk to read")
             return True
         return False
 
@@ -94,13 +94,13 @@ class Guest:
                 continue
             except GuestError as err:
                 if unreachable:  # both ways failed: say why for each
-                    raise GuestError(f"labkit could not reach machine {self.name}: {'; '.join(unreachable)}; "
-                                     f"console: {err}") from err
+                    raise GuestUnavailableError(f"labkit could not reach machine {self.name}: "
+                                                f"{'; '.join(unreachable)}; console: {err}") from err
                 raise
             return result
         if unreachable:
             raise SshUnreachable(f"labkit could not reach machine {self.name}: {'; '.join(unreachable)}")
-        raise GuestError(f"machine {self.name} has no {transport or 'SSH forward or console'} to use")
+        raise GuestUnavailableError(f"machine {self.name} has no {transport or 'SSH forward or console'} to use")
 
     # ---- files -----------------------------------------------------------------------------------------------------
     def read_file(self, path: str, timeout: float = 60.0, transport: str | None = None) -> bytes:
@@ -140,7 +140,7 @@ class Guest:
     def listening_ports(self, timeout: float = 30.0, transport: str | None = None) -> set[int]:
         """TCP ports some program listens on inside the guest (IPv4 and IPv6)."""
         if self._use_offline(transport):
-            raise GuestError(f"machine {self.name} is stopped: it must run to check its ports")
+            raise GuestUnavailableError(f"machine {self.name} is stopped: it must run to check its ports")
         result = self.run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true", timeout=timeout, transport=transport)
         return parse_listening_ports(result.out)
 
@@ -158,7 +158,7 @@ class Guest:
         if not path.startswith("/"):
             path = "/" + path
         if self._use_offline(transport):
-            raise GuestError(f"machine {self.name} is stopped: it must run to answer HTTP")
+            raise GuestUnavailableError(f"machine {self.name} is stopped: it must run to answer HTTP")
         if transport is None and port in self.forwards:
             return self._http_from_host(self.forwards[port], port, path, timeout)
         return self._http_inside(port, path, timeout, transport)

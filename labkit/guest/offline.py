@@ -16,7 +16,7 @@ import time
 import weakref
 from pathlib import Path
 
-from labkit.errors import GuestError, LabkitError
+from labkit.errors import GuestError, GuestUnavailableError, LabkitError
 from labkit.guest.files import FileStat, debugfs_link_target, parse_debugfs_stat
 from labkit.guest.result import Result
 from labkit.images.programs import find_program
@@ -45,14 +45,15 @@ class OfflineTransport:
         from labkit.overlays import umlcow
 
         if not self.overlay.exists():
-            raise GuestError(f"machine {self.machine} has no overlay at {self.overlay}; nothing to read offline")
+            raise GuestUnavailableError(f"machine {self.machine} has no overlay at {self.overlay}; nothing to read "
+                                        "offline")
         folder = Path(tempfile.mkdtemp(prefix="labkit-offline-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         try:
             umlcow.merge(self.overlay, folder / "disk.img", backing=self.base)
         except LabkitError as err:
             self.close()
-            raise GuestError(f"cannot read the disk of stopped machine {self.machine}: {err}") from err
+            raise GuestUnavailableError(f"cannot read the disk of stopped machine {self.machine}: {err}") from err
         except BaseException:
             self.close()
             raise
@@ -115,8 +116,8 @@ class OfflineTransport:
         raise GuestError(f"cannot read {path} in stopped machine {self.machine}: too many symbolic links")
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes = b"") -> Result:
-        raise GuestError(f"machine {self.machine} is stopped: it must run to run commands (offline, labkit can only "
-                         "read files: read_file, exists, stat)")
+        raise GuestUnavailableError(f"machine {self.machine} is stopped: it must run to run commands (offline, "
+                                    "labkit can only read files: read_file, exists, stat)")
 
     def close(self) -> None:
         """Remove the merged image."""

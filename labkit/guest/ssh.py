@@ -8,14 +8,14 @@ from pathlib import Path
 
 import paramiko
 
-from labkit.errors import GuestError
+from labkit.errors import GuestError, GuestUnavailableError
 from labkit.guest.result import BoundedBuffer, Result
 
 # paramiko logs a traceback for every refused or silent server; labkit reports those as one clear GuestError.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-class SshUnreachable(GuestError):
+class SshUnreachable(GuestUnavailableError):
     """SSH could not be reached or refused labkit's key; the console may still work."""
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 
 from labkit.atomic import locked
 from labkit.config import Settings
-from labkit.errors import AdmissionError, BadNameError, ConflictError, LabkitError, NotFoundError
+from labkit.errors import AdmissionError, BadNameError, ConflictError, LabkitError, NotFoundError, StateError
 from labkit.images.store import ImageStore
 from labkit.labs.digest import changed_files, file_hashes, lab_digest
 from labkit.labs.loader import load_lab
@@ -40,9 +40,11 @@ from labkit.services.lookup import course_by_name
 from labkit.services.machines import LIVE, Machines, SeedContent
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
 from labkit.services.roster import check_student_id, read_roster
-from labkit.services.submissions import student_folder
+from labkit.services.submissions import Submissions, student_folder
 
 RESET_EACH_SESSION = "each-session"
+#: students whose each-session labs a session end grades and freezes at once
+SUBMIT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ class Courses:
         return {
             "name": course.name,
             "labs": [{"id": cl.lab_id, "path": cl.path, "version": cl.version, "reset_policy": cl.reset_policy,
-                      "provisioned": cl.digest is not None} for cl in course.labs],
+                      "grade_policy": cl.grade_policy or "best", "provisioned": cl.digest is not None}
+                     for cl in course.labs],
             "students": len([s for s in course.students if s.archived_at is None]),
             "archived_students": len([s for s in course.students if s.archived_at is not None]),
             "memory_budget_mb": course.memory_budget_mb or default_budget_mb(),
@@ -453,14 +456,41 @@ class Courses:
             progress(ProgressEvent("stop", done, len(wanted), "stopping"))
 
     def reset(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
-              progress: Reporter = silent) -> list[dict[str, object]]:
-        """Fresh overlays for stopped student machines (explicit; recorded per machine)."""
+              progress: Reporter = silent, discard: bool = False) -> list[dict[str, object]]:
+        """Fresh overlays for stopped student machines (explicit; recorded per machine). Unless ``discard``, each
+        student's lab is first frozen as a submission (graded as it is), so no work goes without a record."""
         with self._locked(name):
             targets = self.targets(name, student, machine, lab)
+            live = {v.name: v.state for v in self.machines.status() if v.state in {s.value for s in LIVE}}
+            running = sorted(t.name for t in targets if t.name in live)
+            if running:
+                raise StateError(f"stop the machines before a reset: {', '.join(running)} "
+                                 f"(labkit course stop {name})")
+            if not discard:
+                self._keep(name, targets, progress)
             for done, target in enumerate(targets, start=1):
-                self.machines.reset(target.name)
+                self.machines.reset(target.name, discard=True)  # the submission (or --discard) is the record
                 progress(ProgressEvent("reset", done, len(targets), "resetting"))
         return self.status(name, student, machine, lab)
+
+    def keep(self, name: str, student: str | None = None, lab: str | None = None,
+             progress: Reporter = silent) -> list[dict[str, object]]:
+        """Freeze and grade the students' labs as submissions now (while they run: graded live); labs never
+        started are left out. What a reset does first, for callers that stop the machines in between."""
+        return self._keep(name, self.targets(name, student, None, lab), progress)
+
+    def _keep(self, name: str, targets: list[Target], progress: Reporter) -> list[dict[str, object]]:
+        """Freeze (and grade) every student's lab among ``targets`` as a submission, labs never started left out.
+        A failure stops everything before anything is reset."""
+        pairs = sorted({(t.student, t.lab) for t in targets})
+        kept: list[dict[str, object]] = []
+        submissions = Submissions(self.settings, self.db, self.actor)
+        for done, (sid, lab_id) in enumerate(pairs, start=1):
+            for view in submissions.submit(name, sid, lab_id, skip_untouched=True):
+                kept.append({"student": sid, "lab": lab_id, "submission": view.id, "points": view.points,
+                             "max_points": view.max_points, "not_checked": view.not_checked})
+            progress(ProgressEvent("submit", done, len(pairs), "freezing and grading before the reset"))
+        return kept
 
     @staticmethod
     def _parallel(targets: list[Target], action: Callable[[Target], object], workers: int) -> Iterator[object]:
@@ -491,8 +521,25 @@ class Courses:
             session.flush()
             return {"course": name, "session": started.id, "begun_at": started.begun_at.isoformat()}
 
+    def session_plan(self, name: str) -> dict[str, object]:
+        """What ending the session now would do: machines stopped, machines of each-session labs frozen as
+        submissions (graded) and reset, and those labs."""
+        with self.db.transaction() as session:
+            policies = {cl.lab_id: cl.reset_policy for cl in course_by_name(session, name).labs}
+        try:
+            targets = self.targets(name)
+        except NotFoundError:
+            targets = []
+        live = {v.name for v in self.machines.status() if v.state in {s.value for s in LIVE}}
+        resets = [t for t in targets if policies[t.lab] == RESET_EACH_SESSION]
+        return {"course": name, "machines": len(targets), "running": sum(1 for t in targets if t.name in live),
+                "reset": len(resets), "students": len({t.student for t in resets}),
+                "reset_labs": sorted(lab for lab, policy in policies.items() if policy == RESET_EACH_SESSION)}
+
     def session_end(self, name: str, progress: Reporter = silent) -> dict[str, object]:
-        """Stop every machine cleanly; reset the overlays of ``each-session`` labs, keep ``persist`` ones."""
+        """End the session: freeze every student's machines of ``each-session`` labs as a submission, graded live
+        while they still run (`labkit.services.submissions`), stop every machine cleanly, then reset those labs'
+        overlays; ``persist`` labs are kept. A student whose lab could not be frozen is not reset."""
         with self._locked(name):
             with self.db.transaction() as session:
                 course = course_by_name(session, name)
@@ -506,17 +553,36 @@ class Courses:
                 targets = self.targets(name)
             except NotFoundError:
                 targets = []
-            self._stop(targets, 8, progress)
             resets = [t for t in targets if policies[t.lab] == RESET_EACH_SESSION]
+            submitted: list[dict[str, object]] = []
+            failed: dict[tuple[str, str], str] = {}
+            pairs = sorted({(t.student, t.lab) for t in resets})
+
+            def keep(pair: tuple[str, str]) -> list[dict[str, object]]:
+                return self._keep(name, [t for t in resets if (t.student, t.lab) == pair], silent)
+
+            with ThreadPoolExecutor(max_workers=SUBMIT_WORKERS) as pool:  # students are graded side by side
+                futures = {pair: pool.submit(keep, pair) for pair in pairs}
+                for done, (pair, future) in enumerate(futures.items(), start=1):
+                    try:
+                        submitted += future.result()
+                    except LabkitError as err:  # no record, no reset: this student's machines stay as they are
+                        failed[pair] = str(err)
+                    progress(ProgressEvent("submit", done, len(pairs), "grading and freezing each-session labs"))
+            self._stop(targets, 8, progress)
+            resets = [t for t in resets if (t.student, t.lab) not in failed]
             for done, target in enumerate(resets, start=1):
-                self.machines.reset(target.name)
+                self.machines.reset(target.name, discard=True)  # the submission is the record
                 progress(ProgressEvent("reset", done, len(resets), "resetting each-session labs"))
             with self.db.transaction() as session:
                 current = session.get(ClassSession, current.id)
                 assert current is not None
                 current.ended_at, current.ended_by = dt.datetime.now(dt.UTC), self.actor
-                record(session, self.actor, "session-end", name, f"{len(targets)} stopped, {len(resets)} reset")
-        return {"course": name, "stopped": len(targets), "reset": len(resets),
+                record(session, self.actor, "session-end", name,
+                       f"{len(targets)} stopped, {len(submitted)} labs submitted, {len(resets)} reset"
+                       + (f", not reset (could not be submitted): {len(failed)}" if failed else ""))
+        return {"course": name, "stopped": len(targets), "reset": len(resets), "submitted": submitted,
+                "not_reset": [f"{sid}/{lab}: {why}" for (sid, lab), why in sorted(failed.items())],
                 "kept": sorted({t.lab for t in targets if policies[t.lab] != RESET_EACH_SESSION})}
 
     # ---- status ------------------------------------------------------------------------------------------------

@@ -2,18 +2,24 @@
 
 A run grades many students in parallel (a bounded pool; each student's machines are opened once, so every check of
 one guest reuses one SSH connection). Each student's results are stored as soon as they are known, as new rows of
-the run: results are never changed, and a grade is a query over the runs (the latest one that graded that student's
-lab), never a counter (style guide 8). A failure grading one student becomes that student's failed checks; the
-others go on.
+the run: results are never changed, and a grade is a query over the runs, never a counter (style guide 8).
 
-Submissions are frozen copies of a student's overlays (`labkit.services.submissions`); grading them reads the
-copies offline, so a fixed or added check can be run again on exactly what was submitted.
+Grades are never lost silently. A check labkit could not look at (the machine is stopped and the check needs it
+running, it was never started, it cannot be reached) is "not checked" (`CheckResult.unchecked`), never failed, and
+a student's result holding one is not a grade: it never replaces an earlier grade, and the gradebook says "not
+graded" with the reason when there is no other. Which of the complete grades the gradebook shows is the course
+lab's policy (`POLICIES`): the best, the latest, or the latest submission's.
+
+Submissions are frozen copies of a student's overlays (`labkit.services.submissions`), graded live at the moment
+they are made (`SUBMIT` runs: that is the submission's grade). Grading them again from the frozen disks (`REGRADE`)
+boots throwaway copies, so what only lived in the running machine (addresses, routes, started services) is gone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
@@ -24,8 +30,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labkit.config import Settings
-from labkit.errors import GuestError, LabkitError, NotFoundError
-from labkit.grading.result import CheckResult
+from labkit.errors import BadNameError, GuestUnavailableError, LabkitError, NotFoundError
+from labkit.grading.checks import NEEDS_RUNNING
+from labkit.grading.result import CheckResult, unchecked_reasons
 from labkit.grading.runner import grade, total
 from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab
@@ -36,13 +43,19 @@ from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.lookup import course_by_name
 from labkit.services.machines import Machines
-from labkit.services.models import Course, GradeResult, GradeRun, Submission
+from labkit.services.models import Course, CourseLab, GradeResult, GradeRun, Student, Submission
 from labkit.services.roster import check_student_id
 from labkit.services.scratch import scratch_guests
 
-#: Run kinds. Only "grade" and "submission" runs count in the gradebook; self-checks are the students' own.
-LIVE, SUBMISSION, SELF_CHECK = "grade", "submission", "self-check"
-GRADED_KINDS = (LIVE, SUBMISSION)
+#: Run kinds: a live grade, a submission's grade made when it was submitted, a regrade of a submission from its
+#: frozen disks ("submission": the name older runs have), and the students' own self-checks (never a grade).
+LIVE, SUBMIT, REGRADE, SELF_CHECK = "grade", "submit", "submission", "self-check"
+SUBMISSION = REGRADE
+GRADED_KINDS = (LIVE, SUBMIT, REGRADE)
+#: Gradebook policies of a course lab: which complete grade counts. "best" is the default: a later run can only
+#: raise a student's grade, so neither a reset machine nor a stopped one, nor a grader's mistake, costs marks.
+POLICIES = ("best", "latest", "submission")
+DEFAULT_POLICY = "best"
 #: Students graded at once. Every guest gets one SSH connection, far below sshd's MaxStartups.
 DEFAULT_WORKERS = 8
 
@@ -61,10 +74,58 @@ class StudentGrade:
     source: str
     titles: dict[str, str] = field(default_factory=dict)
     hidden: frozenset[str] = frozenset()
+    kind: str = LIVE
+    run_id: int = 0
+    submission_id: int | None = None
 
     @property
     def passed(self) -> int:
         return sum(1 for r in self.results if r.passed)
+
+    @property
+    def not_checked(self) -> int:
+        """How many checks labkit could not look at (0: this is a grade)."""
+        return sum(1 for r in self.results if r.unchecked is not None)
+
+    @property
+    def complete(self) -> bool:
+        """Every check was checked: only then is this a grade that may count."""
+        return bool(self.results) and self.not_checked == 0
+
+    @property
+    def why_not_graded(self) -> str:
+        """One line: how many checks could not be checked and why ("" when complete)."""
+        if self.complete:
+            return ""
+        if not self.results:
+            return "no checks were run"
+        return (f"{self.not_checked} of {len(self.results)} checks could not be checked: "
+                + "; ".join(unchecked_reasons(self.results)))
+
+
+@dataclass(frozen=True)
+class SubmissionGrade:
+    """A submission and the grade stored when it was made (None: it has none)."""
+
+    id: int
+    student: str
+    lab: str
+    created_at: dt.datetime
+    grade: StudentGrade | None
+
+
+@dataclass(frozen=True)
+class BookEntry:
+    """What the gradebook shows for one student in one lab: the grade its policy chose, or why there is none."""
+
+    student: str
+    lab: str
+    policy: str
+    grade: StudentGrade | None
+    #: "best of 3 grades: live of 2026-12-07 14:02:11 UTC", or "not graded: 2 of 6 checks could not be checked: ..."
+    note: str
+    #: the check ids of the latest run (the gradebook's detail columns, graded or not)
+    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +138,13 @@ class RunReport:
     finished_at: dt.datetime
     grades: list[StudentGrade]
     missing: list[str] = field(default_factory=list)
+    #: checks (lab:check) that need a running machine, graded here from frozen disks: they may differ
+    needs_running: list[str] = field(default_factory=list)
+
+    @property
+    def not_checked(self) -> int:
+        """Checks of this run labkit could not look at, over every student."""
+        return sum(g.not_checked for g in self.grades)
 
 
 @dataclass(frozen=True)
@@ -103,7 +171,9 @@ class _Job:
 
 
 class UnavailableGuest:
-    """Stands in for a machine that could not be opened: every call says why, so its checks fail with the reason."""
+    """Stands in for a machine that could not be opened: every call says why, so its checks are "not checked"."""
+
+    running = False
 
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
@@ -114,7 +184,7 @@ class UnavailableGuest:
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         def refuse(*_args: Any, **_kwargs: Any) -> Any:
-            raise GuestError(self.reason)
+            raise GuestUnavailableError(self.reason)
 
         return refuse
 
@@ -130,14 +200,40 @@ class Grading:
         self.db = db
         self.actor = actor or current_actor()
         self.machines = Machines(settings, db, self.actor)
+        #: (lab, check) -> check kind, of the labs planned so far
+        self._kinds: dict[tuple[str, str], str] = {}
 
     # ---- running checks ----------------------------------------------------------------------------------------
     def grade(self, course: str, lab: str | None = None, student: str | None = None, submissions: bool = False,
               workers: int = DEFAULT_WORKERS, progress: Reporter = silent) -> RunReport:
         """Grade every (or one) student's labs: the live machines, or with ``submissions`` the latest submission of
-        each student offline. Hidden checks are included."""
-        kind = SUBMISSION if submissions else LIVE
-        return self._run(course, kind, lab, student, True, workers, progress)
+        each student again from its frozen disks (a regrade; `submission_grades` gives the grades stored when they
+        were submitted). Hidden checks are included."""
+        kind = REGRADE if submissions else LIVE
+        report = self._run(course, kind, lab, student, True, workers, progress)
+        if kind != REGRADE:
+            return report
+        needs = sorted({f"{g.lab}:{r.check_id}" for g in report.grades for r in g.results
+                        if self._kinds.get((g.lab, r.check_id)) in NEEDS_RUNNING})
+        return dataclasses.replace(report, needs_running=needs)
+
+    def measure(self, course: str, student: str, lab: str) -> tuple[_Job, list[CheckResult]] | None:
+        """Every check (hidden ones too) of ``student``'s lab on the machines as they are now, not stored: what a
+        submission keeps as its grade (`store_submission_grade`). None when the lab has no checks."""
+        jobs, _ = self._plan(course, LIVE, lab, student)
+        if not jobs or not jobs[0].lab.checks:
+            return None
+        return jobs[0], self._grade_job(jobs[0], True)
+
+    def store_submission_grade(self, session: Session, course_pk: int, submission: Submission, job: _Job,
+                               results: Sequence[CheckResult]) -> None:
+        """Keep ``results`` (from `measure`) as the grade of ``submission``: a run of its own, in the caller's
+        transaction, so a submission and its grade are stored together."""
+        run = GradeRun(course_id=course_pk, kind=SUBMIT, actor=self.actor, lab_filter=job.lab.id,
+                       student_filter=job.sid, finished_at=dt.datetime.now(dt.UTC))
+        session.add(run)
+        session.flush()
+        session.add_all(self._rows(run.id, job, results, submission.id))
 
     def self_check(self, course: str, student: str, lab: str | None = None) -> RunReport:
         """A student's own check of their live machines: only the checks that are not hidden."""
@@ -169,8 +265,10 @@ class Grading:
             assert run is not None
             run.finished_at = dt.datetime.now(dt.UTC)
             finished_at = run.finished_at
+            missed = sum(g.not_checked for g in grades)
             record(session, self.actor, kind, course, f"run {run_id}: {len(grades)} student labs"
-                   + (f", lab {lab}" if lab else "") + (f", student {student}" if student else ""))
+                   + (f", lab {lab}" if lab else "") + (f", student {student}" if student else "")
+                   + (f", {missed} checks not checked" if missed else ""))
         grades.sort(key=lambda g: (g.student, g.lab))
         return RunReport(run_id, kind, started_at, finished_at, grades, missing)
 
@@ -191,6 +289,7 @@ class Grading:
                 raise NotFoundError(f"course {course} has no student {student!r}")
             for course_lab in labs:
                 loaded = load_lab(Path(course_lab.path), known)
+                self._kinds.update({(loaded.id, c.id): c.kind for c in loaded.checks})
                 for s in students:
                     machines = {a.machine: a.vm.name for a in s.assignments if a.course_lab_id == course_lab.id}
                     if not machines:
@@ -216,9 +315,9 @@ class Grading:
             with ExitStack() as stack:
                 guests = self._guests(stack, job)
                 return grade(job.lab, None, guests, job.params, job.context, include_hidden=include_hidden)
-        except Exception as err:  # the last resort: one student's trouble never stops the run
+        except Exception as err:  # the last resort: one student's trouble never stops the run, and is not theirs
             reason = f"labkit could not grade this lab: {type(err).__name__}: {err}"
-            return [CheckResult(c.id, False, 0.0, float(c.points), reason, reason, "", 0.0)
+            return [CheckResult(c.id, False, 0.0, float(c.points), reason, reason, "", 0.0, unchecked=reason)
                     for c in job.lab.checks if include_hidden or not c.hidden]
 
     def _guests(self, stack: ExitStack, job: _Job) -> dict[str, Any]:
@@ -240,83 +339,106 @@ class Grading:
 
     def _open_live(self, machine: str, name: str) -> Any:
         try:
+            view = self.machines.status(name)[0]
+            if view.state == "stopped" and not view.overlay_bytes:
+                # an empty overlay: never started since it was made or reset; its disk is the lab's, not the work
+                return UnavailableGuest(name, f"machine {machine} was never started (since its last reset): "
+                                              "there is no work to grade")
             return self.machines.open_guest(name)
         except LabkitError as err:
             return UnavailableGuest(name, f"machine {machine} cannot be reached: {err}")
 
-    def _store(self, run_id: int, job: _Job, results: Sequence[CheckResult], kind: str) -> StudentGrade:
+    def _rows(self, run_id: int, job: _Job, results: Sequence[CheckResult],
+              submission_id: int | None) -> list[GradeResult]:
         checks = {c.id: c for c in job.lab.checks}
+        rows = []
+        for r in results:
+            definition = checks.get(r.check_id)
+            rows.append(GradeResult(
+                run_id=run_id, student_id=job.student_pk, course_lab_id=job.lab_pk, submission_id=submission_id,
+                check_id=r.check_id, title=definition.title if definition else r.check_id,
+                hidden=bool(definition and definition.hidden), passed=r.passed, points=r.points,
+                max_points=r.max_points, feedback=r.feedback, evidence=r.evidence, transport=r.transport,
+                duration=r.duration, skipped_reason=r.skipped_reason, unchecked=r.unchecked))
+        return rows
+
+    def _store(self, run_id: int, job: _Job, results: Sequence[CheckResult], kind: str) -> StudentGrade:
         with self.db.transaction() as session:
-            for r in results:
-                definition = checks.get(r.check_id)
-                session.add(GradeResult(
-                    run_id=run_id, student_id=job.student_pk, course_lab_id=job.lab_pk,
-                    submission_id=job.submission.id if job.submission else None, check_id=r.check_id,
-                    title=definition.title if definition else r.check_id,
-                    hidden=bool(definition and definition.hidden), passed=r.passed, points=r.points,
-                    max_points=r.max_points, feedback=r.feedback, evidence=r.evidence, transport=r.transport,
-                    duration=r.duration, skipped_reason=r.skipped_reason))
+            session.add_all(self._rows(run_id, job, results, job.submission.id if job.submission else None))
         points, max_points = total(results)
-        source = {LIVE: "live", SELF_CHECK: "self-check"}.get(kind) or _submission_label(job.submission)
+        source = {LIVE: "live", SELF_CHECK: "self-check"}.get(kind) or _submission_label(job.submission, kind)
         return StudentGrade(job.sid, job.lab.id, points, max_points, list(results), dt.datetime.now(dt.UTC), source,
                             {c.id: c.title for c in job.lab.checks}, frozenset(c.id for c in job.lab.checks
-                                                                                 if c.hidden))
+                                                                                 if c.hidden),
+                            kind, run_id, job.submission.id if job.submission else None)
 
     # ---- grades, derived ---------------------------------------------------------------------------------------
     def latest(self, course: str, student: str, include_hidden: bool = True,
                kinds: Sequence[str] = GRADED_KINDS) -> list[StudentGrade]:
-        """The student's latest graded result in each lab (labs never graded are left out)."""
+        """The student's latest result of ``kinds`` in each lab (labs never graded are left out); it may hold checks
+        that could not be checked (`StudentGrade.complete`)."""
         check_student_id(student)
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
             one = next((s for s in course_row.students if s.sid == student), None)
             if one is None:
                 raise NotFoundError(f"course {course} has no student {student!r}")
-            return list(self._latest_grades(session, course_row, kinds, one.id, include_hidden))
+            history = self._history(session, course_row, kinds, one.id, include_hidden)
+            return [grades[-1] for _, grades in sorted(history.items())]
 
-    def _latest_grades(self, session: Session, course: Course, kinds: Sequence[str], student_pk: int | None = None,
-                       include_hidden: bool = True) -> Iterator[StudentGrade]:
-        """For every (student, lab): the results of the latest run of ``kinds`` that graded it."""
+    def _history(self, session: Session, course: Course, kinds: Sequence[str], student_pk: int | None = None,
+                 include_hidden: bool = True) -> dict[tuple[str, str], list[StudentGrade]]:
+        """For every (student, lab): the results of every run of ``kinds`` that graded it, oldest first."""
         query = (select(GradeResult, GradeRun).join(GradeRun).where(GradeRun.course_id == course.id,
                                                                     GradeRun.kind.in_(kinds)))
         if student_pk is not None:
             query = query.where(GradeResult.student_id == student_pk)
-        latest: dict[tuple[int, int], tuple[GradeRun, list[GradeResult]]] = {}
+        runs: dict[tuple[int, int, int], tuple[GradeRun, list[GradeResult]]] = {}
         for result, run in session.execute(query.order_by(GradeRun.id, GradeResult.id)):
-            key = (result.student_id, result.course_lab_id)
-            if key not in latest or latest[key][0].id != run.id:
-                latest[key] = (run, [])
-            latest[key][1].append(result)
+            runs.setdefault((result.student_id, result.course_lab_id, run.id), (run, []))[1].append(result)
         sids = {s.id: s.sid for s in course.students}
         labs = {cl.id: cl.lab_id for cl in course.labs}
-        for (student_id, lab_id), (run, rows) in sorted(latest.items(), key=lambda kv: (sids[kv[0][0]],
-                                                                                      labs[kv[0][1]])):
+        submission_ids = {rows[0].submission_id for run, rows in runs.values() if rows[0].submission_id}
+        submissions = {row.id: row for row in session.scalars(select(Submission).where(
+            Submission.id.in_(submission_ids)))} if submission_ids else {}
+        history: dict[tuple[str, str], list[StudentGrade]] = {}
+        for (student_id, lab_id, _), (run, rows) in sorted(runs.items(), key=lambda kv: kv[0][2]):
             shown = [row for row in rows if include_hidden or not row.hidden]
             results = [_result(row) for row in shown]
             points, max_points = total(results)
-            submission = session.get(Submission, shown[0].submission_id) if shown and shown[0].submission_id else None
+            submission_id = rows[0].submission_id
             source = "live" if run.kind == LIVE else "self-check" if run.kind == SELF_CHECK else \
-                _submission_label(submission)
-            yield StudentGrade(sids[student_id], labs[lab_id], points, max_points, results, run.started_at, source,
-                               {row.check_id: row.title for row in shown},
-                               frozenset(row.check_id for row in shown if row.hidden))
+                _submission_label(submissions.get(submission_id) if submission_id else None, run.kind)
+            history.setdefault((sids[student_id], labs[lab_id]), []).append(StudentGrade(
+                sids[student_id], labs[lab_id], points, max_points, results, run.started_at, source,
+                {row.check_id: row.title for row in shown}, frozenset(row.check_id for row in shown if row.hidden),
+                run.kind, run.id, submission_id))
+        return history
+
+    def _book(self, session: Session, course: Course) -> dict[tuple[str, str], BookEntry]:
+        """Every graded (student, lab) of the course: the grade its lab's policy chooses, or why there is none."""
+        policies = {cl.lab_id: cl.grade_policy or DEFAULT_POLICY for cl in course.labs}
+        return {key: choose(grades, policies.get(key[1], DEFAULT_POLICY))
+                for key, grades in self._history(session, course, GRADED_KINDS).items()}
 
     def gradebook(self, course: str, detail: bool = False) -> Gradebook:
-        """Every student (archived ones too, marked) × lab: the latest grade; with ``detail`` one column per check."""
+        """Every student (archived ones too, marked) × lab: the grade the lab's policy chooses (empty: not graded),
+        and a status column saying which grade it is, or why there is none; with ``detail`` one column per check."""
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
-            grades = {(g.student, g.lab): g for g in self._latest_grades(session, course_row, GRADED_KINDS)}
+            book = self._book(session, course_row)
             labs = course_row.labs
             check_columns: dict[str, list[str]] = {}
             for course_lab in labs:
                 ids: dict[str, None] = {}
-                for (_, lab_id), g in grades.items():
+                for (_, lab_id), entry in book.items():
                     if lab_id == course_lab.lab_id:
-                        ids.update(dict.fromkeys(r.check_id for r in g.results))
+                        ids.update(dict.fromkeys(entry.checks))
+                        ids.update(dict.fromkeys(r.check_id for r in entry.grade.results) if entry.grade else {})
                 check_columns[course_lab.lab_id] = list(ids)
             columns = ["student", "name", "email", "archived"]
             for course_lab in labs:
-                columns += [course_lab.lab_id, f"{course_lab.lab_id} max"]
+                columns += [course_lab.lab_id, f"{course_lab.lab_id} max", f"{course_lab.lab_id} status"]
                 if detail:
                     columns += [f"{course_lab.lab_id}:{check}" for check in check_columns[course_lab.lab_id]]
             columns += ["total", "max"]
@@ -325,8 +447,11 @@ class Grading:
                 row: list[object] = [s.sid, s.name, s.email, "yes" if s.archived_at else ""]
                 points = max_points = 0.0
                 for course_lab in labs:
-                    g = grades.get((s.sid, course_lab.lab_id))
-                    row += [g.points if g else None, g.max_points if g else None]
+                    entry = book.get((s.sid, course_lab.lab_id))
+                    g = entry.grade if entry else None
+                    policy = course_lab.grade_policy or DEFAULT_POLICY
+                    row += [g.points if g else None, g.max_points if g else None,
+                            entry.note if entry else f"{policy}: never graded"]
                     if g:
                         points, max_points = points + g.points, max_points + g.max_points
                     if detail:
@@ -336,23 +461,69 @@ class Grading:
                 rows.append(row)
             return Gradebook(columns, rows)
 
+    def entries(self, course: str) -> list[BookEntry]:
+        """The gradebook's choice for every graded (student, lab), graded or not."""
+        with self.db.transaction() as session:
+            return [entry for _, entry in sorted(self._book(session, course_by_name(session, course)).items())]
+
     def pass_rates(self, course: str, lab: str | None = None) -> list[dict[str, object]]:
-        """Per check, over every student's latest grade: how many passed out of how many were graded."""
+        """Per check, over every student's grade in the gradebook: how many passed out of how many were graded."""
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
             rates: dict[tuple[str, str], dict[str, object]] = {}
-            for g in self._latest_grades(session, course_row, GRADED_KINDS):
-                if lab is not None and g.lab != lab:
+            for entry in self._book(session, course_row).values():
+                g = entry.grade
+                if g is None or (lab is not None and g.lab != lab):
                     continue
                 for r in g.results:
-                    entry = rates.setdefault((g.lab, r.check_id), {"lab": g.lab, "check": r.check_id,
+                    found = rates.setdefault((g.lab, r.check_id), {"lab": g.lab, "check": r.check_id,
                                                                    "title": g.titles.get(r.check_id, r.check_id),
                                                                    "passed": 0, "graded": 0})
-                    entry["graded"] = int(entry["graded"]) + 1  # type: ignore[call-overload]
-                    entry["passed"] = int(entry["passed"]) + int(r.passed)  # type: ignore[call-overload]
-            for entry in rates.values():
-                entry["rate"] = round(int(entry["passed"]) / int(entry["graded"]), 3)  # type: ignore[call-overload]
+                    found["graded"] = int(found["graded"]) + 1  # type: ignore[call-overload]
+                    found["passed"] = int(found["passed"]) + int(r.passed)  # type: ignore[call-overload]
+            for found in rates.values():
+                found["rate"] = round(int(found["passed"]) / int(found["graded"]), 3)  # type: ignore[call-overload]
             return list(rates.values())
+
+    def policies(self, course: str) -> dict[str, str]:
+        """lab id -> its gradebook policy."""
+        with self.db.transaction() as session:
+            return {cl.lab_id: cl.grade_policy or DEFAULT_POLICY for cl in course_by_name(session, course).labs}
+
+    def set_policy(self, course: str, lab: str, policy: str) -> None:
+        """Choose which complete grade the gradebook shows for ``lab`` (recorded; the runs stay as they are)."""
+        if policy not in POLICIES:
+            raise BadNameError(f"unknown grade policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        with self.db.transaction() as session:
+            course_row = course_by_name(session, course)
+            found = session.scalar(select(CourseLab).where(CourseLab.course_id == course_row.id,
+                                                           CourseLab.lab_id == lab))
+            if found is None:
+                raise NotFoundError(f"course {course} has no lab {lab!r} (labs: "
+                                    f"{', '.join(cl.lab_id for cl in course_row.labs)})")
+            before, found.grade_policy = found.grade_policy, policy
+            record(session, self.actor, "grade-policy", f"{course}/{lab}", f"{before} -> {policy}")
+
+    def submission_grades(self, course: str, lab: str | None = None,
+                          student: str | None = None) -> list[SubmissionGrade]:
+        """Every submission (of ``lab``, of ``student``) with the grade stored when it was made (None: it has
+        none, e.g. made before labkit graded submissions, or its lab has no checks). Oldest first."""
+        if student is not None:
+            check_student_id(student)
+        with self.db.transaction() as session:
+            course_row = course_by_name(session, course)
+            query = (select(Submission, Student, CourseLab).join(Student, Submission.student_id == Student.id)
+                     .join(CourseLab, Submission.course_lab_id == CourseLab.id)
+                     .where(Student.course_id == course_row.id).order_by(Submission.id))
+            if lab is not None:
+                query = query.where(CourseLab.lab_id == lab)
+            if student is not None:
+                query = query.where(Student.sid == student)
+            found = list(session.execute(query))
+            grades = {g.submission_id: g for grades in self._history(session, course_row, (SUBMIT,)).values()
+                      for g in grades}
+            return [SubmissionGrade(submission.id, student_row.sid, course_lab.lab_id, submission.created_at,
+                                    grades.get(submission.id)) for submission, student_row, course_lab in found]
 
     def runs(self, course: str, limit: int = 20) -> list[dict[str, object]]:
         """The latest grading runs of the course, newest first (the history)."""
@@ -363,8 +534,36 @@ class Grading:
             return [{"id": run.id, "kind": run.kind, "actor": run.actor, "lab": run.lab_filter,
                      "student": run.student_filter, "started_at": run.started_at.isoformat(),
                      "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                     "results": len(run.results)} for run in found]
+                     "results": len(run.results),
+                     "not_checked": sum(1 for r in run.results if r.unchecked is not None)} for run in found]
 
+
+def choose(grades: Sequence[StudentGrade], policy: str) -> BookEntry:
+    """The grade ``policy`` picks out of one student's graded runs of one lab (oldest first).
+
+    Only complete grades count (every check was checked): a run that could not check everything never replaces a
+    grade. ``best``: the most points (the later one on a tie); ``latest``: the last; ``submission``: the last
+    submission's grade (of the submissions whose grade is complete).
+    """
+    last = grades[-1]
+    checks = tuple(r.check_id for r in last.results)
+    complete = [g for g in grades if g.complete]
+    if policy == "submission":
+        complete = [g for g in complete if g.kind == SUBMIT]
+    if not complete:
+        incomplete = [g for g in grades if not g.complete and (policy != "submission" or g.kind == SUBMIT)]
+        why = incomplete[-1].why_not_graded if incomplete else "no submission was graded"
+        return BookEntry(last.student, last.lab, policy, None, f"not graded: {why}", checks)
+    if policy == "best":
+        chosen = max(reversed(complete), key=lambda g: g.points)  # reversed: the latest wins a tie
+        how = f"best of {len(complete)} grades"
+    else:
+        chosen = complete[-1]
+        how = "latest grade" if policy == "latest" else "latest submission"
+    note = f"{policy}: {how}: {chosen.source} (run {chosen.run_id}, {chosen.graded_at:%Y-%m-%d %H:%M:%S} UTC)"
+    if grades[-1] is not chosen and not grades[-1].complete:
+        note += f"; the last run could not check everything ({grades[-1].why_not_graded})"
+    return BookEntry(chosen.student, chosen.lab, policy, chosen, note, checks)
 
 
 def _latest_submission(session: Session, student_pk: int, lab_pk: int) -> Submission | None:
@@ -373,10 +572,11 @@ def _latest_submission(session: Session, student_pk: int, lab_pk: int) -> Submis
                           .order_by(Submission.id.desc()).limit(1))
 
 
-def _submission_label(submission: Submission | None) -> str:
+def _submission_label(submission: Submission | None, kind: str = SUBMIT) -> str:
+    how = "submission" if kind == SUBMIT else "regrade from the frozen disks of submission"
     if submission is None:
-        return "submission (since deleted)"
-    return f"submission of {submission.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{how} (since deleted)"
+    return f"{how} {submission.id} of {submission.created_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _frozen_guest(submission: Submission, machine: str) -> Any:
@@ -391,4 +591,4 @@ def _frozen_guest(submission: Submission, machine: str) -> Any:
 
 def _result(row: GradeResult) -> CheckResult:
     return CheckResult(row.check_id, row.passed, row.points, row.max_points, row.feedback, row.evidence,
-                       row.transport, row.duration, row.skipped_reason)
+                       row.transport, row.duration, row.skipped_reason, row.unchecked)

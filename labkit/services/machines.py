@@ -400,13 +400,32 @@ class Machines:
                                  status.state)
             yield session, machine
 
-    def reset(self, name: str) -> MachineView:
-        """Throw away every change in the machine's overlay (explicit, recorded)."""
+    def reset(self, name: str, discard: bool = False) -> MachineView:
+        """Give the machine an empty overlay (explicit, recorded). The old overlay is kept as a snapshot named
+        ``before-reset-<time>`` unless ``discard`` or it holds nothing: a reset never loses work without a record."""
         with self._stopped(name, "reset") as (session, machine):
             image_service.require_intact(session, self.settings, machine.image)
+            kept = "" if discard else self._keep_before(session, machine, "reset")
             get_overlay(machine.overlay_kind).reset(Path(machine.overlay_path), Path(machine.image.path))
-            record(session, self.actor, "reset", name, "overlay replaced by an empty one")
+            record(session, self.actor, "reset", name, "overlay replaced by an empty one"
+                   + (kept or ("; the old one was discarded" if discard else "")))
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def _keep_before(self, session: Session, machine: Machine, action: str) -> str:
+        """Keep the overlay as snapshot ``before-<action>-<time>`` before ``action`` drops it (nothing when it holds
+        nothing); returns what to add to the action's audit detail."""
+        path = Path(machine.overlay_path)
+        if not path.exists() or not get_overlay(machine.overlay_kind).info(path).allocated_bytes:
+            return ""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dt%H%M%S")
+        taken = {s.name for s in machine.snapshots}
+        names = [f"before-{action}-{stamp}{suffix}" for suffix in ("", *(f"-{i}" for i in range(2, 10)))]
+        keep = next((name for name in names if name not in taken), f"before-{action}-{secrets.token_hex(4)}")
+        dest = self._snapshot_dir(machine.name) / f"{keep}.cow"
+        size, _how = self._copy_overlay(session, machine, dest, action)
+        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size))
+        record(session, self.actor, "snapshot", machine.name, f"{keep} (kept before a {action})")
+        return f"; the old one is kept as snapshot {keep}"
 
     def snapshot(self, name: str, snapshot: str) -> MachineView:
         """Keep a named copy of the overlay. A running machine is synced and paused for the copy, then resumed."""
@@ -461,12 +480,14 @@ class Machines:
                 backend.resume(spec)
         return info.allocated_bytes, "live" if live else status.state.value
 
-    def restore(self, name: str, snapshot: str) -> MachineView:
-        """Bring a snapshot back as the overlay; changes made since are gone (explicit, recorded)."""
+    def restore(self, name: str, snapshot: str, discard: bool = False) -> MachineView:
+        """Bring a snapshot back as the overlay (explicit, recorded). The overlay it replaces is kept as snapshot
+        ``before-restore-<time>`` unless ``discard``."""
         with self._stopped(name, "restore") as (session, machine):
             chosen = self._snapshot(machine, snapshot)
+            kept = "" if discard else self._keep_before(session, machine, "restore")
             get_overlay(machine.overlay_kind).restore(Path(chosen.path), Path(machine.overlay_path))
-            record(session, self.actor, "restore", name, snapshot)
+            record(session, self.actor, "restore", name, snapshot + kept)
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:

@@ -175,6 +175,8 @@ class CourseLab(Base):
     #: {relative path: sha256} at the last provisioning, to say what changed
     files: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     reset_policy: Mapped[str] = mapped_column(String(16))
+    #: which graded run makes the gradebook's grade: "best", "latest" or "submission" (labkit.services.grading)
+    grade_policy: Mapped[str] = mapped_column(String(16), default="best", server_default="best")
 
     course: Mapped[Course] = relationship(back_populates="labs")
 
@@ -275,6 +277,8 @@ class GradeResult(Base):
     transport: Mapped[str] = mapped_column(String(32), default="")
     duration: Mapped[float] = mapped_column(default=0.0)
     skipped_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: why labkit could not check at all (machine stopped, never started, unreachable); None: it was checked
+    unchecked: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     run: Mapped[GradeRun] = relationship(back_populates="results")
     student: Mapped[Student] = relationship()

@@ -1,14 +1,19 @@
-"""Submissions: a student's machines of a lab, frozen at a moment, so they can be graded (again) later.
+"""Submissions: a student's machines of a lab, frozen at a moment and graded at that moment.
 
 A submission is a sparse copy of every overlay of the student's lab (taken like a live snapshot: synced and paused
 for the copy), kept under ``<home>/submissions`` apart from the machine's own snapshots, so neither a reset, a
 restore nor deleting snapshots can touch it. Only purging the student or the course deletes it.
+
+Just before the copy, every check of the lab runs against the machines as they are (running ones live), and those
+results are stored with the submission as its grade: a frozen disk keeps files, but not what only lived in the
+running machine (added addresses, routes, started services), so grading it again later may differ.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,8 @@ from sqlalchemy import select
 
 from labkit.config import Settings
 from labkit.errors import NotFoundError
+from labkit.grading.result import CheckResult, unchecked_reasons
+from labkit.grading.runner import total
 from labkit.overlays.sparse import sparse_copy
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
@@ -34,6 +41,11 @@ class SubmissionView:
     created_at: dt.datetime
     machines: list[str]
     bytes: int
+    #: the grade stored with the submission (None: its lab has no checks); ``not_checked`` checks could not be checked
+    points: float | None = None
+    max_points: float | None = None
+    not_checked: int = 0
+    graded_note: str = ""
 
 
 def student_folder(settings: Settings, course_pk: int, student_pk: int) -> Path:
@@ -50,8 +62,13 @@ class Submissions:
         self.actor = actor or current_actor()
         self.machines = Machines(settings, db, self.actor)
 
-    def submit(self, course: str, student: str, lab: str | None = None) -> list[SubmissionView]:
-        """Freeze the student's machines of every lab (or of ``lab``): one submission per lab."""
+    def submit(self, course: str, student: str, lab: str | None = None, grade: bool = True,
+               skip_untouched: bool = False) -> list[SubmissionView]:
+        """Grade the student's machines of every lab (or of ``lab``) as they are and freeze them: one submission
+        per lab, its grade stored with it. ``skip_untouched`` leaves out labs whose machines were never started
+        since they were made or reset (nothing to keep)."""
+        from labkit.services.grading import Grading
+
         check_student_id(student)
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
@@ -62,13 +79,19 @@ class Submissions:
             plan = [(cl.id, cl.lab_id, {a.machine: _disk_record(a.vm) for a in student_row.assignments
                                         if a.course_lab_id == cl.id}) for cl in labs]
             folder = student_folder(self.settings, course_row.id, student_row.id)
-            student_pk = student_row.id
+            student_pk, course_pk = student_row.id, course_row.id
         plan = [entry for entry in plan if entry[2]]
+        if skip_untouched:
+            plan = [entry for entry in plan if any(self._touched(str(d["vm"])) for d in entry[2].values())]
+            if not plan:
+                return []
         if not plan:
             raise NotFoundError(f"student {student} has no machines in course {course}"
                                 + (f" lab {lab}" if lab else "") + " to submit; provision the course first")
         views = []
+        grading = Grading(self.settings, self.db, self.actor)
         for lab_pk, lab_id, machines in plan:
+            measured = grading.measure(course, student, lab_id) if grade else None
             stamp = dt.datetime.now(dt.UTC)
             where = folder / f"l{lab_pk}-{stamp:%Y%m%dT%H%M%S%f}"
             try:
@@ -83,14 +106,27 @@ class Submissions:
                     row = Submission(student_id=student_pk, course_lab_id=lab_pk, actor=self.actor, disks=disks,
                                      created_at=stamp)
                     session.add(row)
-                    record(session, self.actor, "submit", f"{course}/{student}/{lab_id}",
-                           f"{len(disks)} machines frozen in {where.name}")
                     session.flush()
-                    views.append(_view(row, course, student, lab_id))
+                    note = ""
+                    if measured is not None:
+                        job, results = measured
+                        grading.store_submission_grade(session, course_pk, row, job, results)
+                        points, max_points = total(results)
+                        missed = sum(1 for r in results if r.unchecked is not None)
+                        note = f", graded {points:g}/{max_points:g}" + (f" ({missed} not checked)" if missed else "")
+                    record(session, self.actor, "submit", f"{course}/{student}/{lab_id}",
+                           f"{len(disks)} machines frozen in {where.name}{note}")
+                    views.append(_view(row, course, student, lab_id, measured[1] if measured else None))
             except BaseException:
                 shutil.rmtree(where, ignore_errors=True)
                 raise
         return views
+
+    def _touched(self, name: str) -> bool:
+        """Whether the machine holds anything of its own (a running one, or a stopped one with a non-empty
+        overlay): an empty overlay was never started since it was made or reset."""
+        view = self.machines.status(name)[0]
+        return view.state != "stopped" or bool(view.overlay_bytes)
 
     def list(self, course: str, student: str | None = None) -> list[SubmissionView]:
         with self.db.transaction() as session:
@@ -118,6 +154,14 @@ def _disk_record(vm: Machine) -> dict[str, object]:
             "networks": [net for net, _ in vm.networks]}
 
 
-def _view(row: Submission, course: str, student: str, lab: str) -> SubmissionView:
-    return SubmissionView(row.id, course, student, lab, row.created_at, sorted(row.disks),
-                          sum(int(str(d.get("bytes", 0))) for d in row.disks.values()))
+def _view(row: Submission, course: str, student: str, lab: str,
+          results: Sequence[CheckResult] | None = None) -> SubmissionView:
+    size = sum(int(str(d.get("bytes", 0))) for d in row.disks.values())
+    if results is None:
+        return SubmissionView(row.id, course, student, lab, row.created_at, sorted(row.disks), size)
+    points, max_points = total(results)
+    reasons = unchecked_reasons(results)
+    missed = sum(1 for r in results if r.unchecked is not None)
+    note = f"{missed} of {len(results)} checks could not be checked: {'; '.join(reasons)}" if missed else ""
+    return SubmissionView(row.id, course, student, lab, row.created_at, sorted(row.disks), size, points, max_points,
+                          missed, note)

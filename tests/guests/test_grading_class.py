@@ -119,7 +119,8 @@ def test_grading_a_class(services: tuple[Courses, Grading, Submissions], tmp_pat
     assert not live["root-intact"].passed and not live["secret-content"].passed and not live["home"].passed
     frozen = grading.grade("sec1", student="alice", submissions=True)
     assert frozen.kind == "submission" and frozen.grades[0].points == 13
-    assert frozen.grades[0].source.startswith("submission of")
+    assert frozen.grades[0].source.startswith(f"regrade from the frozen disks of submission {submitted.id} of")
+    assert submitted.points == 13 and submitted.not_checked == 0  # graded live when it was made
     assert [s.id for s in submissions.list("sec1", "alice")] == [submitted.id]
     assert not any((courses.settings.home / "scratch").iterdir())  # the throwaway copies are gone
     frozen_files = sorted(p.name for p in courses.settings.submissions.rglob("*") if p.is_file())
@@ -129,4 +130,4 @@ def test_grading_a_class(services: tuple[Courses, Grading, Submissions], tmp_pat
     courses.stop("sec1", student="bob")
     offline = {r.check_id: r for r in grading.grade("sec1", student="bob").grades[0].results}
     assert offline["secret-content"].transport == "offline" and not offline["secret-content"].passed
-    assert "must run" in offline["root-intact"].feedback
+    assert "must run" in offline["root-intact"].feedback and offline["root-intact"].unchecked

@@ -319,10 +319,11 @@ def test_grading_hidden_checks_stay_with_the_instructor(world: World) -> None:
     book = world.call("teacher", "GET", "/api/v1/courses/c1/grades?detail=1").get_json()
     assert book["columns"][:4] == ["student", "name", "email", "archived"]
     assert any(c.startswith("intro-shell:") for c in book["columns"]) and len(book["rows"]) == 2
-    assert book["pass_rates"]
+    assert book["pass_rates"] == []  # machines never started: not graded, so no rates
     csv = world.call("teacher", "GET", "/api/v1/courses/c1/grades.csv")
     assert csv.status_code == 200 and csv.mimetype == "text/csv"
-    assert csv.get_data(as_text=True).lstrip("\ufeff").startswith("student,name,email,archived,intro-shell")
+    assert csv.get_data(as_text=True).lstrip("\ufeff").startswith(
+        "student,name,email,archived,intro-shell,intro-shell max,intro-shell status")
     teacher = world.call("teacher", "GET", "/api/v1/courses/c1/students/alice/grades").get_json()
     checks = teacher["grades"][0]["checks"]
     assert any(c["hidden"] for c in checks) and all("evidence" in c for c in checks)
@@ -342,8 +343,14 @@ def test_self_check_and_submit(world: World) -> None:
     job = world.wait(world.call("teacher", "POST", "/api/v1/courses/c1/students/alice/submit",
                                 {"lab": "intro-shell"}))
     assert job["state"] == "done"
+    # the instructor's answer holds the submission's grade: the machine never ran, so it could not be checked
+    [made] = job["result"]["submissions"]
+    assert made["not_checked"] == 8 and "was never started" in made["not_graded_because"]
     listed = world.call("alice", "GET", "/api/v1/courses/c1/students/alice/submissions").get_json()
     assert [s["lab"] for s in listed] == ["intro-shell", "intro-shell"]
+    assert all("points" not in s for s in listed)  # a student never sees hidden checks' points
+    seen = world.call("teacher", "GET", "/api/v1/courses/c1/students/alice/submissions").get_json()
+    assert [(s["not_checked"], s["points"]) for s in seen] == [(8, 0), (8, 0)]
 
 
 def test_jobs_are_seen_by_their_owner_the_instructor_and_the_machines_student(world: World) -> None:

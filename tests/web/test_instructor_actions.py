@@ -80,7 +80,8 @@ def test_reset_one_student_needs_confirmation(teaching: Teaching) -> None:
     job = job_of(post(teaching.teacher, "/teach/courses/c1/reset-student", student="alice", confirm="yes",
                       back="grid"))
     found = finish(teaching, teaching.teacher, job)
-    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1}
+    # never started: nothing to keep as a submission
+    assert found["state"] == "done" and found["result"] == {"student": "alice", "reset": 1, "submitted": 0}
     with state(teaching.app).db.transaction() as session:
         resets = [(e.actor, e.target) for e in session.query(Event).filter(Event.action == "reset")]
     assert resets == [("teacher", teaching.machines["alice"])]
@@ -103,6 +104,22 @@ def test_session_begin_and_end_with_the_reset_policy_shown(teaching: Teaching) -
     assert "No session is open" in teaching.teacher.get("/teach/courses/c1").get_data(as_text=True)
 
 
+def test_the_session_end_button_says_what_will_be_reset(teaching: Teaching, make_course: object,
+                                                        make_student: object) -> None:
+    """An each-session lab: the button and its confirmation count the machines that will be submitted and reset."""
+    make_course("c5", owner="teacher", labs=("two-hosts",))  # type: ignore[operator]
+    for sid in ("dave", "erin"):
+        make_student("c5", sid)  # type: ignore[operator]
+    teaching.courses.provision("c5")
+    for path in ("/teach/courses/c5", "/teach/courses/c5/grid"):
+        html = teaching.teacher.get(path).get_data(as_text=True)
+        assert "End session: submit and reset 4 machines</button>" in html, path
+        assert ("0 running machines stop, and 4 machines of each-session labs are graded, frozen as submissions "
+                "and reset (labs: two-hosts)") in html, path
+    html = teaching.teacher.get("/teach/courses/c1/grid").get_data(as_text=True)  # a persist lab: none reset
+    assert "End session: submit and reset 0 machines</button>" in html
+
+
 def test_csrf_missing_or_forged_starts_nothing(teaching: Teaching) -> None:
     for data in ({}, {"csrf_token": "forged"}):
         for path in ("/teach/courses/c1/start-all", "/teach/courses/c1/grade", "/teach/courses/c1/session/begin",
@@ -115,16 +132,22 @@ def test_csrf_missing_or_forged_starts_nothing(teaching: Teaching) -> None:
 
 
 def test_grading_stopped_machines_fills_the_grades_page(teaching: Teaching) -> None:
-    """Stopped machines are graded offline (from their disks): the job, the gradebook, pass rates, runs, CSV."""
+    """Machines never started cannot be graded: the job runs, and the gradebook says "not graded" with the reason
+    (empty cells, never 0); the runs are kept."""
     job = job_of(post(teaching.teacher, "/teach/courses/c1/grade", back="grades"))
     found = finish(teaching, teaching.teacher, job)
     assert found["state"] == "done", found
-    assert found["result"]["graded"] == 2  # type: ignore[index]
+    assert found["result"]["graded"] == 2 and found["result"]["not_checked"] == 16  # type: ignore[index]
     html = teaching.teacher.get("/teach/courses/c1/grades").get_data(as_text=True)
     table = re.search(r'<table id="grades-table">.*?</table>', html, re.S)
-    assert table and 'data-student="alice"' in table.group(0) and "intro-shell:" in table.group(0)
-    total = re.search(r'<tr data-student="alice">.*?<td data-column="max">([^<]*)</td>', table.group(0), re.S)
-    assert total and float(total.group(1)) > 0
-    assert 'id="pass-rates-table"' in html and 'id="runs-table"' in html
+    assert table and 'data-student="alice"' in table.group(0)
+    status = re.search(r'<tr data-student="alice">.*?<td data-column="intro-shell status">([^<]*)</td>',
+                       table.group(0), re.S)
+    assert status and status.group(1).startswith("not graded: 8 of 8 checks could not be checked: machine box "
+                                                 "was never started")
+    points = re.search(r'<tr data-student="alice">.*?<td data-column="intro-shell">([^<]*)</td>', table.group(0),
+                       re.S)
+    assert points and points.group(1) == ""
+    assert "Nothing graded yet" in html and 'id="runs-table"' in html
     grid = teaching.teacher.get("/teach/courses/c1/grid.json").get_json()
-    assert all(re.fullmatch(r"[\d.]+/[\d.]+", cell["grade"]) for cell in grid["cells"])
+    assert all(cell["grade"] == "" for cell in grid["cells"])

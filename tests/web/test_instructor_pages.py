@@ -155,6 +155,6 @@ def test_grades_page_without_grades(teaching: Teaching) -> None:
     assert "Nothing graded yet" in html
     csv = teaching.teacher.get("/teach/courses/c1/grades.csv")
     assert csv.headers["Content-Disposition"] == 'attachment; filename="grades-c1.csv"'
-    assert csv.data.startswith("\ufeffstudent,name,email,archived,intro-shell,intro-shell max,total,max\r\n"
-                               .encode())
-    assert b"alice,Student alice,alice@example.org,,,,0,0\r\n" in csv.data
+    assert csv.data.startswith("\ufeffstudent,name,email,archived,intro-shell,intro-shell max,intro-shell status,"
+                               "total,max\r\n".encode())
+    assert b"alice,Student alice,alice@example.org,,,,best: never graded,0,0\r\n" in csv.data

@@ -3,6 +3,7 @@ student's own self-check and lab submission."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Response, abort, jsonify
@@ -30,7 +31,7 @@ def grades(course: str) -> ResponseReturnValue:
 
 @bp.get("/courses/<course>/grades.csv")
 def grades_csv(course: str) -> ResponseReturnValue:
-    """The same gradebook as ``labkit grades --csv``."""
+    """The same gradebook as ``labkit gradebook --csv``."""
     scope.owned_course(course)
     book = services().grading(scope.user().username).gradebook(course, detail=flag("detail"))
     return Response("\ufeff" + to_csv(book.columns, book.rows), mimetype="text/csv",
@@ -39,7 +40,8 @@ def grades_csv(course: str) -> ResponseReturnValue:
 
 @bp.post("/courses/<course>/grade")
 def grade(course: str) -> ResponseReturnValue:
-    """Grade the class, one lab, or one student (live machines, or with ``submissions`` the latest submissions)."""
+    """Grade the class, one lab, or one student (live machines, or with ``submissions`` the latest submissions again
+    from their frozen disks; ``needs_running`` then names the checks that may differ from the submissions' grades)."""
     found = scope.owned_course(course)
     body = json_body({"lab": Field(str), "student": Field(str), "submissions": Field(bool)})
     lab = scope.lab(found, body["lab"]) if "lab" in body else None
@@ -50,6 +52,7 @@ def grade(course: str) -> ResponseReturnValue:
         report = grading.grade(course, lab=lab, student=student, submissions=body.get("submissions", False),
                                progress=progress)
         return {"run_id": report.run_id, "kind": report.kind, "missing": report.missing,
+                "not_checked": report.not_checked, "needs_running": report.needs_running,
                 "grades": [_grade_json(g, hidden=True) for g in report.grades]}
 
     target = "/".join(["grade:" + course, *(f"{k}={v}" for k, v in (("lab", lab), ("student", student)) if v)])
@@ -67,10 +70,22 @@ def student_grades(course: str, sid: str) -> ResponseReturnValue:
 
 @bp.get("/courses/<course>/students/<sid>/submissions")
 def student_submissions(course: str, sid: str) -> ResponseReturnValue:
+    """A student's submissions; the instructor also sees the grade each got when it was made."""
     found = scope.course(course)
     scope.student_of(found, sid)
     listed = Submissions(services().settings, services().db, scope.user().username).list(course, sid)
-    return jsonify([_submission_json(s) for s in listed])
+    if not found.is_owner:
+        return jsonify([_submission_json(s) for s in listed])
+    stored = {g.id: g.grade for g in services().grading(scope.user().username).submission_grades(course, None, sid)}
+    return jsonify([_submission_json(_with_grade(s, stored.get(s.id)), graded=True) for s in listed])
+
+
+def _with_grade(view: SubmissionView, grade: StudentGrade | None) -> SubmissionView:
+    """The submission with the grade stored when it was made (the instructor's view)."""
+    if grade is None:
+        return view
+    return dataclasses.replace(view, points=grade.points, max_points=grade.max_points,
+                               not_checked=grade.not_checked, graded_note=grade.why_not_graded)
 
 
 @bp.post("/courses/<course>/students/<sid>/submit")
@@ -86,7 +101,8 @@ def _submit_job(found: Membership, sid: str, lab: str | None) -> ResponseReturnV
     service = Submissions(services().settings, services().db, scope.user().username)
     course = found.course
     return submit("submit", f"submit:{course}/{sid}" + (f"/{lab}" if lab else ""),
-                  lambda progress: {"submissions": [_submission_json(s) for s in service.submit(course, sid, lab)]},
+                  lambda progress: {"submissions": [_submission_json(s, graded=found.is_owner)
+                                                    for s in service.submit(course, sid, lab)]},
                   found.course_id)
 
 
@@ -129,15 +145,21 @@ def _grade_json(grade: StudentGrade, hidden: bool) -> dict[str, Any]:
             continue
         check: dict[str, Any] = {"id": r.check_id, "title": grade.titles.get(r.check_id, r.check_id),
                                  "passed": r.passed, "points": r.points, "max_points": r.max_points,
-                                 "feedback": r.feedback, "skipped_reason": r.skipped_reason}
+                                 "feedback": r.feedback, "skipped_reason": r.skipped_reason,
+                                 "not_checked": r.unchecked}
         if hidden:
             check.update(hidden=r.check_id in grade.hidden, evidence=r.evidence)
         checks.append(check)
     return {"student": grade.student, "lab": grade.lab, "points": grade.points, "max_points": grade.max_points,
             "passed": grade.passed, "graded_at": grade.graded_at.isoformat(), "source": grade.source,
-            "checks": checks}
+            "complete": grade.complete, "not_graded_because": grade.why_not_graded or None, "checks": checks}
 
 
-def _submission_json(s: SubmissionView) -> dict[str, Any]:
-    return {"id": s.id, "course": s.course, "student": s.student, "lab": s.lab,
-            "created_at": s.created_at.isoformat(), "machines": s.machines, "bytes": s.bytes}
+def _submission_json(s: SubmissionView, graded: bool = False) -> dict[str, Any]:
+    """A submission; with ``graded`` (the instructor) the grade stored with it, hidden checks included."""
+    found = {"id": s.id, "course": s.course, "student": s.student, "lab": s.lab,
+             "created_at": s.created_at.isoformat(), "machines": s.machines, "bytes": s.bytes}
+    if graded:
+        found.update(points=s.points, max_points=s.max_points, not_checked=s.not_checked,
+                     not_graded_because=s.graded_note or None)
+    return found

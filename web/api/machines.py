@@ -66,13 +66,15 @@ def machine_stop(name: str) -> ResponseReturnValue:
 
 @bp.post("/machines/<name>/reset")
 def machine_reset(name: str) -> ResponseReturnValue:
-    """Throw away every change on the machine; needs ``{"confirm": true}``."""
+    """Give the machine a fresh disk; needs ``{"confirm": true}``. The old disk is kept as snapshot
+    ``before-reset-<time>`` unless ``{"discard": true}``."""
     owned = scope.machine(name)
-    body = json_body({"confirm": Field(bool)})
+    body = json_body({"confirm": Field(bool), "discard": Field(bool)})
     if body.get("confirm") is not True:
-        abort(400, 'a reset throws away all work on the machine: send {"confirm": true} to go ahead')
+        abort(400, 'a reset gives the machine a fresh disk: send {"confirm": true} to go ahead')
     service = services().machines(scope.user().username)
-    return machine_job("reset", owned, lambda progress: _state_json(service.reset(owned.name)),
+    discard = body.get("discard", False) is True
+    return machine_job("reset", owned, lambda progress: _state_json(service.reset(owned.name, discard=discard)),
                        lambda state: f"it is {state}; stop it first" if state in _LIVE else None)
 
 

@@ -123,20 +123,23 @@ def _whole_class(course: str, kind: str, goal: str) -> ResponseReturnValue:
 @bp.post("/courses/<course>/reset-student")
 @instructor_required
 def reset_student(course: str) -> ResponseReturnValue:
-    """Stop one student's machines and give them fresh overlays: their work is lost, so the form must confirm."""
+    """Stop one student's machines, keep their work as a submission (graded), and give them fresh overlays; the
+    form must confirm."""
     owned = owned_course_or_404(course)
     courses = services().courses(actor())
     sid = request.form.get("student", "")
     if sid not in {s["id"] for s in courses.students(owned.name) if not s["archived"]}:
         abort(404, f"course {owned.name} has no active student {sid!r}.")
     if request.form.get("confirm") != "yes":
-        flash(f"Nothing was reset: tick the box to confirm that {sid}'s work on their machines is lost.", "error")
+        flash(f"Nothing was reset: tick the box to confirm that {sid}'s machines start afresh (their work is kept "
+              "as a submission).", "error")
         return back(owned)
 
     def run(progress: Reporter) -> dict[str, Any]:
+        kept = courses.keep(owned.name, student=sid, progress=progress)  # graded live, before the stop
         courses.stop(owned.name, student=sid, progress=progress)
-        machines = courses.reset(owned.name, student=sid, progress=progress)
-        return {"student": sid, "reset": len(machines)}
+        machines = courses.reset(owned.name, student=sid, progress=progress, discard=True)
+        return {"student": sid, "reset": len(machines), "submitted": len(kept)}
 
     return started(owned, submit(owned, "reset-student", run, "student", sid))
 

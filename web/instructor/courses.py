@@ -72,6 +72,7 @@ def course_context(owned: OwnedCourse) -> dict[str, Any]:
             "running": sum(1 for m in machines if m["state"] == "running"),
             "session": CourseView(services().db).open_session(owned.name), "jobs": course_jobs(owned),
             "follow": request.args.get("job", type=record_id), "each_session": RESET_EACH_SESSION,
+            "session_plan": courses.session_plan(owned.name),
             "upload_limit": size_text(current_app.config.get("MAX_CONTENT_LENGTH") or 0)}
 
 

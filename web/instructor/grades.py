@@ -1,7 +1,7 @@
 """Grades of a course: run grading as a job, the gradebook (students × checks with totals), pass rates, CSV export
 and the history of grading runs.
 
-The CSV download is the same gradebook, written the same way, as ``labkit grades COURSE --csv FILE``
+The CSV download is the same gradebook, written the same way, as ``labkit gradebook COURSE --csv FILE``
 (`labkit.grading.report`): UTF-8 with a byte order mark, CRLF, spreadsheet-safe cells.
 """
 
@@ -36,7 +36,7 @@ def grades(course: str) -> ResponseReturnValue:
     return render_template("instructor/grades.html", course=owned.name, columns=book.columns, rows=rows,
                            person=_PERSON, totals=_TOTALS, rates=rates,
                            titles={f"{r['lab']}:{r['check']}": r["title"] for r in rates},
-                           runs=grading.runs(owned.name), labs=labs,
+                           runs=grading.runs(owned.name), labs=labs, policies=grading.policies(owned.name),
                            jobs=course_jobs(owned), follow=request.args.get("job", type=record_id))
 
 
@@ -51,7 +51,8 @@ def grade(course: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         report = grading.grade(owned.name, lab=lab, submissions=submissions, progress=progress)
-        return {"run": report.run_id, "graded": len(report.grades), "missing": report.missing}
+        return {"run": report.run_id, "graded": len(report.grades), "missing": report.missing,
+                "not_checked": report.not_checked, "needs_running": report.needs_running}
 
     return started(owned, submit(owned, "grade", run))
 
@@ -59,7 +60,8 @@ def grade(course: str) -> ResponseReturnValue:
 @bp.get("/courses/<course>/grades.csv")
 @instructor_required
 def grades_csv(course: str) -> ResponseReturnValue:
-    """The gradebook as CSV, byte for byte what ``labkit grades COURSE --csv`` writes (``?detail=1``: ``--detail``)."""
+    """The gradebook as CSV, byte for byte what ``labkit gradebook COURSE --csv`` writes (``?detail=1``:
+    ``--detail``)."""
     owned = owned_course_or_404(course)
     detail = request.args.get("detail") == "1"
     book = services().grading(actor()).gradebook(owned.name, detail=detail)

@@ -35,7 +35,7 @@ def grid_data(owned: OwnedCourse) -> dict[str, Any]:
     students = [{"id": s["id"], "name": s["name"]} for s in courses.students(owned.name) if not s["archived"]]
     machines = courses.status(owned.name)
     book = services().grading(actor()).gradebook(owned.name)
-    labs = [c for c in book.columns[4:-2] if not c.endswith(" max")]
+    labs = [c for c in book.columns[4:-2] if not c.endswith((" max", " status"))]
     grades: dict[tuple[str, str], str] = {}
     for row in book.rows:
         for lab in labs:
@@ -63,7 +63,8 @@ def grid(course: str) -> ResponseReturnValue:
     return render_template("instructor/grid.html", course=owned.name, grid=data, cells=by_key, poll_ms=POLL_MS,
                            labs=summary["labs"], each_session=RESET_EACH_SESSION, jobs=course_jobs(owned),
                            follow=request.args.get("job", type=record_id),
-                           session=CourseView(services().db).open_session(owned.name))
+                           session=CourseView(services().db).open_session(owned.name),
+                           session_plan=services().courses(actor()).session_plan(owned.name))
 
 
 @bp.get("/courses/<course>/grid.json")
