@@ -208,7 +208,7 @@ def test_without_bwrap_script_checks_are_refused_not_run_unsandboxed(
     with pytest.raises(SandboxUnavailable, match=r"bwrap is not installed .*docs/operations\.md"):
         run_grader(lab_folder, "grader.py", "f", {}, {}, 5)
     result = script_check(lab_folder, "f")
-    assert not result.passed and result.feedback.startswith("labkit could not check this: script checks run")
+    assert not result.passed and result.unchecked and result.feedback.startswith("not checked: script checks run")
     assert not ran.exists()
 
 
