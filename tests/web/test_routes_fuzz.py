@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.routing import Rule
 
-from web.access import SESSION_STAMP, SESSION_USER
+from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 
 from .conftest import csrf_token, state
 from .test_api import World, world  # noqa: F401  (the shared fixture)
@@ -65,11 +65,16 @@ def real_values(world: World) -> dict[str, list[str]]:  # noqa: F811
 def logged_in(app: Flask, client: FlaskClient, username: str, tokens: dict[str, str]) -> None:
     """Keep ``client`` logged in as ``username`` (a fuzzed logout, link or reset may have ended its session), without
     the login form: fuzzed logins may have made the rate limiter block this address."""
-    user = state(app).accounts("test").get(username)
+    accounts = state(app).accounts("test")
+    user = accounts.get(username)
     with client.session_transaction() as session:
+        secret = session.get(SESSION_SECRET)
         fresh = session.get(SESSION_USER) != user.id or session.get(SESSION_STAMP) != user.stamp \
-            or "csrf_token" not in session
+            or "csrf_token" not in session or not isinstance(secret, str) \
+            or accounts.get_by_session(user.id, secret) is None  # a fuzzed logout ends the server-side session
         session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
+        if fresh:
+            session[SESSION_SECRET] = accounts.open_session(user.id)
     if fresh or username not in tokens:
         tokens[username] = csrf_token(client, "/my/" if user.is_student else "/teach/")
 
