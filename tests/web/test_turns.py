@@ -55,7 +55,7 @@ def test_waiters_get_their_turn_in_arrival_order_and_never_more_than_the_limit(l
         with lock:
             oldest = inside[0]
         leave[oldest].set()  # frees exactly one turn: the oldest waiter, and only it, gets it
-        wait_until(lambda n=i: f"w{n}" in inside and oldest not in inside)
+        wait_until(lambda n=i, gone=oldest: f"w{n}" in inside and gone not in inside)
         with lock:
             assert len(inside) == limit and not any(f"w{later}" in inside for later in range(i + 1, 6))
         assert len(turns._waiting) == 5 - i
