@@ -11,8 +11,9 @@ PORT ?= 8000
 DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
 	cpio python3-venv ca-certificates
 
-# Only the tests need these: the browser tests drive Debian's chromium (no browser download).
-TEST_DEB_PACKAGES := chromium
+# Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
+# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.
+TEST_DEB_PACKAGES := chromium fonts-dejavu-core
 
 .PHONY: run test lint system-deps venv vendor clean-venv
 
