@@ -237,11 +237,12 @@ def reset(app: App, name: str, student: str | None, machine: str | None, lab: st
 
 @command.command("status")
 @click.argument("name")
+@select
 @json_option
 @pass_app
-def status(app: App, name: str, as_json: bool) -> None:
-    """Every student machine: state, forwards, uptime, overlay size."""
-    rows = app.courses.status(name)
+def status(app: App, name: str, student: str | None, machine: str | None, lab: str | None, as_json: bool) -> None:
+    """Every student machine (or those selected): its labkit name, state, uptime, overlay size, forwards."""
+    rows = app.courses.status(name, student, machine, lab)
     if as_json:
         echo_json(rows)
     elif not rows:

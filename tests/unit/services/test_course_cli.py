@@ -47,6 +47,9 @@ def test_show_status_and_audit_read_as_text(cli_env: dict[str, str], lk_settings
                                          ["alice", "two-hosts", "a", "c1s1l2-a", "stopped"],
                                          ["alice", "two-hosts", "b", "c1s1l2-b", "stopped"]]
 
+    selected = run(cli_env, "course", "status", "net101", "--lab", "two-hosts", "--machine", "b").splitlines()
+    assert [line.split()[:4] for line in selected[1:]] == [["alice", "two-hosts", "b", "c1s1l2-b"]]
+
     db = Database(lk_settings)
     try:
         provision = next(e for e in AuditView(db).course_events("net101") if e.action == "provision")
