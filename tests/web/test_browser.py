@@ -58,6 +58,13 @@ CONSOLE_TEXT = """() => {
 }"""
 
 
+#: the absolute row of the console's cursor and the text of that row (trailing blanks cut)
+CURSOR_LINE = """() => {
+  const buffer = window.labkitConsole.views[0].term.buffer.active;
+  const row = buffer.baseY + buffer.cursorY;
+  return [row, buffer.getLine(row).translateToString(true)];
+}"""
+
 #: where ``needle`` is on the console's screen: the cell of its first "_" and a blank cell of the same row (far right,
 #: nothing around it), each as a rectangle in the page's viewport, from the screen's size in cells
 UNDERSCORE_CELLS = """(needle) => {
@@ -196,11 +203,23 @@ def console_run(page: Page, command: str, timeout: float = 20.0, again: int = 1)
     again into the new page's console.
     """
     mark = f"m{time.monotonic_ns()}"
-    page.locator(".lk-console-screen").click()
-    page.keyboard.press("Control+c")  # a fresh prompt, whatever an earlier page left typed on the line
-    # BusyBox's line editor asks the terminal where its cursor is at each prompt (ESC [6n) and xterm.js answers:
-    # let that exchange end at the prompt, not in the middle of the command's output
-    page.wait_for_timeout(400)
+    try:
+        page.locator(".lk-console-screen").click()
+        before = page.evaluate(CURSOR_LINE)[0]
+        page.keyboard.press("Control+c")  # a fresh prompt, whatever an earlier page left typed on the line
+        # BusyBox's line editor asks the terminal where its cursor is (ESC [6n) just before it prints each prompt,
+        # and xterm.js answers as it shows it: once the fresh prompt is on screen the answer has gone out, and the
+        # keys typed now follow it instead of landing in the middle of the exchange
+        deadline = time.monotonic() + timeout
+        while not ((line := page.evaluate(CURSOR_LINE))[0] > before and line[1].rstrip().endswith(("#", "$"))):
+            assert time.monotonic() < deadline, f"no fresh prompt after Ctrl-C in the browser console: {line!r}"
+            time.sleep(0.05)
+    except PlaywrightError:
+        if not again:
+            raise
+        page.wait_for_load_state()
+        expect(page.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+        return console_run(page, command, timeout, again - 1)
     page.keyboard.type(f"echo {mark}-$((1+1))B; {command}; echo {mark}-$((2+1))E")
     page.keyboard.press("Enter")
     deadline = time.monotonic() + timeout
@@ -252,9 +271,14 @@ def grid_state(teacher: Page, machine: str, state: str) -> None:
 
 def job_done(page: Page) -> None:
     """The newest job on a student page ended well, and the page has reloaded itself (jobs.js does, 400 ms after a
-    job it watched ended; a page rendered after the job ended does not)."""
-    expect(page.locator(".lk-job").first).to_have_attribute("data-state", "done", timeout=JOB)
-    page.wait_for_timeout(800)
+    job it watched ended; a page rendered after the job ended does not).
+
+    jobs.js marks the jobs it watches (data-watched); a page rendered after the job ended shows it unmarked, so
+    waiting for an unmarked, done newest job waits for the reload exactly, however long it takes.
+    """
+    newest = page.locator(".lk-job").first
+    expect(newest).to_have_attribute("data-state", "done", timeout=JOB)
+    expect(newest).not_to_have_attribute("data-watched", "true", timeout=JOB)
     page.wait_for_load_state()
 
 
