@@ -186,8 +186,12 @@ def two_workers(env: dict[str, str]) -> Iterator[TwoWorkers]:
     process = subprocess.Popen([*LABKIT, "serve", "--port", str(port), "--workers", "2", "--threads", "8"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in process.stdout or ()),
-                              daemon=True)
+
+    def read() -> None:  # line by line, so the warm-up below sees the access log as it grows
+        for line in process.stdout or ():
+            lines.append(line.decode())
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     served = TwoWorkers(port, set())
     try:
