@@ -176,7 +176,7 @@ def stop_everything(settings: Settings) -> None:
 
 def end_leftovers(root: Path) -> list[str]:
     """SIGKILL, by PID, every process whose command line names the scratch folder; their command lines."""
-    mark = os.fsencode(str(root))
+    mark = os.fsencode(str(root)) + b"/"  # this folder only, not another one whose name begins alike
     left = []
     for entry in Path("/proc").iterdir():
         try:
