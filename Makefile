@@ -13,8 +13,9 @@ DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox
 # Script checks run a lab's grader.py in a bubblewrap sandbox with Debian's /usr/bin/python3 (docs/operations.md).
 DEB_PACKAGES += bubblewrap python3
 
-# Only the tests need these: the browser tests drive Debian's chromium (no browser download).
-TEST_DEB_PACKAGES := chromium
+# Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
+# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.
+TEST_DEB_PACKAGES := chromium fonts-dejavu-core
 
 .PHONY: run test lint system-deps venv vendor clean-venv
 

@@ -179,7 +179,7 @@ PATHS: dict[str, dict[str, Schema]] = {
         "Create the students' missing machines (instructor)", "courses", _JOB, (400, 403, 404, 409, 415),
         body=_ref("Provision"))},
     "/api/v1/courses/{course}/roster": {"post": {
-        **_op("Import a CSV roster: id,name,email (instructor)", "courses",
+        **_op("Import a CSV roster: the header line id,name,email, then a student a line (instructor)", "courses",
               {200: _json(_ref("RosterReport"), "What changed.")}, (400, 403, 404, 409, 413, 415),
               description="Students not listed are archived (their work is kept). Bad lines are reported by line "
                           "number and nothing changes."),

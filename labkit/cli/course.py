@@ -10,7 +10,7 @@ import click
 
 from labkit.cli.app import App, echo_json, json_option
 from labkit.cli.progress import StatusLine
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, NotFoundError
 
 pass_app = click.make_pass_decorator(App)
 selection = [
@@ -38,20 +38,36 @@ def command() -> None:
 @click.option("--memory-budget", type=int, help="MB of host memory the class may use (default: 3/4 of the host).")
 @click.option("--max-running", default=4, show_default=True, help="Machines one student may run at once.")
 @click.option("--owner", help="The instructor (web user) who owns the course in the web app.")
+@click.option("--no-owner", is_flag=True, help="No owner: a course run only from the command line (give it one later "
+                                                 "with 'labkit course owner').")
 @json_option
 @pass_app
 def create(app: App, name: str, labs: tuple[Path, ...], memory_budget: int | None, max_running: int,
-           owner: str | None, as_json: bool) -> None:
-    """Create course NAME with one or more labs."""
+           owner: str | None, no_owner: bool, as_json: bool) -> None:
+    """Create course NAME with one or more labs, owned by instructor --owner (or explicitly --no-owner)."""
     from labkit.cli.user import accounts
 
+    if owner and no_owner:
+        raise click.UsageError("give --owner USER or --no-owner, not both")
+    if not owner and not no_owner:
+        # A course without an owner is visible to no instructor in the web app: say so rather than surprise.
+        raise click.UsageError(f"say who owns course {name} in the web app: --owner USER (an instructor account, "
+                               f"made with 'labkit user create USER --role instructor'), or --no-owner for a course "
+                               f"run only from the command line")
     if owner:
-        accounts(app).check_owner(owner)
+        try:
+            accounts(app).check_owner(owner)
+        except NotFoundError as err:
+            raise NotFoundError(f"{err}; make the instructor first: labkit user create {owner} --role instructor") \
+                from err
     summary = app.courses.create(name, list(labs), memory_budget, max_running)
     if owner:
         accounts(app).set_course_owner(name, owner)
-    echo_json(summary) if as_json else click.echo(f"created course {name} with labs "
-                                                  f"{', '.join(lab['id'] for lab in summary['labs'])}")  # type: ignore
+    if as_json:
+        echo_json(summary | {"owner": owner})
+    else:
+        click.echo(f"created course {name} with labs {', '.join(lab['id'] for lab in summary['labs'])}"  # type: ignore
+                   + (f", owned by {owner}" if owner else ", with no owner (only the command line manages it)"))
 
 
 @command.command("show")
@@ -64,8 +80,14 @@ def show(app: App, name: str, as_json: bool) -> None:
     if as_json:
         echo_json(summary)
         return
-    for key, value in summary.items():
-        click.echo(f"{key + ':':<26} {value}")
+    click.echo(f"course:          {summary['name']}")
+    click.echo(f"students:        {summary['students']} ({summary['archived_students']} archived)")
+    click.echo(f"memory budget:   {summary['memory_budget_mb']} MB")
+    click.echo(f"max running:     {summary['max_running_per_student']} machines a student")
+    click.echo("labs:")
+    for lab in summary["labs"]:  # type: ignore[attr-defined]
+        click.echo(f"  {lab['id']:<16} version {lab['version']:<4} {lab['reset_policy']:<13} "
+                   f"{'provisioned' if lab['provisioned'] else 'not provisioned':<16} {lab['path']}")
 
 
 @command.command("rm")
@@ -160,11 +182,26 @@ def provision(app: App, name: str, upgrade: bool, workers: int, as_json: bool) -
         f"provisioned {name}: {report.created} created, {report.upgraded} upgraded, {report.kept} already there")
 
 
+def _size(count: object) -> str:
+    if not isinstance(count, int):
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count} {unit}"
+        count //= 1024
+    return f"{count} GiB"
+
+
 def _table(views: list[dict[str, object]]) -> None:
-    for row in views:
-        uptime = f"{row['uptime']:.0f}s" if row.get("uptime") is not None else "-"
-        click.echo(f"{row['student']!s:<16} {row['lab']!s:<14} {row['machine']!s:<10} {row['state']!s:<9} "
-                   f"{uptime:>7}  {' '.join(map(str, row['forwards']))}")  # type: ignore[call-overload]
+    """One line a student machine under a header; MACHINE is the name every `labkit vm` command takes."""
+    header = ("STUDENT", "LAB", "LAB MACHINE", "MACHINE", "STATE", "UP", "OVERLAY", "FORWARDS (host:guest)")
+    rows = [(str(v["student"]), str(v["lab"]), str(v["machine"]), str(v["name"]), str(v["state"]),
+             f"{v['uptime']:.0f}s" if v.get("uptime") is not None else "-", _size(v.get("overlay_bytes")),
+             " ".join(map(str, v["forwards"])))  # type: ignore[call-overload]
+            for v in views]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 @command.command("start")
@@ -234,11 +271,12 @@ def policy(app: App, name: str, lab: str | None, policy: str | None, as_json: bo
 
 @command.command("status")
 @click.argument("name")
+@select
 @json_option
 @pass_app
-def status(app: App, name: str, as_json: bool) -> None:
-    """Every student machine: state, forwards, uptime, overlay size."""
-    rows = app.courses.status(name)
+def status(app: App, name: str, student: str | None, machine: str | None, lab: str | None, as_json: bool) -> None:
+    """Every student machine (or those selected): its labkit name, state, uptime, overlay size, forwards."""
+    rows = app.courses.status(name, student, machine, lab)
     if as_json:
         echo_json(rows)
     elif not rows:

@@ -130,6 +130,12 @@ class Courses:
         ids = [lab.id for lab in loaded]
         if len(set(ids)) != len(ids):
             raise ConflictError(f"the same lab is given twice: {', '.join(ids)}")
+        biggest = max(loaded, key=lambda lab: len(lab.machines))
+        if len(biggest.machines) > max_running_per_student:
+            # A student runs a lab's machines together: below that count the lab could never run.
+            raise BadNameError(f"lab {biggest.id} needs {len(biggest.machines)} machines running at once, but the "
+                               f"per-student limit of running machines is {max_running_per_student}; give "
+                               f"--max-running {len(biggest.machines)} or more")
         with self.db.transaction() as session:
             if session.scalar(select(Course).where(Course.name == name)) is not None:
                 raise ConflictError(f"a course named {name!r} already exists")
@@ -290,7 +296,8 @@ class Courses:
                 for course_lab, (_, lab, digest) in zip(course.labs, plans, strict=True):
                     course_lab.digest, course_lab.version = digest, lab.version
                     course_lab.files = file_hashes(Path(course_lab.path))
-                record(session, self.actor, "provision", name, str(counts))
+                record(session, self.actor, "provision", name,
+                       f"{counts['created']} created, {counts['upgraded']} upgraded, {counts['kept']} already there")
         return ProvisionReport(**counts)
 
     def _student_job(self, course_ref: tuple[int, str, str], lab_pk: int, lab: Lab, digest: str, student_pk: int,

@@ -1,4 +1,6 @@
-"""Class rosters: a CSV file with one student per line (id, name, email), read strictly with line numbers."""
+"""Class rosters: a CSV file with the header line ``id,name,email`` and one student per line, read strictly with line
+numbers. The header is required: a file without it (or with the columns in another order) is refused, so a name can
+never be read as an id or the other way round."""
 
 from __future__ import annotations
 
@@ -59,8 +61,17 @@ def parse_roster(data: bytes, file: str = "roster.csv") -> list[RosterEntry]:
     problems: list[tuple[int, str]] = []
     entries: list[RosterEntry] = []
     seen: dict[str, int] = {}
-    start = 1 if rows and [c.strip().lower() for c in rows[0][:3]] == list(COLUMNS) else 0
-    for line, row in enumerate(rows[start:], start=start + 1):
+    first = next((n for n, row in enumerate(rows) if any(cell.strip() for cell in row)), None)
+    if first is None:
+        raise RosterError("the roster has no students (expected a header line id,name,email, then one line a "
+                          "student)", file)
+    header = [cell.strip().lower() for cell in rows[first]]
+    if header != list(COLUMNS):
+        # Without the header a reordered file (name,id,email) would import cleanly and overwrite every name.
+        found = ",".join(cell.strip() for cell in rows[first])[:80]
+        raise RosterError(f"the first line must be the header id,name,email (found {found!r}); add it, with the "
+                          "columns in that order", file, first + 1)
+    for line, row in enumerate(rows[first + 1:], start=first + 2):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != 3:
@@ -89,7 +100,7 @@ def parse_roster(data: bytes, file: str = "roster.csv") -> list[RosterEntry]:
         listed = "; ".join(f"line {line}: {message}" for line, message in problems)
         raise RosterError(f"{len(problems)} problems: {listed}", file)
     if not entries:
-        raise RosterError("the roster has no students (expected lines of: id,name,email)", file)
+        raise RosterError("the roster has no students (expected lines of: id,name,email after the header)", file)
     return entries
 
 

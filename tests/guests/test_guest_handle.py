@@ -93,7 +93,7 @@ def test_guest_handle_running_then_stopped(machines: Machines, lk_settings: Sett
         started = time.monotonic()
         with pytest.raises(GuestError, match="timed out"):
             guest.run("sleep 60", timeout=2)
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # cut off at the timeout, well before the command's 60 s
         with pytest.raises(GuestError, match="stop it to read its disk offline"):
             guest.read_file("/root/work.bin", transport="offline")
 

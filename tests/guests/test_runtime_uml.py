@@ -101,6 +101,14 @@ def wait_state(backend: UmlBackend, spec: MachineSpec, state: State, timeout: fl
         time.sleep(0.1)
 
 
+def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> None:
+    """No kernel messages (SELinux's CHECKREQPROT notice, mmapper_init, ...) above the ready marker and the shell."""
+    log = running.console_log.read_text(errors="replace").replace("\r", "")
+    before, marker, after = log.partition(READY_MARKER)
+    assert marker and before.strip() == "", before
+    assert after.lstrip("\n").startswith("BusyBox"), after[:200]
+
+
 def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: MachineSpec) -> None:
     spec = running
     assert READY_MARKER in spec.console_log.read_text(errors="replace")

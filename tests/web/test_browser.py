@@ -58,6 +58,32 @@ CONSOLE_TEXT = """() => {
 }"""
 
 
+#: the absolute row of the console's cursor and the text of that row (trailing blanks cut)
+CURSOR_LINE = """() => {
+  const buffer = window.labkitConsole.views[0].term.buffer.active;
+  const row = buffer.baseY + buffer.cursorY;
+  return [row, buffer.getLine(row).translateToString(true)];
+}"""
+
+#: where ``needle`` is on the console's screen: the cell of its first "_" and a blank cell of the same row (far right,
+#: nothing around it), each as a rectangle in the page's viewport, from the screen's size in cells
+UNDERSCORE_CELLS = """(needle) => {
+  const term = window.labkitConsole.views[0].term;
+  const buffer = term.buffer.active;
+  const screen = term.element.querySelector(".xterm-screen").getBoundingClientRect();
+  const width = screen.width / term.cols, height = screen.height / term.rows;
+  for (let row = 0; row < term.rows; row++) {
+    const line = buffer.getLine(buffer.viewportY + row);
+    const column = line ? line.translateToString(false).indexOf(needle) : -1;
+    if (column >= 0 && column + needle.length < term.cols - 2) {
+      const cell = (col) => ({x: screen.left + col * width, y: screen.top + row * height, width, height});
+      return {underscore: cell(column + needle.indexOf("_")), blank: cell(term.cols - 2)};
+    }
+  }
+  return null;
+}"""
+
+
 @dataclass
 class Site:
     base: str
@@ -177,11 +203,23 @@ def console_run(page: Page, command: str, timeout: float = 20.0, again: int = 1)
     again into the new page's console.
     """
     mark = f"m{time.monotonic_ns()}"
-    page.locator(".lk-console-screen").click()
-    page.keyboard.press("Control+c")  # a fresh prompt, whatever an earlier page left typed on the line
-    # BusyBox's line editor asks the terminal where its cursor is at each prompt (ESC [6n) and xterm.js answers:
-    # let that exchange end at the prompt, not in the middle of the command's output
-    page.wait_for_timeout(400)
+    try:
+        page.locator(".lk-console-screen").click()
+        before = page.evaluate(CURSOR_LINE)[0]
+        page.keyboard.press("Control+c")  # a fresh prompt, whatever an earlier page left typed on the line
+        # BusyBox's line editor asks the terminal where its cursor is (ESC [6n) just before it prints each prompt,
+        # and xterm.js answers as it shows it: once the fresh prompt is on screen the answer has gone out, and the
+        # keys typed now follow it instead of landing in the middle of the exchange
+        deadline = time.monotonic() + timeout
+        while not ((line := page.evaluate(CURSOR_LINE))[0] > before and line[1].rstrip().endswith(("#", "$"))):
+            assert time.monotonic() < deadline, f"no fresh prompt after Ctrl-C in the browser console: {line!r}"
+            time.sleep(0.05)
+    except PlaywrightError:
+        if not again:
+            raise
+        page.wait_for_load_state()
+        expect(page.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+        return console_run(page, command, timeout, again - 1)
     page.keyboard.type(f"echo {mark}-$((1+1))B; {command}; echo {mark}-$((2+1))E")
     page.keyboard.press("Enter")
     deadline = time.monotonic() + timeout
@@ -201,6 +239,25 @@ def console_run(page: Page, command: str, timeout: float = 20.0, again: int = 1)
         time.sleep(0.1)
 
 
+def underscore_is_drawn(page: Page, needle: str) -> bool:
+    """Whether the "_" of ``needle`` (shown on the console's screen) leaves pixels where a blank cell has none.
+
+    Both crops are the lower part of a cell (below the baseline, where "_" lies and no neighbouring digit or letter
+    reaches), of the same size: an underscore that is cut off leaves exactly the background, so the two PNGs are the
+    same bytes.
+    """
+    page.locator(".lk-console-screen").scroll_into_view_if_needed()
+    cells = page.evaluate(UNDERSCORE_CELLS, needle)
+    assert cells, f"{needle!r} is not on the console's screen"
+
+    def lower_part(cell: dict[str, float]) -> bytes:
+        width, height = int(cell["width"]) - 2, int(cell["height"] * 0.4)
+        top = int(cell["y"] + cell["height"]) - height
+        return page.screenshot(clip={"x": int(cell["x"]) + 1, "y": top, "width": width, "height": height})
+
+    return lower_part(cells["underscore"]) != lower_part(cells["blank"])
+
+
 def wait_running_with_console(page: Page, machine: str) -> None:
     expect(page.locator(f"#machine-{machine}")).to_have_attribute("data-state", "running", timeout=BOOT)
     expect(page.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
@@ -214,9 +271,14 @@ def grid_state(teacher: Page, machine: str, state: str) -> None:
 
 def job_done(page: Page) -> None:
     """The newest job on a student page ended well, and the page has reloaded itself (jobs.js does, 400 ms after a
-    job it watched ended; a page rendered after the job ended does not)."""
-    expect(page.locator(".lk-job").first).to_have_attribute("data-state", "done", timeout=JOB)
-    page.wait_for_timeout(800)
+    job it watched ended; a page rendered after the job ended does not).
+
+    jobs.js marks the jobs it watches (data-watched); a page rendered after the job ended shows it unmarked, so
+    waiting for an unmarked, done newest job waits for the reload exactly, however long it takes.
+    """
+    newest = page.locator(".lk-job").first
+    expect(newest).to_have_attribute("data-state", "done", timeout=JOB)
+    expect(newest).not_to_have_attribute("data-watched", "true", timeout=JOB)
     page.wait_for_load_state()
 
 
@@ -242,13 +304,18 @@ def test_a_class_in_the_browser(site: Site, playwright: Playwright, tmp_path: Pa
         wait_running_with_console(student, machine)
         assert console_run(student, "echo $((6*7))-from-the-browser; uname -s").split() == [
             "42-from-the-browser", "Linux"]
+        # the console's font and line height leave room for what hangs below the baseline ("x86_64", not "x86 64")
+        assert console_run(student, "uname -m").split() == ["x86_64"]
+        assert underscore_is_drawn(student, "x86_64"), "the console hides the underscore of x86_64"
         if os.environ.get("LABKIT_SCREENSHOTS") == "1":  # for the picture: a console as a student uses it
             student.keyboard.type("clear")
             student.keyboard.press("Enter")
             student.wait_for_timeout(300)
-            student.keyboard.type("uname -sr; id; ls /")
+            student.keyboard.type("uname -srm; id; ls /")
             student.keyboard.press("Enter")
             expect(student.locator(".lk-console-screen")).to_contain_text("uid=0(root)")
+            student.mouse.move(0, 0)  # the console's scrollbar fades once the pointer has left it
+            student.wait_for_timeout(1500)
             shot(student, "student-lab.png", full_page=True)
         grid_state(teacher, machine, "running")
         shot(teacher, "instructor-grid.png", full_page=True)

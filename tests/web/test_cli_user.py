@@ -99,7 +99,12 @@ def test_course_owner_and_links(env: dict[str, str], web_settings: Settings, tmp
     run(env, "course", "create", "c1", "--lab", str(LABS / "intro-shell"), "--owner", "teacher")
     teacher = accounts(web_settings).get("teacher")
     assert accounts(web_settings).owned_courses(teacher.id) == ["c1"]
-    run(env, "course", "create", "c2", "--lab", str(LABS / "intro-shell"))
+    out = run(env, "course", "create", "c2", "--lab", str(LABS / "intro-shell"), ok=False)
+    assert "say who owns course c2 in the web app: --owner USER" in out and "--no-owner" in out
+    out = run(env, "course", "create", "c2", "--lab", str(LABS / "intro-shell"), "--owner", "nobody", ok=False)
+    assert "no user named 'nobody'; make the instructor first: labkit user create nobody --role instructor" in out
+    assert "no course" in run(env, "course", "show", "c2", ok=False)
+    assert "with no owner" in run(env, "course", "create", "c2", "--lab", str(LABS / "intro-shell"), "--no-owner")
     run(env, "course", "owner", "c2", "teacher")
     assert accounts(web_settings).owned_courses(teacher.id) == ["c1", "c2"]
 

@@ -181,7 +181,10 @@ def test_command_output_reaches_every_tab_and_read_only_input_is_dropped(access:
     # The watcher's keystrokes go nowhere: no file appears, and its marker is never printed.
     ro_line, ro_mark = command("touch /tmp/watcher-typed")
     watcher.ws.type(ro_line)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 15  # the relay drops them when its thread gets to read them
+    while watcher.relay.dropped_bytes < len(ro_line.encode()):
+        assert time.monotonic() < deadline, f"only {watcher.relay.dropped_bytes} bytes were dropped"
+        time.sleep(0.02)
     assert watcher.relay.dropped_bytes == len(ro_line.encode())
     line, mark = command("test -e /tmp/watcher-typed && echo file-$((1+1))-there || echo file-$((2+2))-absent")
     first.ws.type(line)

@@ -63,6 +63,15 @@ def test_bad_encoding_is_reported_by_line(teaching: Teaching) -> None:
     assert roster_rows(teaching) == before
 
 
+def test_a_roster_without_its_header_line_is_refused(teaching: Teaching) -> None:
+    before = roster_rows(teaching)
+    answer = upload(teaching.teacher, b"alice,Alice,a@x.org\nbob,Bob,b@x.org\n")
+    assert answer.status_code == 400
+    html = answer.get_data(as_text=True)
+    assert "<strong>line 1</strong>" in html and "the first line must be the header id,name,email" in html
+    assert roster_rows(teaching) == before
+
+
 def test_an_empty_form_and_a_missing_file(teaching: Teaching) -> None:
     token = csrf_token(teaching.teacher, "/teach/courses/c1")
     answer = teaching.teacher.post("/teach/courses/c1/roster", data={"csrf_token": token})

@@ -191,7 +191,11 @@ def test_runners_of_live_processes_leave_each_other_s_jobs_alone(web_settings: S
         running, queued = job_ids(worker)
         here = JobRunner(web_settings, db, sweep_every=0.05)  # a sibling worker starting, and sweeping often
         assert here.interrupted == 0
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # the other worker's thread takes its first job when it gets to run
+        while here.jobs.get(running).state != "running":
+            assert time.monotonic() < deadline, "the other worker never ran its job"
+            time.sleep(0.02)
+        time.sleep(0.3)  # several sweeps of this runner pass over the other's live jobs
         assert [here.jobs.get(job_id).state for job_id in (running, queued)] == ["running", "queued"]
         # a click served by this worker finds the other worker's job
         assert here.submit("grade", "c1", lambda report: None).id == running

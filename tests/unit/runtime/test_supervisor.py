@@ -148,7 +148,7 @@ def test_guest_error_marker_fails_the_start_at_once(root: Path) -> None:
     started = time.monotonic()
     with pytest.raises(RuntimeBackendError, match="cannot become ready: dropbear did not start"):
         backend.start(spec, timeout=30)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # the error line ended the wait, not the 30 s timeout
     assert backend.status(spec).state == State.STOPPED
 
 

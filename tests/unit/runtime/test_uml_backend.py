@@ -33,7 +33,7 @@ def test_command_line(tmp_path: Path) -> None:
         "/usr/bin/linux", "mem=96M", "umid=web", f"uml_dir={tmp_path}/run/.uml",
         f"ubd0={tmp_path}/web.cow,{tmp_path}/base.img", f"ubd1r={seed}", "root=/dev/ubda", "rw",
         "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1",
-        "quiet", "initcall_blacklist=raid6_select_algo", "loglevel=3",
+        "quiet", "loglevel=1", "initcall_blacklist=raid6_select_algo", "loglevel=3",  # the lab's own args come last
     ]
     # A lab that teaches RAID 5/6 keeps the kernel's RAID6 set-up.
     assert "initcall_blacklist=raid6_select_algo" not in UmlBackend(boot_args=()).command_line(spec, "linux", [])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from labkit.config import Settings
-from labkit.errors import AdmissionError, ConflictError, LabFormatError, NotFoundError, RosterError
+from labkit.errors import AdmissionError, BadNameError, ConflictError, LabFormatError, NotFoundError, RosterError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.overlays.umlcow import count_allocated
@@ -70,6 +70,16 @@ def test_create_refuses_bad_labs_and_duplicates(courses: Courses, tmp_path: Path
         courses.create("c1", [LABS / "intro-shell"])
     with pytest.raises(ConflictError, match="twice"):
         courses.create("c2", [LABS / "intro-shell", LABS / "intro-shell"])
+
+
+def test_create_refuses_a_running_limit_below_a_labs_machines(courses: Courses) -> None:
+    with pytest.raises(BadNameError) as err:
+        courses.create("c1", [LABS / "intro-shell", LABS / "two-hosts"], max_running_per_student=1)
+    assert str(err.value) == ("lab two-hosts needs 2 machines running at once, but the per-student limit of running "
+                              "machines is 1; give --max-running 2 or more")
+    with pytest.raises(NotFoundError):
+        courses.show("c1")  # nothing half-made
+    assert courses.create("c1", [LABS / "two-hosts"], max_running_per_student=2)["max_running_per_student"] == 2
 
 
 def test_roster_reimport_adds_archives_and_keeps_work(courses: Courses, tmp_path: Path) -> None:
@@ -141,10 +151,10 @@ def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: P
     with pytest.raises(AdmissionError, match="needs 128 MB, but 0 MB of the 100 MB memory budget"):
         courses.start("c1")
     assert {row["state"] for row in courses.status("c1")} == {"stopped"}
-    courses.create("c2", [LABS / "two-hosts"], max_running_per_student=1)
+    courses.create("c2", [LABS / "intro-shell", LABS / "two-hosts"], max_running_per_student=2)
     courses.import_roster("c2", roster(tmp_path, "dave", name="r2.csv"))
     courses.provision("c2")
-    with pytest.raises(AdmissionError, match="dave would run more than 1"):
+    with pytest.raises(AdmissionError, match="dave would run more than 2"):
         courses.start("c2")
     with pytest.raises(NotFoundError, match="student zed"):
         courses.start("c2", student="zed")

@@ -15,8 +15,18 @@ def test_header_bom_and_blank_lines() -> None:
         ("alice", "Alice Liddell", "alice@example.org", 2), ("bob", "Bob, Jr.", "", 4)]
 
 
-def test_no_header_is_fine() -> None:
-    assert [e.sid for e in parse_roster(b"s1,One,one@example.org\ns2,Two,two@example.org\n")] == ["s1", "s2"]
+@pytest.mark.parametrize(
+    ("data", "line", "found"),
+    [
+        (b"s1,One,one@example.org\ns2,Two,two@example.org\n", 1, "s1,One,one@example.org"),
+        (b"\n\nname,id,email\nAlice,alice,a@x.org\n", 3, "name,id,email"),  # columns swapped: names would become ids
+        (b"id,name\nalice,Alice\n", 1, "id,name"),
+    ],
+)
+def test_a_roster_without_its_header_line_is_refused(data: bytes, line: int, found: str) -> None:
+    with pytest.raises(RosterError) as err:
+        parse_roster(data, "r.csv")
+    assert str(err.value).startswith(f"r.csv:{line}: the first line must be the header id,name,email (found {found!r})")
 
 
 @pytest.mark.parametrize(
@@ -40,9 +50,9 @@ def test_bad_rosters(data: bytes, says: str) -> None:
 
 def test_every_problem_is_listed() -> None:
     with pytest.raises(RosterError) as err:
-        parse_roster(b"a,A,a@x.org\na,A,a@x.org\n,B,b@x.org\n", "r.csv")
+        parse_roster(b"id,name,email\na,A,a@x.org\na,A,a@x.org\n,B,b@x.org\n", "r.csv")
     assert "2 problems" in str(err.value)
-    assert "line 2" in str(err.value) and "line 3" in str(err.value)
+    assert "line 3" in str(err.value) and "line 4" in str(err.value)
 
 
 def test_huge_roster_is_refused() -> None:

@@ -51,6 +51,9 @@
       scrollback: 5000,
       fontFamily: "ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace",
       fontSize: 14,
+      // At a line height of 1 the cell ends at the font's descent, and the DOM renderer cuts off what hangs lower:
+      // with DejaVu Sans Mono (Linux's usual monospace) every underscore vanished ("x86_64" read "x86 64").
+      lineHeight: 1.2,
     });
     this.fit = new window.FitAddon.FitAddon();
     this.term.loadAddon(this.fit);
