@@ -37,7 +37,8 @@ def one_error_line(err: str) -> str:
 def test_course_rm_purge_after_a_session_was_begun(cli_env: dict[str, str], tmp_path: Path) -> None:
     roster = tmp_path / "roster.csv"
     roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
-    for args in (("image", "build", "tiny"), ("course", "create", "c1", "--lab", str(REPO / "labs/intro-shell")),
+    for args in (("image", "build", "tiny"),
+                 ("course", "create", "c1", "--no-owner", "--lab", str(REPO / "labs/intro-shell")),
                  ("course", "roster", "c1", str(roster)), ("course", "provision", "c1"),
                  ("course", "session", "begin", "c1")):
         code, _, err = run(cli_env, *args)
@@ -47,7 +48,7 @@ def test_course_rm_purge_after_a_session_was_begun(cli_env: dict[str, str], tmp_
     code, _, err = run(cli_env, "course", "show", "c1")
     assert code == 1 and "c1" in one_error_line(err)
     # the name is free again, and a course that never had machines goes as well after a session
-    code, _, err = run(cli_env, "course", "create", "c1", "--lab", str(REPO / "labs/intro-shell"))
+    code, _, err = run(cli_env, "course", "create", "c1", "--no-owner", "--lab", str(REPO / "labs/intro-shell"))
     assert code == 0, err
     assert run(cli_env, "course", "session", "begin", "c1")[0] == 0
     code, out, err = run(cli_env, "course", "rm", "c1")
@@ -59,7 +60,7 @@ def test_a_roster_field_over_128_kib_is_one_line(cli_env: dict[str, str], tmp_pa
     good.write_text("id,name,email\nalice,Alice,a@example.org\n")
     bad.write_bytes(b"id,name,email\nalice,Alice,a@example.org\nzed," + b"Z" * (200 << 10) + b",z@example.org\n")
     assert run(cli_env, "image", "build", "tiny")[0] == 0
-    assert run(cli_env, "course", "create", "c1", "--lab", str(REPO / "labs/intro-shell"))[0] == 0
+    assert run(cli_env, "course", "create", "c1", "--no-owner", "--lab", str(REPO / "labs/intro-shell"))[0] == 0
     assert run(cli_env, "course", "roster", "c1", str(good))[0] == 0
     code, _, err = run(cli_env, "course", "roster", "c1", str(bad))
     line = one_error_line(err)
