@@ -103,8 +103,13 @@ def wait_state(backend: UmlBackend, spec: MachineSpec, state: State, timeout: fl
 
 def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> None:
     """No kernel messages (SELinux's CHECKREQPROT notice, mmapper_init, ...) above the ready marker and the shell."""
-    log = running.console_log.read_text(errors="replace").replace("\r", "")
-    before, marker, after = log.partition(READY_MARKER)
+    deadline = time.monotonic() + 30
+    while True:  # the shell's banner follows the ready marker: wait until it is in the log, not for a guessed time
+        log = running.console_log.read_text(errors="replace").replace("\r", "")
+        before, marker, after = log.partition(READY_MARKER)
+        if after.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert marker and before.strip() == "", before
     assert after.lstrip("\n").startswith("BusyBox"), after[:200]
 
