@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from labkit.atomic import locked
 from labkit.config import Settings
@@ -167,7 +167,10 @@ class Courses:
                 self._purge_machine(machine)
             shutil.rmtree(self.settings.submissions / f"c{course_pk}", ignore_errors=True)
             with self.db.transaction() as session:
-                session.delete(course_by_name(session, name))
+                course = course_by_name(session, name)
+                # class sessions refer to the course without a cascade: they go with it
+                session.execute(delete(ClassSession).where(ClassSession.course_id == course.id))
+                session.delete(course)
                 record(session, self.actor, "course-remove", name, f"{len(names)} machines purged")
 
     def _purge_machine(self, name: str) -> None:
