@@ -43,7 +43,11 @@ def parse_roster(data: bytes, file: str = "roster.csv") -> list[RosterEntry]:
         line = data[: err.start].count(b"\n") + 1
         raise RosterError(f"not UTF-8 (byte {err.start} cannot be decoded); save the file as UTF-8", file, line) \
             from err
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as err:  # a field over csv's limit (128 KiB), a NUL byte ...
+        raise RosterError(f"the roster cannot be read as CSV: {err}", file, reader.line_num or 1) from err
     problems: list[tuple[int, str]] = []
     entries: list[RosterEntry] = []
     seen: dict[str, int] = {}

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
+    initialize,
     invariant,
     multiple,
     precondition,
@@ -141,11 +142,13 @@ class ServicesMachine(RuleBasedStateMachine):
         self.course_exists = False
         self.overlays: dict[str, tuple[int, int]] = {}
         self.last_event = 0
+        self.steps = 0
 
     # ---- calling services --------------------------------------------------------------------------------------
     def call(self, rule: str, action: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
         """Run one service call: (True, result), or (False, error) for a `LabkitError`; anything else propagates
         and fails the test."""
+        self.steps += 1
         try:
             result = action(*args, **kwargs)
         except LabkitError as err:
@@ -164,6 +167,13 @@ class ServicesMachine(RuleBasedStateMachine):
         return {view.state for view in self.machines.status(names=names)}
 
     # ---- rules: the course -------------------------------------------------------------------------------------
+    @initialize(labs=st.sampled_from(sorted(LAB_SETS)), roster=st.sampled_from(sorted(VALID_ROSTERS)))
+    def provisioned_course(self, labs: str, roster: str) -> None:
+        """Most sequences start from a provisioned class, so that they reach the machines in a few steps."""
+        self.create(labs, 2)
+        self.roster(roster, False)
+        self.provision()
+
     @precondition(lambda self: not self.course_exists)
     @rule(labs=st.sampled_from(sorted(LAB_SETS)), max_running=st.sampled_from([2, 1]))
     def create(self, labs: str, max_running: int) -> None:
@@ -184,7 +194,7 @@ class ServicesMachine(RuleBasedStateMachine):
         if ok:
             self.course_exists = True
 
-    @precondition(lambda self: self.course_exists)
+    @precondition(lambda self: self.course_exists and self.steps >= 8)  # late: what comes before has machines
     @rule(purge=st.booleans())
     def remove(self, purge: bool) -> None:
         had_machines = bool(self.names(None, None))
