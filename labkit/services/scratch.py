@@ -50,9 +50,10 @@ def scratch_guests(settings: Settings, disks: Mapping[str, Mapping[str, Any]], o
         cleanup.callback(shutil.rmtree, folder, True)
         for net in sorted({str(n) for disk in disks.values() for n in disk.get("networks", [])}):
             networks[net] = NetworkSpec(net, settings.run_dir / "net" / f"{unique}-{net}")
-            backend.start_network(networks[net])
-            cleanup.callback(_quietly, backend.stop_network, networks[net])
+            # callbacks run last first: the switch is stopped (by the PID in its folder) before the folder goes
             cleanup.callback(shutil.rmtree, networks[net].folder, True)
+            cleanup.callback(_quietly, backend.stop_network, networks[net])
+            backend.start_network(networks[net])
         for machine in [m for m in order if m in disks]:
             disk = disks[machine]
             name = f"{unique}-{machine}"[:32]

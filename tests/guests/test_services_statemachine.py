@@ -352,7 +352,7 @@ class ServicesMachine(RuleBasedStateMachine):
         assert not left, f"left running after the services stopped everything: {left}"
 
 
-SETTINGS = settings(max_examples=10, stateful_step_count=20, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
