@@ -18,6 +18,7 @@ budget lets at most three 64 MB machines run at once. Shrinking is off: a failin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -46,7 +47,7 @@ from labkit.errors import LabkitError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.overlays import get_overlay
-from labkit.runtime.process import process_state
+from labkit.runtime.process import ProcessRecord, process_state
 from labkit.services.courses import Courses
 from labkit.services.db import Database
 from labkit.services.grading import Grading
@@ -149,6 +150,8 @@ class ServicesMachine(RuleBasedStateMachine):
         self.last_event = 0
         self.steps = 0
         self.errors: list[str] = []
+        #: every machine process (linux, supervisor) labkit reported, with its start time: none may outlive the test
+        self.recorded: set[ProcessRecord] = set()
 
     # ---- calling services --------------------------------------------------------------------------------------
     def call(self, rule: str, action: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
@@ -340,6 +343,9 @@ class ServicesMachine(RuleBasedStateMachine):
             owners.setdefault(owner(run_dir, cwd, cmdline), []).append(pid)
         for name in live:
             assert views[name].pid in owners.get(("machine", name), []), f"{name}: pid {views[name].pid} is not up"
+            for pid in (views[name].pid, views[name].supervisor_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    self.recorded.add(ProcessRecord.of(pid or 0))
 
     @invariant()
     def no_work_lost_without_an_event(self) -> None:
@@ -370,9 +376,12 @@ class ServicesMachine(RuleBasedStateMachine):
                 if view.state != "stopped":
                     self.machines.kill(view.name)
             left = processes_under(self.settings.home)
+            left.update({r.pid: ("recorded by labkit", "") for r in self.recorded if r.alive()})
         finally:
             for pid in processes_under(self.settings.home):
                 os.kill(pid, signal.SIGKILL)
+            for record in self.recorded:
+                record.send(signal.SIGKILL)
             self.db.close()
             shutil.rmtree(self.root, ignore_errors=True)
         assert not left, f"left running after the services stopped everything: {left}"
