@@ -387,7 +387,7 @@ class ServicesMachine(RuleBasedStateMachine):
         assert not left, f"left running after the services stopped everything: {left}"
 
 
-SETTINGS = settings(max_examples=30, stateful_step_count=30, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=25, stateful_step_count=30, deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
