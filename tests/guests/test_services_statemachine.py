@@ -290,6 +290,8 @@ class ServicesMachine(RuleBasedStateMachine):
         if submissions and student is None:
             student = "alice"  # every submission boots throwaway copies: one student's at a time
         self.call("grade", self.grading.grade, COURSE, lab=lab, student=student, submissions=submissions)
+        if student is not None and not submissions:
+            self.call("self_check", self.grading.self_check, COURSE, student, lab)
         self.call("gradebook", self.grading.gradebook, COURSE, detail=True)
 
     # ---- rules: sessions ---------------------------------------------------------------------------------------
@@ -312,6 +314,9 @@ class ServicesMachine(RuleBasedStateMachine):
     @invariant()
     def database_and_processes_agree(self) -> None:
         views = {view.name: view for view in self.machines.status()}  # the services' own reconcile
+        if self.course_exists:
+            ok, rows = self.call("course_status", self.courses.status, COURSE)
+            assert ok and all(row["state"] == views[str(row["name"])].state for row in rows), rows
         with self.db.read() as session:
             recorded = {m.name: (m.state, m.pid, [net for _, net in m.networks])
                         for m in session.scalars(select(Machine))}
