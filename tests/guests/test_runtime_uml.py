@@ -242,6 +242,36 @@ def test_kill_9_of_supervisor_ends_machine_and_recovers(backend: UmlBackend, run
     assert backend.stop(spec, timeout=30).state == State.STOPPED
 
 
+def test_stop_and_kill_return_only_when_the_supervisor_has_exited(backend: UmlBackend, running: MachineSpec,
+                                                                   ) -> None:
+    """The supervisor removes its pid file while cleaning up, before it exits: a stop or kill must not take the
+    missing file for a supervisor that is gone (it would report a stopped machine whose supervisor still runs)."""
+    spec = running
+    for verb in (backend.kill, backend.stop):
+        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
+        assert sup is not None and sup.alive()
+
+        def hold_after_clean_up(sup: ProcessRecord = sup) -> None:
+            """Freeze the supervisor for a moment as soon as its pid file is gone (as a busy host would)."""
+            deadline = time.monotonic() + 30
+            while RunDir(spec.run_dir).supervisor_pid.exists() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if sup.send(signal.SIGSTOP):
+                time.sleep(1.0)
+                sup.send(signal.SIGCONT)
+
+        watcher = threading.Thread(target=hold_after_clean_up)
+        watcher.start()
+        try:
+            assert verb(spec).state == State.STOPPED
+            assert not sup.alive(), f"{verb.__name__} returned while the supervisor (pid {sup.pid}) still ran"
+        finally:
+            watcher.join()
+            sup.send(signal.SIGCONT)
+        if verb == backend.kill:
+            assert backend.start(spec, timeout=60).state == State.RUNNING
+
+
 def test_missing_linux_binary_is_a_clear_error(root: Path, guest_image: Path) -> None:
     backend = UmlBackend(linux_binary="/nonexistent/linux")
     assert any("user-mode-linux" in line for line in backend.check())

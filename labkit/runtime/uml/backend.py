@@ -358,17 +358,22 @@ class UmlBackend(Backend):
             time.sleep(0.05)
         return True
 
-    def _wait_supervisor(self, spec: MachineSpec, sup_pid: int | None, timeout: float) -> None:
-        run = RunDir(spec.run_dir)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        if sup is not None and sup.pid == sup_pid and not self._wait_gone(sup, timeout):
+    def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
+        """Wait until ``sup``, the supervisor read when the stop or kill began, has exited; end it if it does not.
+
+        Its pid file is no guide by now: the supervisor removes it while cleaning up, before it exits, so a machine
+        would be reported stopped while its supervisor still ran (and could clean up after a new start's files).
+        """
+        if sup is not None and not self._wait_gone(sup, timeout):
             self._teardown(spec)
+            sup.send(signal.SIGKILL)
+            self._wait_gone(sup, 2.0)
 
     def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
         current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
                                 "stop")
         run = RunDir(spec.run_dir)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux, sup = ProcessRecord.read(run.linux_pid), ProcessRecord.read(run.supervisor_pid)
         if linux is not None and current.state != State.STOPPING:
             with self.mconsole(spec) as console:
                 if current.state == State.PAUSED:
@@ -385,16 +390,15 @@ class UmlBackend(Backend):
                         console.halt()
                     if not self._wait_gone(linux, 5.0):
                         end_processes(linux.pid, run.machine_argv())
-        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)
 
     def kill(self, spec: MachineSpec) -> MachineStatus:
-        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
-                                "kill")
+        self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING), "kill")
         run = RunDir(spec.run_dir)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux, sup = ProcessRecord.read(run.linux_pid), ProcessRecord.read(run.supervisor_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
-        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)
 
     # ---- pause, resume, sync

@@ -206,3 +206,15 @@ def test_two_provisions_at_once_and_a_killed_one(courses: Courses, tmp_path: Pat
         assert count_allocated(courses.settings.overlays / f"{name}.cow") == 0
         assert (courses.settings.seeds / f"{name}.img").stat().st_size > 0
     assert not [p for p in courses.settings.overlays.iterdir() if p.name.startswith(".")]
+
+
+def test_a_course_whose_sessions_were_begun_can_be_removed(courses: Courses, tmp_path: Path) -> None:
+    courses.create("c1", [LABS / "intro-shell"])
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    courses.session_begin("c1")
+    courses.session_end("c1")
+    courses.session_begin("c1")  # one ended session and one still open
+    courses.remove("c1", purge=True)
+    courses.create("c1", [LABS / "intro-shell"])  # a new course of the same name starts without the old sessions
+    assert courses.session_begin("c1")["course"] == "c1"

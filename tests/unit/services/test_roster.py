@@ -40,6 +40,8 @@ def test_a_roster_without_its_header_line_is_refused(data: bytes, line: int, fou
         (b"id,name,email\nalice,Alice,not-an-email\n", "roster.csv:2: email 'not-an-email' has no '@'"),
         (b"id,name,email\nalice,Al\xe9,a@x.org\n", "roster.csv:2: not UTF-8"),
         (b"id,name,email\n", "the roster has no students"),
+        (b"id,name,email\nalice,Alice,a@x.org\nbob," + b"B" * (200 << 10) + b",b@x.org\n",
+         "roster.csv:3: cannot be read as CSV: field larger than field limit"),
     ],
 )
 def test_bad_rosters(data: bytes, says: str) -> None:
