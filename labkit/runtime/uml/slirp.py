@@ -2,8 +2,12 @@
 
 UML starts a slirp helper itself when the guest brings eth0 up (``eth0=slirp,MAC,HELPER``). It splits that argument on
 commas and spaces (and turns '_' into a space), so slirp's own options go into a per-machine wrapper script in the run
-folder, named relative to it (``linux`` runs there). Classic slirp's
-``redir`` listens on 0.0.0.0, so forwarded ports are reachable from other hosts too (docs/runtime.md).
+folder, named relative to it (``linux`` runs there).
+
+slirp itself would let the guest reach every loopback service of the host (10.0.2.2 is the host's 127.0.0.1) and
+its ``redir`` listens on 0.0.0.0. So slirp runs with ``linux`` in a private network namespace (`netns`): the plan that
+`prepare` returns tells the supervisor which host ports to listen on (127.0.0.1 only), which host ports the guest may
+reach, and whether it gets outbound traffic.
 
 VDE or the vector transport (Linux >= 6.16 dropped the legacy ``slirp``/``vde`` transports) plug in as further
 `UmlNetwork` classes.
@@ -17,14 +21,26 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.atomic import write_atomic
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
 from labkit.runtime.base import Forward, MachineSpec
-from labkit.runtime.network import listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.network import check_host_port, listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.uml.netns import Isolation
 
 FORWARDS_FILE = "forwards.json"
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What `UmlNetwork.prepare` decided: the kernel's eth0 argument, the forwards with their host ports resolved, and
+    what the supervisor's namespace lets through (None: no namespace, the guest shares the host's network)."""
+
+    kernel_args: tuple[str, ...]
+    forwards: tuple[Forward, ...]
+    isolation: Isolation | None
 
 
 class UmlNetwork(ABC):
@@ -35,9 +51,9 @@ class UmlNetwork(ABC):
         """Host programs this transport runs: program -> Debian package that provides it."""
 
     @abstractmethod
-    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
-        """Check host resources, write helper files into the run folder; return kernel arguments and the forwards
-        with every host port resolved. Raises ConflictError for a busy port."""
+    def prepare(self, spec: MachineSpec) -> NetworkPlan:
+        """Check host resources, write helper files into the run folder; return the kernel arguments, the forwards
+        with every host port resolved and the namespace's openings. Raises ConflictError for a busy port."""
 
     @abstractmethod
     def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
@@ -67,12 +83,14 @@ class SlirpNetwork(UmlNetwork):
     #: slirp's messages, in the machine's run folder (the helper runs there)
     LOG = "slirp.log"
 
-    def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2") -> None:
+    def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2",
+                 slirp4netns_binary: str = "slirp4netns") -> None:
         self.slirp_binary = slirp_binary
         self.host_addr = host_addr
+        self.slirp4netns_binary = slirp4netns_binary
 
     def requirements(self) -> dict[str, str]:
-        return {self.slirp_binary: "slirp"}
+        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns"}
 
     def binary(self) -> str:
         found = shutil.which(self.slirp_binary)
@@ -90,9 +108,18 @@ class SlirpNetwork(UmlNetwork):
         return ("#!/bin/sh\n# Written by labkit: the slirp helper UML starts for eth0 of this machine.\n"
                 f"exec {quoted_binary} {' '.join(words)} 2>>{self.LOG}\n")
 
-    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
+    def prepare(self, spec: MachineSpec) -> NetworkPlan:
         binary = self.binary()
         forwards = resolve_forwards(spec.forwards)
+        for port in spec.host_ports:
+            check_host_port(port)
+        slirp4netns = self.slirp4netns_binary
+        if spec.outbound:
+            found = shutil.which(slirp4netns)
+            if found is None:
+                raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
+                                  f"machine with outbound traffic ({spec.name}) needs it")
+            slirp4netns = found
         wrapper = spec.run_dir / self.WRAPPER
         write_atomic(wrapper, self.wrapper_text(binary, forwards))
         os.chmod(wrapper, 0o755)
@@ -101,7 +128,10 @@ class SlirpNetwork(UmlNetwork):
         # UML's slirp transport splits the helper on commas and turns every '_' into a space before it execs it, so an
         # absolute path like /tmp/lk_x/... breaks. linux runs in the run folder, so a relative path is both short and
         # free of those characters.
-        return [f"eth0=slirp,{mac},./{self.WRAPPER}"], forwards
+        isolation = Isolation(forwards=tuple(f.host_port for f in forwards),
+                              host_ports=tuple(sorted(set(spec.host_ports))), outbound=spec.outbound,
+                              slirp4netns=slirp4netns)
+        return NetworkPlan((f"eth0=slirp,{mac},./{self.WRAPPER}",), forwards, isolation)
 
     def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
                 timeout: float) -> None:

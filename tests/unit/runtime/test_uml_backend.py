@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import ConfigError, NotFoundError, StateError
+from labkit.errors import BadNameError, ConfigError, NotFoundError, StateError
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.network import machine_mac
 from labkit.runtime.uml.backend import UmlBackend, console_tail
+from labkit.runtime.uml.netns import Isolation
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 
 
@@ -78,8 +79,13 @@ def test_check_names_debian_packages() -> None:
 def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, forwards=(Forward(0, 22), Forward(0, 80)))
     spec.run_dir.mkdir(parents=True)
-    args, forwards = SlirpNetwork("sh", host_addr="10.0.2.2").prepare(spec)
-    assert args == [f"eth0=slirp,{machine_mac('web')},./slirp.sh"]
+    plan = SlirpNetwork("sh", host_addr="10.0.2.2").prepare(spec)
+    forwards = plan.forwards
+    assert plan.kernel_args == (f"eth0=slirp,{machine_mac('web')},./slirp.sh",)
+    # the supervisor listens on the host for exactly the forwards' ports; by default nothing of the host is reachable
+    assert plan.isolation is not None
+    assert plan.isolation.forwards == tuple(f.host_port for f in forwards)
+    assert plan.isolation.host_ports == ()
     wrapper = spec.run_dir / "slirp.sh"
     assert os.access(wrapper, os.X_OK)
     text = wrapper.read_text()
@@ -94,8 +100,23 @@ def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
 def test_explicit_mac_wins(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, mac="02:00:00:00:00:01")
     spec.run_dir.mkdir(parents=True)
-    args, _ = SlirpNetwork("sh").prepare(spec)
-    assert args[0].startswith("eth0=slirp,02:00:00:00:00:01,")
+    plan = SlirpNetwork("sh").prepare(spec)
+    assert plan.kernel_args[0].startswith("eth0=slirp,02:00:00:00:00:01,")
+
+
+def test_host_reach_goes_into_the_plan(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, host_ports=(3142, 80, 3142), outbound=False)
+    spec.run_dir.mkdir(parents=True)
+    plan = SlirpNetwork("sh", slirp4netns_binary="/nonexistent/slirp4netns").prepare(spec)
+    assert plan.isolation is not None
+    assert plan.isolation.host_ports == (80, 3142)
+    assert plan.isolation.outbound is False
+    assert Isolation.from_json(plan.isolation.to_json()) == plan.isolation
+    # outbound traffic needs slirp4netns: a missing one is a clear error, not a guest that silently has no way out
+    with pytest.raises(ConfigError, match="slirp4netns"):
+        SlirpNetwork("sh", slirp4netns_binary="/nonexistent/slirp4netns").prepare(make_spec(tmp_path, outbound=True))
+    with pytest.raises(BadNameError, match="not between 1 and 65535"):
+        SlirpNetwork("sh").prepare(make_spec(tmp_path, host_ports=(70000,)))
 
 
 def test_console_tail(tmp_path: Path) -> None:
