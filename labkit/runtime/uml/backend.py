@@ -251,7 +251,6 @@ class UmlBackend(Backend):
         run = RunDir(spec.run_dir)
         progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
         plan = self.network.prepare(spec)
-        forwards = plan.forwards
         net_args = [*plan.kernel_args, *self.lab_networks.attach(spec)]
         with contextlib.suppress(FileNotFoundError):
             run.exit_record.unlink()
@@ -272,7 +271,7 @@ class UmlBackend(Backend):
                 return self.status(spec)
             self._wait_until_ready(spec, deadline)
             progress(ProgressEvent("network", message=f"checking the forwards of {spec.name}"))
-            self.network.confirm(spec, forwards, lambda: process_group_members(record.pid),
+            self.network.confirm(spec, plan, lambda: process_group_members(record.pid),
                                  timeout=min(10.0, max(2.0, deadline - time.monotonic())))
         except BaseException:
             self._teardown(spec)
@@ -370,16 +369,22 @@ class UmlBackend(Backend):
             time.sleep(0.05)
         return True
 
-    def _wait_supervisor(self, spec: MachineSpec, sup_pid: int | None, timeout: float) -> None:
-        run = RunDir(spec.run_dir)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        if sup is not None and sup.pid == sup_pid and not self._wait_gone(sup, timeout):
+    def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
+        """Wait for the supervisor read before the verb acted (it removes its pid file before it has ended its
+        helpers and exited, so the file cannot tell), and end everything if it does not go."""
+        if sup is not None and not self._wait_gone(sup, timeout):
             self._teardown(spec)
+
+    @staticmethod
+    def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
+        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
+        return sup if sup is not None and sup.pid == current.supervisor_pid else None
 
     def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
         current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
                                 "stop")
         run = RunDir(spec.run_dir)
+        sup = self._supervisor(spec, current)
         linux = ProcessRecord.read(run.linux_pid)
         if linux is not None and current.state != State.STOPPING:
             with self.mconsole(spec) as console:
@@ -397,16 +402,17 @@ class UmlBackend(Backend):
                         console.halt()
                     if not self._wait_gone(linux, 5.0):
                         end_processes(linux.pid, run.machine_argv())
-        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)
 
     def kill(self, spec: MachineSpec) -> MachineStatus:
         current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
                                 "kill")
         run = RunDir(spec.run_dir)
+        sup = self._supervisor(spec, current)
         linux = ProcessRecord.read(run.linux_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
-        self._wait_supervisor(spec, current.supervisor_pid, 10.0)
+        self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)
 
     # ---- pause, resume, sync

@@ -77,20 +77,20 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
 @dataclass(frozen=True)
 class Isolation:
     """What one machine's namespace lets through: written by the backend into supervisor.json, read by the
-    supervisor. ``forwards`` are host ports, each relayed to the same port inside the namespace (slirp's redir)."""
+    supervisor. ``forwards`` are (host port, port inside the namespace where slirp's redir listens) pairs."""
 
-    forwards: tuple[int, ...] = ()
+    forwards: tuple[tuple[int, int], ...] = ()
     host_ports: tuple[int, ...] = ()
     outbound: bool = True
     slirp4netns: str = "slirp4netns"
 
     def to_json(self) -> dict[str, Any]:
-        return {"forwards": list(self.forwards), "host_ports": list(self.host_ports), "outbound": self.outbound,
-                "slirp4netns": self.slirp4netns}
+        return {"forwards": [list(pair) for pair in self.forwards], "host_ports": list(self.host_ports),
+                "outbound": self.outbound, "slirp4netns": self.slirp4netns}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Isolation:
-        return cls(forwards=tuple(int(p) for p in data.get("forwards", ())),
+        return cls(forwards=tuple((int(host), int(inner)) for host, inner in data.get("forwards", ())),
                    host_ports=tuple(int(p) for p in data.get("host_ports", ())),
                    outbound=bool(data.get("outbound", True)), slirp4netns=str(data.get("slirp4netns", "slirp4netns")))
 
@@ -241,9 +241,9 @@ class Relays:
     namespace: Namespace
     listeners: list[socket.socket] = field(default_factory=list)
 
-    def listen_on_host(self, port: int) -> None:
+    def listen_on_host(self, port: int, inner: int) -> None:
         """A host -> guest forward: listen on the host's 127.0.0.1 now (before linux starts), relay into the namespace
-        to slirp's redir on the same port."""
+        to slirp's redir on port ``inner``."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -254,7 +254,7 @@ class Relays:
                 raise NamespaceError(f"host port {port} is already in use on {LOOPBACK}", conflict=True) from err
             raise NamespaceError(f"cannot listen on host port {port}: {err.strerror}") from err
         listener.listen(64)
-        self._serve(listener, lambda: self._inside(port))
+        self._serve(listener, lambda: self._inside(inner))
 
     def listen_in_namespace(self, port: int) -> None:
         """An allowed host port: listen on the namespace's 127.0.0.1 (the guest's 10.0.2.2) and relay to the host's."""

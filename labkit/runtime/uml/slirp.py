@@ -31,6 +31,11 @@ from labkit.runtime.network import check_host_port, listening_ports, machine_mac
 from labkit.runtime.uml.netns import Isolation
 
 FORWARDS_FILE = "forwards.json"
+#: slirp's redir ports inside the namespace are numbered from here (the host's ports do not matter in there)
+INNER_BASE = 20000
+#: classic slirp 1.0.17 exits at once when it has no redir at all; a machine without forwards gets this one (to the
+#: guest's discard port), which nothing outside its namespace can reach
+IDLE_GUEST_PORT = 9
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class NetworkPlan:
     kernel_args: tuple[str, ...]
     forwards: tuple[Forward, ...]
     isolation: Isolation | None
+    #: the forwards' listeners of the helper that runs with ``linux``, as the helper sees them (inside the namespace
+    #: with isolation: the supervisor relays ``forwards[i].host_port`` to ``inner[i].host_port``)
+    inner: tuple[Forward, ...] = ()
 
 
 class UmlNetwork(ABC):
@@ -56,7 +64,7 @@ class UmlNetwork(ABC):
         with every host port resolved and the namespace's openings. Raises ConflictError for a busy port."""
 
     @abstractmethod
-    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+    def confirm(self, spec: MachineSpec, plan: NetworkPlan, machine_pids: Callable[[], list[int]],
                 timeout: float) -> None:
         """Return once every forward is served by the machine's own processes (``machine_pids`` lists them now),
         else raise ConflictError."""
@@ -100,8 +108,8 @@ class SlirpNetwork(UmlNetwork):
 
     def wrapper_text(self, binary: str, forwards: tuple[Forward, ...]) -> str:
         """The helper script UML runs: slirp with ``host addr`` (so forwarded connections do not arrive from loopback,
-        which the guest drops) and one ``redir HOST GUEST`` per forward. Only integers go in, so nothing needs quoting
-        beyond the binary's path."""
+        which the guest drops) and one ``redir PORT GUEST`` per forward (PORT inside the namespace). Only integers go
+        in, so nothing needs quoting beyond the binary's path."""
         words = [f'"host addr {self.host_addr}"'] + [f'"redir {f.host_port} {f.guest_port}"' for f in forwards]
         quoted_binary = "'" + binary.replace("'", "'\\''") + "'"
         # slirp's banner and messages go to its own log, not to the guest's console that students read.
@@ -120,24 +128,28 @@ class SlirpNetwork(UmlNetwork):
                 raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
                                   f"machine with outbound traffic ({spec.name}) needs it")
             slirp4netns = found
+        host_ports = tuple(sorted(set(spec.host_ports)))
+        free = (port for port in range(INNER_BASE, 65536) if port not in host_ports)
+        inner = tuple(Forward(next(free), f.guest_port) for f in forwards) or (Forward(next(free), IDLE_GUEST_PORT),)
         wrapper = spec.run_dir / self.WRAPPER
-        write_atomic(wrapper, self.wrapper_text(binary, forwards))
+        write_atomic(wrapper, self.wrapper_text(binary, inner))
         os.chmod(wrapper, 0o755)
         self.record_forwards(spec.run_dir, forwards)
         mac = spec.mac or machine_mac(spec.name)
         # UML's slirp transport splits the helper on commas and turns every '_' into a space before it execs it, so an
         # absolute path like /tmp/lk_x/... breaks. linux runs in the run folder, so a relative path is both short and
         # free of those characters.
-        isolation = Isolation(forwards=tuple(f.host_port for f in forwards),
-                              host_ports=tuple(sorted(set(spec.host_ports))), outbound=spec.outbound,
-                              slirp4netns=slirp4netns)
-        return NetworkPlan((f"eth0=slirp,{mac},./{self.WRAPPER}",), forwards, isolation)
+        isolation = Isolation(forwards=tuple((f.host_port, i.host_port) for f, i in zip(forwards, inner, strict=False)),
+                              host_ports=host_ports, outbound=spec.outbound, slirp4netns=slirp4netns)
+        return NetworkPlan((f"eth0=slirp,{mac},./{self.WRAPPER}",), forwards, isolation, inner[:len(forwards)])
 
-    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+    def confirm(self, spec: MachineSpec, plan: NetworkPlan, machine_pids: Callable[[], list[int]],
                 timeout: float) -> None:
-        if not forwards:
+        """slirp's own listeners (in the namespace) are up; the supervisor bound the host's before linux started."""
+        if not plan.forwards:
             return
-        wanted = {f.host_port for f in forwards}
+        inner_to_host = {i.host_port: f for i, f in zip(plan.inner, plan.forwards, strict=True)}
+        wanted = set(inner_to_host)
         deadline = time.monotonic() + timeout
         while True:
             pids = machine_pids()
@@ -147,9 +159,8 @@ class SlirpNetwork(UmlNetwork):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        port = min(missing)
-        forward = next(f for f in forwards if f.host_port == port)
+        forward = inner_to_host[min(missing)]
         if not pids:
             raise RuntimeBackendError(f"machine {spec.name} ended before its forward {forward} was listening")
-        raise ConflictError(f"host port {port} of forward {forward} of machine {spec.name} is not served by its slirp "
-                            f"after {timeout:g} s: another program may hold it, or the guest never brought eth0 up")
+        raise ConflictError(f"forward {forward} of machine {spec.name} is not served by its slirp after {timeout:g} s: "
+                            "the guest never brought eth0 up")

@@ -154,8 +154,8 @@ class Supervisor:
         self.namespace = Namespace.create()
         ProcessRecord.of(self.namespace.pid).write(self.run.netns_pid)
         self.relays = Relays(self.namespace)
-        for port in isolation.forwards:
-            self.relays.listen_on_host(port)
+        for port, inner in isolation.forwards:
+            self.relays.listen_on_host(port, inner)
         for port in isolation.host_ports:
             self.relays.listen_in_namespace(port)
         if isolation.outbound:

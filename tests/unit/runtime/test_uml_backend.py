@@ -84,13 +84,16 @@ def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
     assert plan.kernel_args == (f"eth0=slirp,{machine_mac('web')},./slirp.sh",)
     # the supervisor listens on the host for exactly the forwards' ports; by default nothing of the host is reachable
     assert plan.isolation is not None
-    assert plan.isolation.forwards == tuple(f.host_port for f in forwards)
+    assert plan.isolation.forwards == tuple((f.host_port, i.host_port) for f, i in zip(forwards, plan.inner,
+                                                                                        strict=True))
     assert plan.isolation.host_ports == ()
     wrapper = spec.run_dir / "slirp.sh"
     assert os.access(wrapper, os.X_OK)
     text = wrapper.read_text()
     assert '"host addr 10.0.2.2"' in text
-    for forward in forwards:
+    # slirp listens inside the machine's namespace; the supervisor relays each host port to its inner port
+    assert plan.inner == (Forward(20000, 22), Forward(20001, 80))
+    for forward in plan.inner:
         assert f'"redir {forward.host_port} {forward.guest_port}"' in text
     assert UmlNetwork.recorded_forwards(spec.run_dir) == forwards
     assert json.loads((spec.run_dir / "forwards.json").read_text())[0]["guest_port"] == 22
@@ -105,11 +108,13 @@ def test_explicit_mac_wins(tmp_path: Path) -> None:
 
 
 def test_host_reach_goes_into_the_plan(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, host_ports=(3142, 80, 3142), outbound=False)
+    spec = make_spec(tmp_path, host_ports=(20000, 80, 20000), outbound=False)
     spec.run_dir.mkdir(parents=True)
     plan = SlirpNetwork("sh", slirp4netns_binary="/nonexistent/slirp4netns").prepare(spec)
     assert plan.isolation is not None
-    assert plan.isolation.host_ports == (80, 3142)
+    assert plan.isolation.host_ports == (80, 20000)
+    # slirp exits without any redir, so a machine without forwards gets one, on a port no allowed host port takes
+    assert '"redir 20001 9"' in (spec.run_dir / "slirp.sh").read_text()
     assert plan.isolation.outbound is False
     assert Isolation.from_json(plan.isolation.to_json()) == plan.isolation
     # outbound traffic needs slirp4netns: a missing one is a clear error, not a guest that silently has no way out
