@@ -6,8 +6,9 @@ supervisor, with and without outbound traffic) and the runtime of COMMIT (defaul
 where slirp ran in the host's network), whose ``labkit`` package is unpacked into a temporary folder with ``git
 archive``. Then it rewrites the "Host reach" section of docs/benchmarks.md (``--small`` writes nothing).
 
-Throughput: the guest sends 64 MiB of zeros with ``dd`` to busybox ``nc`` on a forwarded port; the host reads them
-through the forward's host port on 127.0.0.1. Nothing leaves the machine.
+Throughput: the guest sends 512 KiB of zeros with ``dd`` through busybox ``nc`` listening on a forwarded port; the host
+reads them through the forward's host port on 127.0.0.1. (Classic slirp on UML's slirp transport moves only about
+44 KB/s either way, before and after, which is why the amount is small.) Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SECTION = "## Host reach"
 #: the last commit before guests were kept off the host's loopback
 BEFORE = "587f28c"
 STREAM_PORT = 5001
-STREAM_BYTES = 64 << 20
+STREAM_BYTES = 512 << 10
 
 
 def measure(image: Path, runs: int, variants: list[str]) -> dict[str, dict[str, list[float]]]:
@@ -68,8 +69,9 @@ def measure(image: Path, runs: int, variants: list[str]) -> dict[str, dict[str, 
                     if i < 3:  # three throughput runs are plenty
                         port = next(f.host_port for f in status.forwards if f.guest_port == STREAM_PORT)
                         with connect(backend.console_socket(spec)) as console:
-                            console_run(console, f"(nc -l -p {STREAM_PORT} -e dd if=/dev/zero bs=65536 "
-                                                 f"count={STREAM_BYTES >> 16} 2>/dev/null &)", timeout=30)
+                            console_run(console, f"(dd if=/dev/zero bs=65536 count={STREAM_BYTES >> 16} "
+                                                 f"2>/dev/null | nc -l -p {STREAM_PORT} >/dev/null 2>&1 &)",
+                                        timeout=30)
                         rates.append(stream(port))
                 finally:
                     backend.kill(spec)
@@ -80,15 +82,15 @@ def measure(image: Path, runs: int, variants: list[str]) -> dict[str, dict[str, 
 
 
 def stream(port: int) -> float:
-    """Bytes per second read from ``port`` on the host's loopback until the guest closes (the guest's nc may still be
-    starting: retry the connection for a few seconds)."""
+    """Bytes per second read from ``port`` on the host's loopback until all have come (busybox nc does not close when
+    its input ends; the guest's nc may still be starting: retry the connection for a few seconds)."""
     deadline = time.monotonic() + 10
     while True:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         started = time.perf_counter()
         total = 0
         with sock:
-            while chunk := sock.recv(1 << 16):
+            while total < STREAM_BYTES and (chunk := sock.recv(1 << 16)):
                 total += len(chunk)
         elapsed = time.perf_counter() - started
         if total >= STREAM_BYTES:
@@ -153,8 +155,8 @@ def main(argv: list[str]) -> int:
         rows.append((f"`tiny` start to ready, {name}", "report", summary(results[variant]["start"], 1, "s"),
                      "measured"))
     for variant, name in names.items():
-        rows.append((f"throughput host ← guest through a forward (64 MiB), {name}", "report",
-                     summary(results[variant]["rate"], 1 / (1 << 20), "MiB/s"), "measured"))
+        rows.append((f"throughput host ← guest through a forward (512 KiB), {name}", "report",
+                     summary(results[variant]["rate"], 1 / 1000, "kB/s"), "measured"))
     for row in rows:
         print(" | ".join(row))
     if not args.small:
