@@ -100,6 +100,44 @@ def stream(port: int) -> float:
         time.sleep(0.2)
 
 
+def relay_rate(size: int = 256 << 20) -> float:
+    """Bytes per second through the supervisor's relay alone (a host forward into a namespace, to a sender there):
+    what the relay could carry if slirp were not the narrower pipe."""
+    import threading
+
+    from labkit.runtime.uml.netns import Namespace, Relays
+
+    namespace = Namespace.create()
+    relays = Relays(namespace)
+    try:
+        inside = namespace.socket()
+        inside.bind(("127.0.0.1", 20000))
+        inside.listen(1)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        relays.listen_on_host(port, 20000)
+
+        def send() -> None:
+            conn, _ = inside.accept()
+            block = bytes(1 << 16)
+            with conn:
+                for _ in range(size >> 16):
+                    conn.sendall(block)
+
+        threading.Thread(target=send, daemon=True).start()
+        total = 0
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            while chunk := sock.recv(1 << 16):
+                total += len(chunk)
+        assert total == size, total
+        return total / (time.perf_counter() - started)
+    finally:
+        relays.close()
+        namespace.close()
+
+
 def tiny_image() -> Path:
     from labkit.config import Settings
     from labkit.images.recipe import find_recipe
@@ -157,6 +195,9 @@ def main(argv: list[str]) -> int:
     for variant, name in names.items():
         rows.append((f"throughput host ← guest through a forward (512 KiB), {name}", "report",
                      summary(results[variant]["rate"], 1 / 1000, "kB/s"), "measured"))
+    rates = [relay_rate() for _ in range(3)]
+    rows.append(("throughput of the supervisor's relay alone (256 MiB from inside a namespace to the host's loopback, "
+                 "no guest)", "report", summary(rates, 1 / (1 << 20), "MiB/s"), "measured"))
     for row in rows:
         print(" | ".join(row))
     if not args.small:
