@@ -50,7 +50,7 @@ def measure(image: Path, runs: int, variants: list[str]) -> dict[str, dict[str, 
     from guest_console import console_run
 
     backend = UmlBackend()
-    root = Path(tempfile.mkdtemp(prefix="lkh", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="lkbreach", dir="/tmp"))
     seed = build_seed(SeedSpec(hostname="bench"), root / "seed.img")
     results: dict[str, dict[str, list[float]]] = {}
     try:
@@ -117,6 +117,7 @@ def relay_rate(size: int = 256 << 20) -> float:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         relays.listen_on_host(port, 20000)
+        relays.start()
 
         def send() -> None:
             conn, _ = inside.accept()
@@ -136,6 +137,30 @@ def relay_rate(size: int = 256 << 20) -> float:
     finally:
         relays.close()
         namespace.close()
+
+
+def setup_times(runs: int = 20) -> tuple[list[float], list[float]]:
+    """Seconds to make a machine's namespace (fork the agent, unshare, bring lo up), and to start slirp4netns on it
+    until it reports the namespace configured: what the supervisor adds before ``linux`` starts."""
+    from labkit.runtime.uml.netns import Namespace, start_slirp4netns, stop_process
+
+    made, configured = [], []
+    log = Path(tempfile.mkdtemp(prefix="lkbreach", dir="/tmp"))
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            namespace = Namespace.create()
+            made.append(time.perf_counter() - started)
+            try:
+                started = time.perf_counter()
+                proc = start_slirp4netns(shutil.which("slirp4netns") or "slirp4netns", namespace, log / "s.log")
+                configured.append(time.perf_counter() - started)
+                stop_process(proc)
+            finally:
+                namespace.close()
+    finally:
+        shutil.rmtree(log, ignore_errors=True)
+    return made, configured
 
 
 def tiny_image() -> Path:
@@ -171,7 +196,7 @@ def main(argv: list[str]) -> int:
         return 0
     sys.path.insert(0, str(REPO))
     image = tiny_image()
-    old = Path(tempfile.mkdtemp(prefix="lkold", dir="/tmp"))
+    old = Path(tempfile.mkdtemp(prefix="lkbreachold", dir="/tmp"))
     try:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "labkit"], check=True,
                                  capture_output=True).stdout
@@ -195,6 +220,11 @@ def main(argv: list[str]) -> int:
     for variant, name in names.items():
         rows.append((f"throughput host ← guest through a forward (512 KiB), {name}", "report",
                      summary(results[variant]["rate"], 1 / 1000, "kB/s"), "measured"))
+    made, configured = setup_times()
+    rows.append(("making a machine's namespace (agent forked, `unshare`, `lo` up), in the supervisor", "report",
+                 summary(made, 1000, "ms"), "measured"))
+    rows.append(("starting slirp4netns on it until the namespace is configured (outbound traffic only)", "report",
+                 summary(configured, 1000, "ms"), "measured"))
     rates = [relay_rate() for _ in range(3)]
     rows.append(("throughput of the supervisor's relay alone (256 MiB from inside a namespace to the host's loopback, "
                  "no guest)", "report", summary(rates, 1 / (1 << 20), "MiB/s"), "measured"))

@@ -240,6 +240,8 @@ class Relays:
 
     namespace: Namespace
     listeners: list[socket.socket] = field(default_factory=list)
+    #: listeners bound but not served yet (`start`)
+    waiting: list[tuple[socket.socket, Callable[[], socket.socket]]] = field(default_factory=list)
 
     def listen_on_host(self, port: int, inner: int) -> None:
         """A host -> guest forward: listen on the host's 127.0.0.1 now (before linux starts), relay into the namespace
@@ -280,7 +282,14 @@ class Relays:
 
     def _serve(self, listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
         self.listeners.append(listener)
-        threading.Thread(target=self._accept_loop, args=(listener, connect), daemon=True).start()
+        self.waiting.append((listener, connect))
+
+    def start(self) -> None:
+        """Start relaying. Only after ``linux`` was forked: its child runs code between fork and exec (joining the
+        namespace), which must not meet a lock that one of our threads held at the fork."""
+        for listener, connect in self.waiting:
+            threading.Thread(target=self._accept_loop, args=(listener, connect), daemon=True).start()
+        self.waiting.clear()
 
     @staticmethod
     def _accept_loop(listener: socket.socket, connect: Callable[[], socket.socket]) -> None:

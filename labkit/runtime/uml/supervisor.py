@@ -136,6 +136,8 @@ class Supervisor:
             for fd in join or ():
                 os.close(fd)
         ProcessRecord.of(self.proc.pid).write(self.run.linux_pid)
+        if self.relays is not None:
+            self.relays.start()
 
         self.selector.register(master, selectors.EVENT_READ, "pty")
         self.selector.register(listener, selectors.EVENT_READ, "listen")
