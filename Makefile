@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 # Debian 12 packages labkit runs on (engine) and tests with.
-DEB_PACKAGES := user-mode-linux slirp vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
+DEB_PACKAGES := user-mode-linux slirp slirp4netns vde2 qemu-utils e2fsprogs fakeroot busybox-static dropbear-bin mmdebstrap fakechroot \
 	cpio python3-venv ca-certificates
 # Script checks run a lab's grader.py in a bubblewrap sandbox with Debian's /usr/bin/python3 (docs/operations.md).
 DEB_PACKAGES += bubblewrap python3
@@ -17,7 +17,7 @@ DEB_PACKAGES += bubblewrap python3
 # (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.
 TEST_DEB_PACKAGES := chromium fonts-dejavu-core
 
-.PHONY: run test lint system-deps venv vendor clean-venv
+.PHONY: run test lint system-deps system-packages venv vendor clean-venv
 
 # The browser console's JavaScript comes from npm (web/package.json); nodesource's nodejs brings npm itself, so
 # Debian's nodejs and npm are only asked for when there is no `npm` at all.
@@ -26,8 +26,16 @@ DEB_PACKAGES += nodejs npm
 endif
 VENDOR := web/static/vendor
 
-## Install what is missing: Debian packages through apt-get when root, else print the exact sudo line.
-system-deps:
+## Install what is missing: Debian packages through apt-get when root, else print the exact sudo line. Then open
+## /dev/net/tun to every user as Debian's udev rule does (slirp4netns, the guests' way out, needs it; docs/operations.md).
+system-deps: system-packages
+	@if [ -c /dev/net/tun ] && [ "$$(stat -c %a /dev/net/tun)" != 666 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then chmod 0666 /dev/net/tun; \
+	  else echo "Guests with outbound traffic need /dev/net/tun open to every user. Please run:"; \
+	    echo "  sudo chmod 0666 /dev/net/tun"; exit 1; fi; \
+	fi
+
+system-packages:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \

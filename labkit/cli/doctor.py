@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -25,6 +26,7 @@ class Finding:
 PROGRAMS = {
     "linux": "user-mode-linux",
     "slirp": "slirp",
+    "slirp4netns": "slirp4netns",
     "vde_switch": "vde2",
     "qemu-img": "qemu-utils",
     "mkfs.ext4": "e2fsprogs",
@@ -44,6 +46,13 @@ def _which(program: str) -> str | None:
     return shutil.which(program, path=path)
 
 
+def _user_namespaces() -> bool:
+    try:
+        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        return True  # an older kernel without the knob allows them
+
+
 def findings(app: App) -> list[Finding]:
     found = [Finding(f"program {p}", _which(p) is not None, f"sudo apt-get install -y {pkg}")
              for p, pkg in PROGRAMS.items()]
@@ -58,6 +67,10 @@ def findings(app: App) -> list[Finding]:
     sock = app.settings.run_dir / ("x" * 32) / "mconsole"
     found.append(Finding(f"socket paths under {app.settings.run_dir} fit in 108 bytes", len(str(sock)) < 108,
                          "set LABKIT_RUN to a short folder such as /tmp/labkit-$USER"))
+    found.append(Finding("user namespaces can be made (each machine's network lives in its own)",
+                         _user_namespaces(), "sudo sysctl -w user.max_user_namespaces=15000"))
+    found.append(Finding("/dev/net/tun is open to this user (slirp4netns: the guests' outbound traffic)",
+                         os.access("/dev/net/tun", os.R_OK | os.W_OK), "sudo chmod 0666 /dev/net/tun"))
     if os.path.exists("/dev/shm"):
         found.append(Finding("/dev/shm is writable (UML keeps guest memory there)", os.access("/dev/shm", os.W_OK),
                              "mount a writable tmpfs on /dev/shm, or set TMPDIR to a writable folder"))

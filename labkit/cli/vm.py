@@ -43,11 +43,17 @@ def _show(view: MachineView) -> None:
 @click.option("--memory", default=128, show_default=True, help="Memory in MB.")
 @click.option("--forward", "forwards", multiple=True, metavar="HOST:GUEST",
               help="Forward a host TCP port to a guest port (HOST 0 picks a free port). SSH is always forwarded.")
+@click.option("--host-port", "host_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+              help="A port of this host's 127.0.0.1 the guest may reach as 10.0.2.2:PORT (by default: none).")
+@click.option("--outbound/--no-outbound", default=True, show_default=True,
+              help="Whether the guest reaches addresses beyond this host.")
 @json_option
 @pass_app
-def create(app: App, name: str, image: str, memory: int, forwards: tuple[str, ...], as_json: bool) -> None:
+def create(app: App, name: str, image: str, memory: int, forwards: tuple[str, ...], host_ports: tuple[int, ...],
+           outbound: bool, as_json: bool) -> None:
     """Create machine NAME with its own copy-on-write overlay of a base image."""
-    view = app.machines.create(name, image, memory, [parse_forward(f) for f in forwards])
+    view = app.machines.create(name, image, memory, [parse_forward(f) for f in forwards],
+                               host_ports=list(host_ports), outbound=outbound)
     echo_json(dataclasses.asdict(view)) if as_json else _show(view)
 
 

@@ -30,6 +30,7 @@ from labkit.labs.model import (
     ParamDef,
     Problems,
     cross_problems,
+    host_port_problems,
     is_template,
     lab_field_problems,
 )
@@ -53,6 +54,7 @@ from labkit.labs.schema import (
     MACHINE_TABLE,
     NETWORK_TABLE,
     PORT,
+    REACH_TABLE,
     STR,
     TableSpec,
 )
@@ -172,7 +174,7 @@ def _machine(name: str, raw: object, report: _Report) -> MachineDef | None:
     except LabDefinitionError as err:
         report.relative((*path, "image"), err.problems)
         return None
-    for key in ("forwards", "depends_on", "startup"):
+    for key in ("forwards", "depends_on", "startup", "host_ports"):
         if key in values:
             values[key] = tuple(values[key])  # type: ignore[call-overload]
     machine = _build(report, path, MachineDef, name=name, image=image, networks=nets, **values)
@@ -249,12 +251,16 @@ def _structure(data: dict[str, object], root: Path, report: _Report) -> _Parts:
     sound_machines = {k: v for k, v in machines.items() if v}
     sound_networks = {k: v for k, v in networks.items() if v}
     sound_checks = [(i, c) for i, (_id, c) in enumerate(checks) if c]
+    reach = _table(top["reach"], ("reach",), REACH_TABLE, report) if "reach" in top else {}
+    host_ports = tuple((reach or {}).get("host_ports", ()))  # type: ignore[call-overload]
+    report.relative((), host_port_problems("reach.host_ports", host_ports))
     instructions = top.get("instructions", DEFAULT_INSTRUCTIONS)
     lab = Lab(
         id=str(top["id"]), title=str(top["title"]), version=int(version),  # type: ignore[call-overload]
         instructions=str(instructions), reset_policy=str(policy),
         machines=sound_machines, networks=sound_networks, params={k: v for k, v in params.items() if v},
         checks=tuple(c for _i, c in sound_checks), folder=root,
+        host_ports=host_ports, outbound=bool((reach or {}).get("outbound", True)),
     ) if not report.items else None
     return _Parts(instructions, sound_machines, sound_networks, sound_checks, set(params), set(machines), lab)
 

@@ -71,6 +71,18 @@ def _port_problem(key: str, port: int | str) -> Problems:
     return []
 
 
+def host_port_problems(key: str, ports: Sequence[int]) -> Problems:
+    """Problems of a list of host ports guests may reach: numbers 1 to 65535, each once (no templates: the host's
+    services are the same for every student)."""
+    problems: Problems = []
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            problems.append((key, f"host port {port!r} is not a port number between 1 and 65535"))
+    for port in sorted({port for port in ports if list(ports).count(port) > 1}):
+        problems.append((key, f"host port {port} is listed twice"))
+    return problems
+
+
 def parse_mode(value: int | str) -> int | None:
     """A file mode from ``"0644"``, ``"644"`` or TOML ``0o644``; None when it is not one."""
     if isinstance(value, int):
@@ -133,7 +145,8 @@ def subnet_problems(text: str) -> list[str]:
 @dataclass(frozen=True)
 class MachineDef:
     """One machine of a lab. ``networks`` maps a network name to a host number or an address (template allowed);
-    ``forwards`` are guest ports reachable from the host; ``files`` is the folder copied into the guest."""
+    ``forwards`` are guest ports reachable from the host; ``files`` is the folder copied into the guest.
+    ``host_ports`` are added to the lab's (`Lab.reach`); ``outbound`` None means: as the lab says."""
 
     name: str
     image: ImageRef
@@ -143,6 +156,8 @@ class MachineDef:
     depends_on: tuple[str, ...] = ()
     startup: tuple[str, ...] = ()
     files: str = ""
+    host_ports: tuple[int, ...] = ()
+    outbound: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", MappingProxyType(dict(self.networks)))
@@ -165,6 +180,7 @@ class MachineDef:
             elif isinstance(address, str) and not is_template(address) and "/" in address:
                 problems.append((f"networks.{network}", f"write the address {address!r} without a /prefix; "
                                                         "the network's subnet gives it"))
+        problems += host_port_problems("host_ports", self.host_ports)
         if self.name in self.depends_on:
             problems.append(("depends_on", f"machine {self.name} depends on itself"))
         for script in self.startup:
@@ -395,14 +411,25 @@ class Lab:
     params: Mapping[str, ParamDef] = field(default_factory=dict)
     checks: tuple[CheckDef, ...] = ()
     folder: Path | None = None
+    #: ``[reach]``: ports of the lab host's loopback every guest may reach (as 10.0.2.2:PORT), and outbound traffic
+    host_ports: tuple[int, ...] = ()
+    outbound: bool = True
 
     def __post_init__(self) -> None:
         for attr in ("machines", "networks", "params"):
             object.__setattr__(self, attr, MappingProxyType(dict(getattr(self, attr))))
         _raise(f"lab {self.id!r}", self.problems())
 
+    def reach(self, machine: str) -> tuple[tuple[int, ...], bool]:
+        """What ``machine``'s guest reaches beyond the lab: the host ports (the lab's and its own) and whether it has
+        outbound traffic (its own setting, else the lab's)."""
+        own = self.machine(machine)
+        ports = tuple(sorted({*self.host_ports, *own.host_ports}))
+        return ports, self.outbound if own.outbound is None else own.outbound
+
     def problems(self) -> Problems:
         problems = lab_field_problems(self.id, self.version, self.reset_policy, len(self.machines))
+        problems += host_port_problems("reach.host_ports", self.host_ports)
         for kind, table in (("machines", self.machines), ("networks", self.networks), ("params", self.params)):
             for key, value in table.items():
                 if key != value.name:

@@ -42,6 +42,7 @@ PORT = ValueType("a port number or a template string", lambda v: _is_int(v) or i
 PORT_LIST = ValueType("a list of port numbers or template strings", _list_of(PORT.accepts))
 #: a host number inside the network's subnet, or an address (may be a template)
 ADDRESS = ValueType("a host number or an address string", lambda v: _is_int(v) or isinstance(v, str))
+HOST_PORT_LIST = ValueType("a list of port numbers", _list_of(_is_int))
 SCALAR_LIST = ValueType("a list of strings or integers", _list_of(lambda v: isinstance(v, str) or _is_int(v)))
 #: a file mode: an octal string such as "0644", or a TOML integer such as 0o644
 MODE = ValueType("an octal mode such as \"0644\"", lambda v: isinstance(v, str) or _is_int(v))
@@ -61,15 +62,18 @@ class TableSpec:
 LAB_TABLE = TableSpec(
     keys={
         "id": STR, "title": STR, "version": INT, "instructions": STR, "reset_policy": STR,
-        "machines": TABLE, "networks": TABLE, "params": TABLE, "checks": CHECK_LIST,
+        "machines": TABLE, "networks": TABLE, "params": TABLE, "checks": CHECK_LIST, "reach": TABLE,
     },
     required=frozenset({"id", "title"}),
 )
 
+#: what every guest of the lab reaches beyond its own machines (docs/lab-format.md, "[reach]")
+REACH_TABLE = TableSpec(keys={"host_ports": HOST_PORT_LIST, "outbound": BOOL})
+
 MACHINE_TABLE = TableSpec(
     keys={
         "image": STR, "memory": INT, "forwards": PORT_LIST, "networks": TABLE, "depends_on": STR_LIST,
-        "startup": STR_LIST, "files": STR,
+        "startup": STR_LIST, "files": STR, "host_ports": HOST_PORT_LIST, "outbound": BOOL,
     },
     required=frozenset({"image"}),
 )

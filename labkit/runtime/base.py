@@ -92,6 +92,10 @@ class MachineSpec:
     networks: tuple[NetworkAttachment, ...] = ()
     #: extra kernel command line words (already validated by the caller)
     kernel_args: tuple[str, ...] = ()
+    #: ports of the host's loopback the guest may reach (as 10.0.2.2:PORT); every other port there is refused
+    host_ports: tuple[int, ...] = ()
+    #: whether the guest reaches addresses beyond the host (the internet, the lab host's network) through NAT
+    outbound: bool = True
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ def check_forward(forward: Forward) -> None:
         raise BadNameError(f"guest port {forward.guest_port} of forward {forward} is not between 1 and 65535")
 
 
+def check_host_port(port: int) -> int:
+    """Refuse a host port a guest may reach that is not between 1 and 65535."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise BadNameError(f"host port {port!r} that a guest may reach is not between 1 and 65535")
+    return port
+
+
 def port_is_free(port: int, address: str = "0.0.0.0") -> bool:
     """True when a TCP listener could bind ``address:port`` now (SO_REUSEADDR, like the listeners we start, so a
     connection in TIME_WAIT does not count as busy; a listener on any address does)."""
@@ -128,19 +135,24 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 def listening_ports(pids: list[int]) -> set[int]:
-    """TCP ports on which one of ``pids`` holds a listening socket (from /proc/net/tcp and tcp6).
+    """TCP ports on which one of ``pids`` holds a listening socket (from /proc/PID/net/tcp and tcp6: each process's
+    own network namespace, since a machine's slirp listens inside a private one).
 
     Used to confirm that a forward is served by the machine's own helper, not by some other program that took the port.
     """
     inodes: set[int] = set()
+    namespaces: dict[str, int] = {}
     for pid in pids:
         inodes |= _socket_inodes(pid)
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                # fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-                if len(fields) > 9 and fields[3] == "0A" and int(fields[9]) in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+            namespaces.setdefault(os.readlink(f"/proc/{pid}/ns/net"), pid)
+    ports: set[int] = set()
+    for pid in namespaces.values():
+        for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    # fields: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[9]) in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports

@@ -320,8 +320,9 @@ class Courses:
                                   for i, net in enumerate(machine_def.networks, start=1)}
                     content = SeedContent(hostname=machine_def.name, interfaces=interfaces, files_dir=files,
                                           startup_scripts=render_startup(lab, machine_def.name, context))
+                    host_ports, outbound = lab.reach(machine_def.name)
                     if have:
-                        self.machines.rewrite_seed(have[0], content)
+                        self.machines.rewrite_seed(have[0], content, (list(host_ports), outbound))
                         self._link(lab_pk, student_pk, machine_def.name, have[0], digest)
                         outcomes.append("upgraded")
                         continue
@@ -330,7 +331,7 @@ class Courses:
                                 for net in machine_def.networks]
                     forwards = [Forward(0, port) for port in render_forwards(machine_def, context)]
                     self._create_machine(name, str(machine_def.image), machine_def.memory, forwards, content,
-                                         networks)
+                                         networks, (list(host_ports), outbound))
                     self._link(lab_pk, student_pk, machine_def.name, name, digest)
                     outcomes.append("created")
             return ",".join(outcomes)
@@ -338,7 +339,7 @@ class Courses:
         return job
 
     def _create_machine(self, name: str, image: str, memory: int, forwards: list[Forward], content: SeedContent,
-                        networks: list[list[str]]) -> None:
+                        networks: list[list[str]], reach: tuple[list[int], bool]) -> None:
         """Create a student machine; adopt one that an interrupted run created, and clear an interrupted run's
         empty leftovers (an overlay without a machine record never booted, so it holds no work)."""
         with self.db.transaction() as session:
@@ -354,7 +355,8 @@ class Courses:
                     shutil.rmtree(partial, ignore_errors=True)
                 else:
                     partial.unlink(missing_ok=True)
-        self.machines.create(name, image, memory, forwards, content=content, networks=networks)
+        self.machines.create(name, image, memory, forwards, content=content, networks=networks,
+                             host_ports=reach[0], outbound=reach[1])
 
     def _link(self, lab_pk: int, student_pk: int, machine: str, name: str, digest: str) -> None:
         with self.db.transaction() as session:

@@ -39,7 +39,7 @@ from labkit.runtime.base import (
     NetworkSpec,
     State,
 )
-from labkit.runtime.network import machine_mac
+from labkit.runtime.network import check_host_port, machine_mac
 from labkit.services import images as image_service
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
@@ -108,6 +108,8 @@ class MachineFacts(Protocol):
     mac: str
     forwards: list[list[int]]
     networks: list[list[str]]
+    host_ports: list[int]
+    outbound: bool
     state: str
     pid: int | None
     supervisor_pid: int | None
@@ -149,6 +151,8 @@ class Machines:
             seed=Path(machine.seed_path),
             forwards=tuple(Forward(host, guest) for host, guest in machine.forwards),
             networks=tuple(NetworkAttachment(NetworkSpec(net, Path(folder))) for net, folder in machine.networks),
+            host_ports=tuple(machine.host_ports or ()),
+            outbound=bool(machine.outbound),
         )
 
     def _backend(self, machine: MachineFacts) -> Backend:
@@ -170,8 +174,12 @@ class Machines:
 
     # ---- creating ----------------------------------------------------------------------------------------------
     def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None,
-               content: SeedContent | None = None, networks: list[list[str]] | None = None) -> MachineView:
+               content: SeedContent | None = None, networks: list[list[str]] | None = None,
+               host_ports: list[int] | None = None, outbound: bool = True) -> MachineView:
+        """``host_ports`` are the ports of this host's loopback the guest may reach (as 10.0.2.2:PORT; by default
+        none), ``outbound`` whether it reaches other addresses (docs/runtime.md, "Host reach")."""
         check_name(name, "machine name")
+        reach = sorted({check_host_port(port) for port in host_ports or ()})
         if not 32 <= memory_mb <= 16384:
             raise BadNameError(f"memory {memory_mb} MB is outside 32-16384 MB")
         wanted = list(forwards or [])
@@ -197,7 +205,7 @@ class Machines:
             overlay_path=str(overlay_path), seed_path=str(seed_path),
             memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
             console_password=secrets.token_urlsafe(12), hostname=content.hostname if content else None,
-            networks=networks or [],
+            networks=networks or [], host_ports=reach, outbound=outbound,
         )
         # The files are written outside any transaction (a class provisions in parallel); the record comes last.
         made: list[Path] = []
@@ -233,10 +241,15 @@ class Machines:
         )
         build_seed(spec, Path(machine.seed_path))
 
-    def rewrite_seed(self, name: str, content: SeedContent) -> None:
-        """Give a stopped machine a new seed disk (a lab upgrade); its overlay, the student's work, is untouched."""
+    def rewrite_seed(self, name: str, content: SeedContent,
+                     reach: tuple[list[int], bool] | None = None) -> None:
+        """Give a stopped machine a new seed disk (a lab upgrade), and with ``reach`` new host ports and outbound
+        setting; its overlay, the student's work, is untouched."""
         with self._stopped(name, "rewrite the seed of") as (session, machine):
             self._write_seed(machine, content)
+            if reach is not None:
+                machine.host_ports = sorted({check_host_port(port) for port in reach[0]})
+                machine.outbound = reach[1]
             record(session, self.actor, "seed", name, "seed disk rewritten")
 
     # ---- reading -----------------------------------------------------------------------------------------------

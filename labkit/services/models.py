@@ -11,6 +11,7 @@ from typing import ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ColumnElement,
     DateTime,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     cast,
+    true,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -91,6 +93,10 @@ class Machine(Base):
     hostname: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: lab networks the machine joins, in interface order (eth1, eth2, ...): [[network name, switch folder], ...]
     networks: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    #: ports of the host's loopback the guest may reach (its lab's ``[reach]``); every other one is refused
+    host_ports: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    #: whether the guest reaches addresses beyond the host (NAT through slirp4netns)
+    outbound: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     state: Mapped[str] = mapped_column(String(16), default="stopped")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     supervisor_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -66,7 +66,10 @@ def scratch_guests(settings: Settings, disks: Mapping[str, Mapping[str, Any]], o
                 console_log=folder / f"{machine}.console.log", memory_mb=int(disk.get("memory_mb", 128)),
                 mac=machine_mac(name), seed=seed,
                 forwards=tuple(Forward(0, int(port)) for port in disk.get("ports", [22])),
-                networks=tuple(NetworkAttachment(networks[str(n)]) for n in disk.get("networks", [])))
+                networks=tuple(NetworkAttachment(networks[str(n)]) for n in disk.get("networks", [])),
+                # the machine's own host reach (older submissions did not record it: then no host port at all)
+                host_ports=tuple(int(port) for port in disk.get("host_ports", [])),
+                outbound=bool(disk.get("outbound", True)))
             specs.append(spec)
             cleanup.callback(shutil.rmtree, spec.run_dir, True)
             cleanup.callback(_quietly, backend.kill, spec)

@@ -151,7 +151,8 @@ def _disk_record(vm: Machine) -> dict[str, object]:
     """What grading needs to read or boot a frozen copy of ``vm`` later, even after the machine changed or went."""
     return {"vm": vm.name, "image": vm.image.path, "seed": vm.seed_path, "password": vm.console_password,
             "memory_mb": vm.memory_mb, "ports": [guest for _, guest in vm.forwards],
-            "networks": [net for net, _ in vm.networks]}
+            "networks": [net for net, _ in vm.networks], "host_ports": list(vm.host_ports or []),
+            "outbound": bool(vm.outbound)}
 
 
 def _view(row: Submission, course: str, student: str, lab: str,

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,9 @@ def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: Mach
         backend.stop(spec)
 
 
-def test_guest_reaches_host_service(backend: UmlBackend, running: MachineSpec) -> None:
+def test_guest_reaches_an_allowed_host_service(backend: UmlBackend, root: Path, guest_image: Path,
+                                              seed: Path) -> None:
+    """The guest reaches a host port its spec allows, as 10.0.2.2 (tests/guests/test_host_reach.py: and only that)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -158,9 +161,12 @@ def test_guest_reaches_host_service(backend: UmlBackend, running: MachineSpec) -
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with connect(backend.console_socket(running)) as sock:
+        spec = replace(make_spec(root, guest_image, seed), host_ports=(server.server_port,))
+        assert backend.start(spec, timeout=60).state == State.RUNNING
+        with connect(backend.console_socket(spec)) as sock:
             out = console_run(sock, f"wget -q -O - http://10.0.2.2:{server.server_port}/", timeout=20)
         assert "hello-from-host" in out
+        backend.kill(spec)
     finally:
         server.shutdown()
         server.server_close()

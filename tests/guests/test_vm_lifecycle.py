@@ -134,8 +134,8 @@ def test_forward_from_host_to_guest_service(lk: Labkit, machine: str) -> None:
             time.sleep(0.3)
 
 
-def test_guest_reaches_host_service_at_10_0_2_2(lk: Labkit, machine: str) -> None:
-    token = f"host-{machine}"
+def test_guest_reaches_an_allowed_host_service_at_10_0_2_2_and_no_other(lk: Labkit) -> None:
+    token = f"host-{os.getpid()}"
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -146,17 +146,26 @@ def test_guest_reaches_host_service_at_10_0_2_2(lk: Labkit, machine: str) -> Non
         def log_message(self, *_args: object) -> None:
             pass
 
-    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as allowed, \
+            socketserver.TCPServer(("127.0.0.1", 0), Handler) as other:
+        for server in (allowed, other):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        name = f"r{os.getpid() % 1000}-{int(time.time() * 1000) % 100000}"
+        port, other_port = allowed.server_address[1], other.server_address[1]
+        lk("vm", "create", name, "--image", "tiny", "--memory", "64", "--host-port", str(port))
         try:
-            lk("vm", "start", machine)
-            port = server.server_address[1]
-            result = lk.sh(machine, f"wget -q -O - http://10.0.2.2:{port}/")
+            lk("vm", "start", name)
+            result = lk.sh(name, f"wget -q -O - http://10.0.2.2:{port}/")
             assert result["exit_code"] == 0, result
             assert result["stdout"] == token
+            # a host service the machine was not given is refused, though it answers the same request on the host
+            refused = lk.sh(name, f"wget -q -O - http://10.0.2.2:{other_port}/ 2>&1")
+            assert refused["exit_code"] != 0 and token not in refused["stdout"], refused
         finally:
-            server.shutdown()
+            allowed.shutdown()
+            other.shutdown()
+            lk("vm", "kill", name, check=False)
+            lk("vm", "rm", name, "--yes")
 
 
 def test_stop_reset_snapshot_restore(lk: Labkit, machine: str) -> None:

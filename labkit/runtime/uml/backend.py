@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import labkit
-from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, StateError
+from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Backend, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
+from labkit.runtime.uml.netns import isolation_problems
 from labkit.runtime.uml.rundir import RunDir
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 from labkit.runtime.uml.vde import VdeNetworks
@@ -117,6 +118,7 @@ class UmlBackend(Backend):
             if shutil.which(binary) is None:
                 missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
                                "cannot start")
+        missing += isolation_problems()
         tmp = os.environ.get("TMPDIR") or "/tmp"
         if not os.access(tmp, os.W_OK) and not os.access("/dev/shm", os.W_OK):
             missing.append(f"neither {tmp} nor /dev/shm is writable: UML keeps guest memory in a file there")
@@ -198,8 +200,14 @@ class UmlBackend(Backend):
         return f"last run {record.get('reason', 'ended')} with code {record.get('returncode')}"
 
     def _clean_after_crash(self, spec: MachineSpec) -> None:
-        """Remove the run folder's live-run files and UML's stale ``<uml_dir>/<umid>/`` (left by a killed linux)."""
-        RunDir(spec.run_dir).clean_runtime_files()
+        """End the supervisor's helpers that outlived it (they die with it; this is the belt to those braces), remove
+        the run folder's live-run files and UML's stale ``<uml_dir>/<umid>/`` (left by a killed linux)."""
+        run = RunDir(spec.run_dir)
+        for pid_file in run.helper_pid_files():
+            helper = ProcessRecord.read(pid_file)
+            if helper is not None:
+                helper.send(signal.SIGKILL)
+        run.clean_runtime_files()
         instance = self.instance_dir(spec)
         try:
             owner = int((instance / "pid").read_text().split()[0])
@@ -243,8 +251,8 @@ class UmlBackend(Backend):
         spec.overlay.parent.mkdir(parents=True, exist_ok=True)
         run = RunDir(spec.run_dir)
         progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
-        net_args, forwards = self.network.prepare(spec)
-        net_args += self.lab_networks.attach(spec)
+        plan = self.network.prepare(spec)
+        net_args = [*plan.kernel_args, *self.lab_networks.attach(spec)]
         with contextlib.suppress(FileNotFoundError):
             run.exit_record.unlink()
         run.write_json(run.supervisor_spec, {
@@ -253,6 +261,7 @@ class UmlBackend(Backend):
             "ready_marker": self.ready_marker,
             "error_marker": ERROR_MARKER,
             "instance_dir": str(self.instance_dir(spec)),
+            "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
@@ -263,7 +272,7 @@ class UmlBackend(Backend):
                 return self.status(spec)
             self._wait_until_ready(spec, deadline)
             progress(ProgressEvent("network", message=f"checking the forwards of {spec.name}"))
-            self.network.confirm(spec, forwards, lambda: process_group_members(record.pid),
+            self.network.confirm(spec, plan, lambda: process_group_members(record.pid),
                                  timeout=min(10.0, max(2.0, deadline - time.monotonic())))
         except BaseException:
             self._teardown(spec)
@@ -296,9 +305,12 @@ class UmlBackend(Backend):
         return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
                                    f"{console_tail(spec.console_log)}")
 
-    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | None:
+    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
         run = RunDir(spec.run_dir)
         if run.exit_record.exists():
+            record = run.read_json(run.exit_record)
+            if isinstance(record, dict) and record.get("conflict"):
+                return ConflictError(f"machine {spec.name} cannot start: {record.get('reason')}")
             return self._failure(spec, self._last_exit(run).replace("last run", "ended while starting:"))
         sup = ProcessRecord.read(run.supervisor_pid)
         if sup is not None and not sup.alive():
@@ -369,11 +381,17 @@ class UmlBackend(Backend):
             sup.send(signal.SIGKILL)
             self._wait_gone(sup, 2.0)
 
+    @staticmethod
+    def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
+        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
+        return sup if sup is not None and sup.pid == current.supervisor_pid else None
+
     def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
         current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
                                 "stop")
         run = RunDir(spec.run_dir)
-        linux, sup = ProcessRecord.read(run.linux_pid), ProcessRecord.read(run.supervisor_pid)
+        sup = self._supervisor(spec, current)
+        linux = ProcessRecord.read(run.linux_pid)
         if linux is not None and current.state != State.STOPPING:
             with self.mconsole(spec) as console:
                 if current.state == State.PAUSED:
@@ -394,9 +412,11 @@ class UmlBackend(Backend):
         return self.status(spec)
 
     def kill(self, spec: MachineSpec) -> MachineStatus:
-        self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING), "kill")
+        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
+                                "kill")
         run = RunDir(spec.run_dir)
-        linux, sup = ProcessRecord.read(run.linux_pid), ProcessRecord.read(run.supervisor_pid)
+        sup = self._supervisor(spec, current)
+        linux = ProcessRecord.read(run.linux_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
         self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)

@@ -3,12 +3,13 @@
 The wire format is the kernel's (arch/um/drivers/mconsole_user.c, mconsole.h): one host-endian datagram
 ``u32 magic 0xcafebabe, u32 version 2, u32 len, char data[512]`` per request, answered with one or more datagrams
 ``u32 err, u32 more, u32 len, data`` sent back to the request's source address. The client therefore binds its own
-datagram socket, to an abstract address, so nothing is left on disk.
+datagram socket, to a path beside the mconsole socket (removed when the client closes). Not to an abstract address:
+those belong to a network namespace, and the guest runs in a private one (netns.py), from which it could not answer.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
 import socket
 import struct
@@ -67,6 +68,7 @@ class MconsoleClient:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._bound: Path | None = None
 
     def __enter__(self) -> MconsoleClient:
         return self
@@ -78,12 +80,23 @@ class MconsoleClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._bound is not None:
+            with contextlib.suppress(OSError):
+                self._bound.unlink()
+            self._bound = None
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            # An abstract address: the guest can answer to it, and it vanishes with the socket.
-            sock.bind(f"\0labkit-mconsole-{os.getpid()}-{secrets.token_hex(6)}")
+            # Beside the mconsole socket, with a name no longer than "mconsole": the path fits wherever that one does.
+            bound = self.socket_path.with_name(f"c{secrets.token_hex(3)}")
+            try:
+                sock.bind(str(bound))
+            except OSError as err:
+                sock.close()
+                raise MconsoleError(f"cannot make a reply socket beside mconsole {self.socket_path} (is the machine "
+                                    f"running?): {err}") from err
+            self._bound = bound
             sock.settimeout(self.timeout)
             self._sock = sock
         return self._sock

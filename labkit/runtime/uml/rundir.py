@@ -65,9 +65,28 @@ class RunDir:
         """The supervisor's own stdout/stderr (its errors, not the guest console)."""
         return self.path / "supervisor.log"
 
+    @property
+    def netns_pid(self) -> Path:
+        """The agent that holds the machine's private user + network namespace (labkit.runtime.uml.netns)."""
+        return self.path / "netns.pid"
+
+    @property
+    def slirp4netns_pid(self) -> Path:
+        """slirp4netns, the namespace's way out when the machine has outbound traffic."""
+        return self.path / "slirp4netns.pid"
+
+    @property
+    def slirp4netns_log(self) -> Path:
+        return self.path / "slirp4netns.log"
+
+    def helper_pid_files(self) -> tuple[Path, ...]:
+        """Pid files of the supervisor's own helpers, which end with it; a clean-up after a crash ends them by PID."""
+        return (self.netns_pid, self.slirp4netns_pid)
+
     def runtime_files(self) -> tuple[Path, ...]:
         """Files that describe a live run, removed when it ends (the exit record and forwards stay as history)."""
-        return (self.supervisor_pid, self.linux_pid, self.console_sock, self.ready, self.paused, self.guest_error)
+        return (self.supervisor_pid, self.linux_pid, self.console_sock, self.ready, self.paused, self.guest_error,
+                *self.helper_pid_files())
 
     def clean_runtime_files(self) -> None:
         for path in self.runtime_files():

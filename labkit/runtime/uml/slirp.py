@@ -2,8 +2,12 @@
 
 UML starts a slirp helper itself when the guest brings eth0 up (``eth0=slirp,MAC,HELPER``). It splits that argument on
 commas and spaces (and turns '_' into a space), so slirp's own options go into a per-machine wrapper script in the run
-folder, named relative to it (``linux`` runs there). Classic slirp's
-``redir`` listens on 0.0.0.0, so forwarded ports are reachable from other hosts too (docs/runtime.md).
+folder, named relative to it (``linux`` runs there).
+
+slirp itself would let the guest reach every loopback service of the host (10.0.2.2 is the host's 127.0.0.1) and
+its ``redir`` listens on 0.0.0.0. So slirp runs with ``linux`` in a private network namespace (`netns`): the plan that
+`prepare` returns tells the supervisor which host ports to listen on (127.0.0.1 only), which host ports the guest may
+reach, and whether it gets outbound traffic.
 
 VDE or the vector transport (Linux >= 6.16 dropped the legacy ``slirp``/``vde`` transports) plug in as further
 `UmlNetwork` classes.
@@ -17,14 +21,34 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.atomic import write_atomic
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
 from labkit.runtime.base import Forward, MachineSpec
-from labkit.runtime.network import listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.network import check_host_port, listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.uml.netns import Isolation
 
 FORWARDS_FILE = "forwards.json"
+#: slirp's redir ports inside the namespace are numbered from here (the host's ports do not matter in there)
+INNER_BASE = 20000
+#: classic slirp 1.0.17 exits at once when it has no redir at all; a machine without forwards gets this one (to the
+#: guest's discard port), which nothing outside its namespace can reach
+IDLE_GUEST_PORT = 9
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What `UmlNetwork.prepare` decided: the kernel's eth0 argument, the forwards with their host ports resolved, and
+    what the supervisor's namespace lets through (None: no namespace, the guest shares the host's network)."""
+
+    kernel_args: tuple[str, ...]
+    forwards: tuple[Forward, ...]
+    isolation: Isolation | None
+    #: the forwards' listeners of the helper that runs with ``linux``, as the helper sees them (inside the namespace
+    #: with isolation: the supervisor relays ``forwards[i].host_port`` to ``inner[i].host_port``)
+    inner: tuple[Forward, ...] = ()
 
 
 class UmlNetwork(ABC):
@@ -35,12 +59,12 @@ class UmlNetwork(ABC):
         """Host programs this transport runs: program -> Debian package that provides it."""
 
     @abstractmethod
-    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
-        """Check host resources, write helper files into the run folder; return kernel arguments and the forwards
-        with every host port resolved. Raises ConflictError for a busy port."""
+    def prepare(self, spec: MachineSpec) -> NetworkPlan:
+        """Check host resources, write helper files into the run folder; return the kernel arguments, the forwards
+        with every host port resolved and the namespace's openings. Raises ConflictError for a busy port."""
 
     @abstractmethod
-    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+    def confirm(self, spec: MachineSpec, plan: NetworkPlan, machine_pids: Callable[[], list[int]],
                 timeout: float) -> None:
         """Return once every forward is served by the machine's own processes (``machine_pids`` lists them now),
         else raise ConflictError."""
@@ -67,12 +91,14 @@ class SlirpNetwork(UmlNetwork):
     #: slirp's messages, in the machine's run folder (the helper runs there)
     LOG = "slirp.log"
 
-    def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2") -> None:
+    def __init__(self, slirp_binary: str = "slirp", host_addr: str = "10.0.2.2",
+                 slirp4netns_binary: str = "slirp4netns") -> None:
         self.slirp_binary = slirp_binary
         self.host_addr = host_addr
+        self.slirp4netns_binary = slirp4netns_binary
 
     def requirements(self) -> dict[str, str]:
-        return {self.slirp_binary: "slirp"}
+        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns"}
 
     def binary(self) -> str:
         found = shutil.which(self.slirp_binary)
@@ -82,32 +108,48 @@ class SlirpNetwork(UmlNetwork):
 
     def wrapper_text(self, binary: str, forwards: tuple[Forward, ...]) -> str:
         """The helper script UML runs: slirp with ``host addr`` (so forwarded connections do not arrive from loopback,
-        which the guest drops) and one ``redir HOST GUEST`` per forward. Only integers go in, so nothing needs quoting
-        beyond the binary's path."""
+        which the guest drops) and one ``redir PORT GUEST`` per forward (PORT inside the namespace). Only integers go
+        in, so nothing needs quoting beyond the binary's path."""
         words = [f'"host addr {self.host_addr}"'] + [f'"redir {f.host_port} {f.guest_port}"' for f in forwards]
         quoted_binary = "'" + binary.replace("'", "'\\''") + "'"
         # slirp's banner and messages go to its own log, not to the guest's console that students read.
         return ("#!/bin/sh\n# Written by labkit: the slirp helper UML starts for eth0 of this machine.\n"
                 f"exec {quoted_binary} {' '.join(words)} 2>>{self.LOG}\n")
 
-    def prepare(self, spec: MachineSpec) -> tuple[list[str], tuple[Forward, ...]]:
+    def prepare(self, spec: MachineSpec) -> NetworkPlan:
         binary = self.binary()
         forwards = resolve_forwards(spec.forwards)
+        for port in spec.host_ports:
+            check_host_port(port)
+        slirp4netns = self.slirp4netns_binary
+        if spec.outbound:
+            found = shutil.which(slirp4netns)
+            if found is None:
+                raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
+                                  f"machine with outbound traffic ({spec.name}) needs it")
+            slirp4netns = found
+        host_ports = tuple(sorted(set(spec.host_ports)))
+        free = (port for port in range(INNER_BASE, 65536) if port not in host_ports)
+        inner = tuple(Forward(next(free), f.guest_port) for f in forwards) or (Forward(next(free), IDLE_GUEST_PORT),)
         wrapper = spec.run_dir / self.WRAPPER
-        write_atomic(wrapper, self.wrapper_text(binary, forwards))
+        write_atomic(wrapper, self.wrapper_text(binary, inner))
         os.chmod(wrapper, 0o755)
         self.record_forwards(spec.run_dir, forwards)
         mac = spec.mac or machine_mac(spec.name)
         # UML's slirp transport splits the helper on commas and turns every '_' into a space before it execs it, so an
         # absolute path like /tmp/lk_x/... breaks. linux runs in the run folder, so a relative path is both short and
         # free of those characters.
-        return [f"eth0=slirp,{mac},./{self.WRAPPER}"], forwards
+        isolation = Isolation(forwards=tuple((f.host_port, i.host_port) for f, i in zip(forwards, inner, strict=False)),
+                              host_ports=host_ports, outbound=spec.outbound, slirp4netns=slirp4netns)
+        return NetworkPlan((f"eth0=slirp,{mac},./{self.WRAPPER}",), forwards, isolation, inner[:len(forwards)])
 
-    def confirm(self, spec: MachineSpec, forwards: tuple[Forward, ...], machine_pids: Callable[[], list[int]],
+    def confirm(self, spec: MachineSpec, plan: NetworkPlan, machine_pids: Callable[[], list[int]],
                 timeout: float) -> None:
-        if not forwards:
+        """slirp's own listeners (in the namespace) are up; the supervisor bound the host's before linux started."""
+        if not plan.forwards:
             return
-        wanted = {f.host_port for f in forwards}
+        inner_to_host = {i.host_port: f for i, f in zip(plan.inner, plan.forwards, strict=True)}
+        wanted = set(inner_to_host)
         deadline = time.monotonic() + timeout
         while True:
             pids = machine_pids()
@@ -117,9 +159,8 @@ class SlirpNetwork(UmlNetwork):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        port = min(missing)
-        forward = next(f for f in forwards if f.host_port == port)
+        forward = inner_to_host[min(missing)]
         if not pids:
             raise RuntimeBackendError(f"machine {spec.name} ended before its forward {forward} was listening")
-        raise ConflictError(f"host port {port} of forward {forward} of machine {spec.name} is not served by its slirp "
-                            f"after {timeout:g} s: another program may hold it, or the guest never brought eth0 up")
+        raise ConflictError(f"forward {forward} of machine {spec.name} is not served by its slirp after {timeout:g} s: "
+                            "the guest never brought eth0 up")

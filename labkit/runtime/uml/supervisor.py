@@ -11,6 +11,10 @@ It outlives the CLI that started it (the backend starts it in a new session) and
 - When ``linux`` exits it kills whatever is left of it (its group, and helpers that left the group), records the exit
   in ``exit.json``, removes the socket and pid files, and exits.
 
+With an ``isolation`` entry in its spec (every slirp machine has one), ``linux`` runs in a private user + network
+namespace and the supervisor relays the machine's forwards and allowed host ports across its edge (`netns`): a guest
+reaches nothing on the host's loopback but what its lab allows.
+
 If the supervisor itself is SIGKILLed, ``linux`` receives SIGTERM (PR_SET_PDEATHSIG), on which UML tears itself and
 its helpers down; `UmlBackend.status` then finds both processes gone, removes what they left and reports STOPPED.
 SIGTERM or SIGINT to the supervisor are passed on to ``linux`` the same way; the supervisor exits once it is gone.
@@ -35,6 +39,7 @@ from typing import Any
 
 from labkit.atomic import write_atomic
 from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.uml.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 from labkit.runtime.uml.rundir import RunDir
 
 #: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).
@@ -65,6 +70,10 @@ class Supervisor:
                                                                     (spec.get("error_marker"), self.run.guest_error))
                         if text}
         self.instance_dir = Path(spec["instance_dir"]) if spec.get("instance_dir") else None
+        self.isolation = Isolation.from_json(spec["isolation"]) if spec.get("isolation") else None
+        self.namespace: Namespace | None = None
+        self.relays: Relays | None = None
+        self.slirp4netns: subprocess.Popen[bytes] | None = None
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, _Client] = {}
         self.to_guest = bytearray()
@@ -77,6 +86,17 @@ class Supervisor:
     def run_machine(self) -> int:
         self.run.clean_runtime_files()
         ProcessRecord.of(os.getpid()).write(self.run.supervisor_pid)
+        self.log = open(self.console_log, "ab", buffering=0)  # noqa: SIM115 (held for the life of the machine)
+        join: tuple[int, int] | None = None
+        if self.isolation is not None:
+            # First, while this process has no threads and no other children: the agent is a fork of it.
+            try:
+                join = self._isolate(self.isolation)
+            except (NamespaceError, OSError) as err:
+                self.log.write(f"labkit: cannot isolate the machine's network: {err}\n".encode())
+                self._finish(126, f"cannot isolate the machine's network: {err}",
+                             conflict=getattr(err, "conflict", False))
+                return 126
         master, slave = os.openpty()
         tty.setraw(slave)  # UML sets raw mode itself, but not before it has started: no echo of early input
         os.set_blocking(master, False)
@@ -87,7 +107,6 @@ class Supervisor:
         listener.listen(16)
         listener.setblocking(False)
         self.listener = listener
-        self.log = open(self.console_log, "ab", buffering=0)  # noqa: SIM115 (held for the life of the machine)
 
         signal.signal(signal.SIGTERM, self._on_terminate)
         signal.signal(signal.SIGINT, self._on_terminate)
@@ -101,18 +120,24 @@ class Supervisor:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if os.getppid() != parent:
                 os._exit(1)
+            if join is not None:
+                Namespace.join(*join)
 
         try:
             self.proc = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
                                          cwd=self.run.path, process_group=0, preexec_fn=die_with_supervisor)
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             message = f"labkit: cannot start {self.argv[0]}: {err}\n"
             self.log.write(message.encode())
-            self._finish(127, f"cannot start {self.argv[0]}: {err.strerror}")
+            self._finish(127, f"cannot start {self.argv[0]}: {getattr(err, 'strerror', None) or err}")
             return 127
         finally:
             os.close(slave)
+            for fd in join or ():
+                os.close(fd)
         ProcessRecord.of(self.proc.pid).write(self.run.linux_pid)
+        if self.relays is not None:
+            self.relays.start()
 
         self.selector.register(master, selectors.EVENT_READ, "pty")
         self.selector.register(listener, selectors.EVENT_READ, "listen")
@@ -125,6 +150,28 @@ class Supervisor:
             self._finish(code, "supervisor failed; see supervisor.log")
             raise
         return code
+
+    def _isolate(self, isolation: Isolation) -> tuple[int, int]:
+        """Make the machine's namespace, its listeners and its way out; return the handles ``linux`` joins it by."""
+        self.namespace = Namespace.create()
+        ProcessRecord.of(self.namespace.pid).write(self.run.netns_pid)
+        self.relays = Relays(self.namespace)
+        for port, inner in isolation.forwards:
+            self.relays.listen_on_host(port, inner)
+        for port in isolation.host_ports:
+            self.relays.listen_in_namespace(port)
+        if isolation.outbound:
+            self.slirp4netns = start_slirp4netns(isolation.slirp4netns, self.namespace, self.run.slirp4netns_log)
+            ProcessRecord.of(self.slirp4netns.pid).write(self.run.slirp4netns_pid)
+        return self.namespace.join_fds()
+
+    def _end_isolation(self) -> None:
+        if self.relays is not None:
+            self.relays.close()
+        if self.slirp4netns is not None:
+            stop_process(self.slirp4netns)
+        if self.namespace is not None:
+            self.namespace.close()
 
     def _on_terminate(self, _signum: int, _frame: Any) -> None:
         self.terminating = True
@@ -199,16 +246,19 @@ class Supervisor:
                 return
             self._output(data)
 
-    def _finish(self, code: int, reason: str) -> None:
+    def _finish(self, code: int, reason: str, conflict: bool = False) -> None:
+        self._end_isolation()
         for client in list(self.clients.values()):
             with contextlib.suppress(OSError):
                 client.sock.setblocking(True)
                 client.sock.settimeout(0.5)
                 client.sock.sendall(bytes(client.pending))
             self._drop(client)
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        self.run.write_json(self.run.exit_record, {"returncode": code, "ended_at": time.time(), "reason": reason})
+        if hasattr(self, "listener"):
+            with contextlib.suppress(OSError):
+                self.listener.close()
+        self.run.write_json(self.run.exit_record, {"returncode": code, "ended_at": time.time(), "reason": reason,
+                                                   "conflict": conflict})
         self.run.clean_runtime_files()
         if self.instance_dir is not None:
             # UML removes <uml_dir>/<umid>/ on a clean exit; after a kill the stale mconsole socket and pid stay.

@@ -121,6 +121,19 @@ TOML_CASES = [
     ({"[params.pw]": "[params.student]"}, "[params.student]", "params.student", "reserved"),
     ({"[params.pw]": "[params.Pw-2]"}, "[params.Pw-2]", "params.Pw-2", "template variable"),
     ({"[params.pw]": "[params.pw]\nlength = 2"}, "length = 2", "params.pw.length", "between 6 and 128"),
+    ({"[params.pw]": "[reach]\nhost_ports = [3142, 70000]\n[params.pw]"}, "70000", "reach.host_ports",
+     "host port 70000 is not a port number between 1 and 65535"),
+    ({"[params.pw]": "[reach]\nhost_ports = [3142, 3142]\n[params.pw]"}, "3142, 3142", "reach.host_ports",
+     "host port 3142 is listed twice"),
+    ({"[params.pw]": '[reach]\nhost_ports = ["{{ port }}"]\n[params.pw]'}, "host_ports", "reach.host_ports",
+     "must be a list of port numbers"),
+    ({"[params.pw]": '[reach]\noutbound = "off"\n[params.pw]'}, "outbound", "reach.outbound", "true or false"),
+    ({"[params.pw]": "[reach]\nhost_port = [3142]\n[params.pw]"}, "host_port =", "reach.host_port",
+     "unknown key 'host_port'; allowed here: host_ports, outbound"),
+    ({'title = "Two hosts"': 'title = "Two hosts"\nreach = 3142'}, "reach = 3142", "reach", "must be a table"),
+    ({"memory = 64": "memory = 64\nhost_ports = [0]"}, "host_ports = [0]", "machines.a.host_ports",
+     "host port 0 is not a port number"),
+    ({"memory = 64": "memory = 64\noutbound = 0"}, "outbound = 0", "machines.a.outbound", "true or false"),
 ]
 
 
@@ -139,6 +152,18 @@ def test_lab_toml_problem(make_lab: MakeLab, replace: dict[str, str], line_text:
         assert problem.line == line_of(toml, line_text), str(problem)
     with pytest.raises(LabFormatError, match="problem"):
         load_lab(folder, IMAGES)
+
+
+def test_reach_defaults_and_per_machine_settings(make_lab: MakeLab) -> None:
+    lab = load_lab(make_lab(), IMAGES)
+    # by default a guest reaches no host port, and has outbound traffic
+    assert (lab.host_ports, lab.outbound) == ((), True)
+    assert lab.reach("a") == ((), True)
+    folder = make_lab(replace={"memory = 64": "memory = 64\nhost_ports = [8080]\noutbound = true",
+                               "[params.pw]": "[reach]\nhost_ports = [3142, 80]\noutbound = false\n[params.pw]"})
+    lab = load_lab(folder, IMAGES)
+    assert lab.reach("a") == ((80, 3142, 8080), True)  # the lab's ports and its own; its own outbound setting
+    assert lab.reach("b") == ((80, 3142), False)
 
 
 def test_malformed_toml_gives_line(make_lab: MakeLab) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from labkit.errors import ConfigError, NotFoundError, StateError
+from labkit.errors import BadNameError, ConfigError, NotFoundError, StateError
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.network import machine_mac
 from labkit.runtime.uml.backend import UmlBackend, console_tail
+from labkit.runtime.uml.netns import Isolation
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 
 
@@ -78,13 +79,21 @@ def test_check_names_debian_packages() -> None:
 def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, forwards=(Forward(0, 22), Forward(0, 80)))
     spec.run_dir.mkdir(parents=True)
-    args, forwards = SlirpNetwork("sh", host_addr="10.0.2.2").prepare(spec)
-    assert args == [f"eth0=slirp,{machine_mac('web')},./slirp.sh"]
+    plan = SlirpNetwork("sh", host_addr="10.0.2.2").prepare(spec)
+    forwards = plan.forwards
+    assert plan.kernel_args == (f"eth0=slirp,{machine_mac('web')},./slirp.sh",)
+    # the supervisor listens on the host for exactly the forwards' ports; by default nothing of the host is reachable
+    assert plan.isolation is not None
+    assert plan.isolation.forwards == tuple((f.host_port, i.host_port) for f, i in zip(forwards, plan.inner,
+                                                                                        strict=True))
+    assert plan.isolation.host_ports == ()
     wrapper = spec.run_dir / "slirp.sh"
     assert os.access(wrapper, os.X_OK)
     text = wrapper.read_text()
     assert '"host addr 10.0.2.2"' in text
-    for forward in forwards:
+    # slirp listens inside the machine's namespace; the supervisor relays each host port to its inner port
+    assert plan.inner == (Forward(20000, 22), Forward(20001, 80))
+    for forward in plan.inner:
         assert f'"redir {forward.host_port} {forward.guest_port}"' in text
     assert UmlNetwork.recorded_forwards(spec.run_dir) == forwards
     assert json.loads((spec.run_dir / "forwards.json").read_text())[0]["guest_port"] == 22
@@ -94,8 +103,25 @@ def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
 def test_explicit_mac_wins(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, mac="02:00:00:00:00:01")
     spec.run_dir.mkdir(parents=True)
-    args, _ = SlirpNetwork("sh").prepare(spec)
-    assert args[0].startswith("eth0=slirp,02:00:00:00:00:01,")
+    plan = SlirpNetwork("sh").prepare(spec)
+    assert plan.kernel_args[0].startswith("eth0=slirp,02:00:00:00:00:01,")
+
+
+def test_host_reach_goes_into_the_plan(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, host_ports=(20000, 80, 20000), outbound=False)
+    spec.run_dir.mkdir(parents=True)
+    plan = SlirpNetwork("sh", slirp4netns_binary="/nonexistent/slirp4netns").prepare(spec)
+    assert plan.isolation is not None
+    assert plan.isolation.host_ports == (80, 20000)
+    # slirp exits without any redir, so a machine without forwards gets one, on a port no allowed host port takes
+    assert '"redir 20001 9"' in (spec.run_dir / "slirp.sh").read_text()
+    assert plan.isolation.outbound is False
+    assert Isolation.from_json(plan.isolation.to_json()) == plan.isolation
+    # outbound traffic needs slirp4netns: a missing one is a clear error, not a guest that silently has no way out
+    with pytest.raises(ConfigError, match="slirp4netns"):
+        SlirpNetwork("sh", slirp4netns_binary="/nonexistent/slirp4netns").prepare(make_spec(tmp_path, outbound=True))
+    with pytest.raises(BadNameError, match="not between 1 and 65535"):
+        SlirpNetwork("sh").prepare(make_spec(tmp_path, host_ports=(70000,)))
 
 
 def test_console_tail(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from labkit.config import Settings
 from labkit.errors import AdmissionError, BadNameError, ConflictError, LabFormatError, NotFoundError, RosterError
@@ -24,6 +25,7 @@ from labkit.overlays.umlcow import count_allocated
 from labkit.services import starting
 from labkit.services.courses import Courses
 from labkit.services.db import Database
+from labkit.services.models import Machine
 
 LABS = Path(__file__).resolve().parents[3] / "labs"
 
@@ -218,3 +220,27 @@ def test_a_course_whose_sessions_were_begun_can_be_removed(courses: Courses, tmp
     courses.remove("c1", purge=True)
     courses.create("c1", [LABS / "intro-shell"])  # a new course of the same name starts without the old sessions
     assert courses.session_begin("c1")["course"] == "c1"
+
+
+def test_provisioned_machines_reach_what_their_lab_allows_and_an_upgrade_changes_it(courses: Courses,
+                                                                                     tmp_path: Path) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    courses.create("c1", [lab])
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    name = courses.status("c1")[0]["name"]
+
+    def reach() -> tuple[tuple[int, ...], bool]:
+        with courses.db.transaction() as session:
+            machine = session.scalar(select(Machine).where(Machine.name == name))
+            assert machine is not None
+            spec = courses.machines.spec(machine)
+        return spec.host_ports, spec.outbound
+
+    assert reach() == ((), True)  # no [reach] table: no host port, outbound traffic
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace("[machines.box]", "[reach]\nhost_ports = [3142]\noutbound = false\n\n"
+                                                                "[machines.box]", 1))
+    courses.provision("c1", upgrade=True)
+    assert reach() == ((3142,), False)

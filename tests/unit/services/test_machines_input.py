@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
 
+from labkit.cli import main
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, GuestError, NotFoundError, StateError, TamperedImageError
 from labkit.images.recipe import find_recipe
@@ -16,7 +19,7 @@ from labkit.images.store import ImageStore
 from labkit.services.db import Database
 from labkit.services.images import Images
 from labkit.services.machines import Machines
-from labkit.services.models import Event
+from labkit.services.models import Event, Machine
 
 
 @pytest.fixture
@@ -134,3 +137,29 @@ def test_a_full_disk_while_creating_leaves_no_machine(machines: Machines, tmp_pa
     assert [v.name for v in machines.status()] == ["warm"]
     assert [p.name for p in machines.settings.overlays.iterdir()] == ["warm.cow"]
     assert [p.name for p in machines.settings.seeds.iterdir()] == ["warm.img"]
+
+
+def test_host_reach_is_recorded_and_reaches_the_runtime(machines: Machines) -> None:
+    with pytest.raises(BadNameError, match="host port 0"):
+        machines.create("m1", "tiny", host_ports=[0])
+    assert list(machines.settings.overlays.iterdir()) == []
+    machines.create("m1", "tiny")
+    machines.create("m2", "tiny", host_ports=[3142, 80, 3142], outbound=False)
+    with machines.db.transaction() as session:
+        rows = {m.name: m for m in session.scalars(select(Machine))}
+        default, exam = machines.spec(rows["m1"]), machines.spec(rows["m2"])
+    # by default a machine reaches no host port and has outbound traffic
+    assert (default.host_ports, default.outbound) == ((), True)
+    assert (exam.host_ports, exam.outbound) == ((80, 3142), False)
+
+
+def test_vm_create_takes_host_ports_and_outbound(machines: Machines, cli_env: dict[str, str]) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(main, ["vm", "create", "m0", "--image", "tiny", "--host-port", "70000"], env=cli_env)
+    assert bad.exit_code != 0 and "70000" in bad.output
+    made = runner.invoke(main, ["vm", "create", "m1", "--image", "tiny", "--host-port", "3142", "--no-outbound"],
+                         env=cli_env, catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    with machines.db.transaction() as session:
+        machine = session.scalar(select(Machine).where(Machine.name == "m1"))
+        assert machine is not None and (machine.host_ports, machine.outbound) == ([3142], False)
