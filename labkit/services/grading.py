@@ -1,14 +1,14 @@
-"""Grading a course: run the labs' checks against students' machines, keep every result, and derive the grades.
+"""Grading runs: run the labs' checks against students' machines and store every result as new rows.
+
+What the stored rows add up to (the gradebook, its policies, a student's latest grade) is derived in
+`labkit.services.gradebook`; this module only runs checks and writes results, so the slow, guest-facing work (SSH,
+offline disks, throwaway machines) stays apart from the queries. `Grading` still answers the gradebook's questions
+by handing them to `Grades`, so the CLI and the web app use one object for both.
 
 A run grades many students in parallel (a bounded pool; each student's machines are opened once, so every check of
 one guest reuses one SSH connection). Each student's results are stored as soon as they are known, as new rows of
-the run: results are never changed, and a grade is a query over the runs, never a counter (style guide 8).
-
-Grades are never lost silently. A check labkit could not look at (the machine is stopped and the check needs it
-running, it was never started, it cannot be reached) is "not checked" (`CheckResult.unchecked`), never failed, and
-a student's result holding one is not a grade: it never replaces an earlier grade, and the gradebook says "not
-graded" with the reason when there is no other. Which of the complete grades the gradebook shows is the course
-lab's policy (`POLICIES`): the best, the latest, or the latest submission's.
+the run: results are never changed, and a grade is a query over the runs, never a counter (style guide 8). A check
+labkit could not look at is "not checked" (`CheckResult.unchecked`), never failed.
 
 Submissions are frozen copies of a student's overlays (`labkit.services.submissions`), graded live at the moment
 they are made (`SUBMIT` runs: that is the submission's grade). Grading them again from the frozen disks (`REGRADE`)
@@ -30,9 +30,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labkit.config import Settings
-from labkit.errors import BadNameError, GuestUnavailableError, LabkitError, NotFoundError
+from labkit.errors import GuestUnavailableError, LabkitError, NotFoundError
 from labkit.grading.checks import NEEDS_RUNNING
-from labkit.grading.result import CheckResult, unchecked_reasons
+from labkit.grading.result import CheckResult
 from labkit.grading.runner import grade, total
 from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab
@@ -41,91 +41,28 @@ from labkit.labs.student import for_student
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.gradebook import (
+    GRADED_KINDS,
+    LIVE,
+    REGRADE,
+    SELF_CHECK,
+    SUBMISSION,
+    SUBMIT,
+    BookEntry,
+    Gradebook,
+    Grades,
+    StudentGrade,
+    SubmissionGrade,
+    submission_label,
+)
 from labkit.services.lookup import course_by_name
 from labkit.services.machines import Machines
-from labkit.services.models import Course, CourseLab, GradeResult, GradeRun, Student, Submission
+from labkit.services.models import GradeResult, GradeRun, Submission
 from labkit.services.roster import check_student_id
 from labkit.services.scratch import scratch_guests
 
-#: Run kinds: a live grade, a submission's grade made when it was submitted, a regrade of a submission from its
-#: frozen disks ("submission": the name older runs have), and the students' own self-checks (never a grade).
-LIVE, SUBMIT, REGRADE, SELF_CHECK = "grade", "submit", "submission", "self-check"
-SUBMISSION = REGRADE
-GRADED_KINDS = (LIVE, SUBMIT, REGRADE)
-#: Gradebook policies of a course lab: which complete grade counts. "best" is the default: a later run can only
-#: raise a student's grade, so neither a reset machine nor a stopped one, nor a grader's mistake, costs marks.
-POLICIES = ("best", "latest", "submission")
-DEFAULT_POLICY = "best"
 #: Students graded at once. Every guest gets one SSH connection, far below sshd's MaxStartups.
 DEFAULT_WORKERS = 8
-
-
-@dataclass(frozen=True)
-class StudentGrade:
-    """One student's result in one lab: the points, every check's result, and what was graded."""
-
-    student: str
-    lab: str
-    points: float
-    max_points: float
-    results: list[CheckResult]
-    graded_at: dt.datetime
-    #: "live", "submission of <time>", or "self-check"
-    source: str
-    titles: dict[str, str] = field(default_factory=dict)
-    hidden: frozenset[str] = frozenset()
-    kind: str = LIVE
-    run_id: int = 0
-    submission_id: int | None = None
-
-    @property
-    def passed(self) -> int:
-        return sum(1 for r in self.results if r.passed)
-
-    @property
-    def not_checked(self) -> int:
-        """How many checks labkit could not look at (0: this is a grade)."""
-        return sum(1 for r in self.results if r.unchecked is not None)
-
-    @property
-    def complete(self) -> bool:
-        """Every check was checked: only then is this a grade that may count."""
-        return bool(self.results) and self.not_checked == 0
-
-    @property
-    def why_not_graded(self) -> str:
-        """One line: how many checks could not be checked and why ("" when complete)."""
-        if self.complete:
-            return ""
-        if not self.results:
-            return "no checks were run"
-        return (f"{self.not_checked} of {len(self.results)} checks could not be checked: "
-                + "; ".join(unchecked_reasons(self.results)))
-
-
-@dataclass(frozen=True)
-class SubmissionGrade:
-    """A submission and the grade stored when it was made (None: it has none)."""
-
-    id: int
-    student: str
-    lab: str
-    created_at: dt.datetime
-    grade: StudentGrade | None
-
-
-@dataclass(frozen=True)
-class BookEntry:
-    """What the gradebook shows for one student in one lab: the grade its policy chose, or why there is none."""
-
-    student: str
-    lab: str
-    policy: str
-    grade: StudentGrade | None
-    #: "best of 3 grades: live of 2026-12-07 14:02:11 UTC", or "not graded: 2 of 6 checks could not be checked: ..."
-    note: str
-    #: the check ids of the latest run (the gradebook's detail columns, graded or not)
-    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,14 +82,6 @@ class RunReport:
     def not_checked(self) -> int:
         """Checks of this run labkit could not look at, over every student."""
         return sum(g.not_checked for g in self.grades)
-
-
-@dataclass(frozen=True)
-class Gradebook:
-    """Students × labs (and checks with ``detail``), as rows of plain values for CSV and tables."""
-
-    columns: list[str]
-    rows: list[list[object]]
 
 
 @dataclass(frozen=True)
@@ -193,13 +122,14 @@ class UnavailableGuest:
 
 
 class Grading:
-    """``labkit grade``, ``labkit grades``, ``labkit check``: grading runs and the grades derived from them."""
+    """``labkit grade``, ``labkit check``, submitting: grading runs (and, through `Grades`, what they add up to)."""
 
     def __init__(self, settings: Settings, db: Database, actor: str | None = None) -> None:
         self.settings = settings
         self.db = db
         self.actor = actor or current_actor()
         self.machines = Machines(settings, db, self.actor)
+        self.grades = Grades(db, self.actor)
         #: (lab, check) -> check kind, of the labs planned so far
         self._kinds: dict[tuple[str, str], str] = {}
 
@@ -366,217 +296,44 @@ class Grading:
         with self.db.transaction() as session:
             session.add_all(self._rows(run_id, job, results, job.submission.id if job.submission else None))
         points, max_points = total(results)
-        source = {LIVE: "live", SELF_CHECK: "self-check"}.get(kind) or _submission_label(job.submission, kind)
+        source = {LIVE: "live", SELF_CHECK: "self-check"}.get(kind) or submission_label(job.submission, kind)
         return StudentGrade(job.sid, job.lab.id, points, max_points, list(results), dt.datetime.now(dt.UTC), source,
                             {c.id: c.title for c in job.lab.checks}, frozenset(c.id for c in job.lab.checks
                                                                                  if c.hidden),
                             kind, run_id, job.submission.id if job.submission else None)
 
-    # ---- grades, derived ---------------------------------------------------------------------------------------
+    # ---- grades, derived: `Grades` answers; kept here so one object serves ``labkit grade`` and the web pages ----
     def latest(self, course: str, student: str, include_hidden: bool = True,
                kinds: Sequence[str] = GRADED_KINDS) -> list[StudentGrade]:
-        """The student's latest result of ``kinds`` in each lab (labs never graded are left out); it may hold checks
-        that could not be checked (`StudentGrade.complete`)."""
-        check_student_id(student)
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            one = next((s for s in course_row.students if s.sid == student), None)
-            if one is None:
-                raise NotFoundError(f"course {course} has no student {student!r}")
-            history = self._history(session, course_row, kinds, one.id, include_hidden)
-            return [grades[-1] for _, grades in sorted(history.items())]
-
-    def _history(self, session: Session, course: Course, kinds: Sequence[str], student_pk: int | None = None,
-                 include_hidden: bool = True) -> dict[tuple[str, str], list[StudentGrade]]:
-        """For every (student, lab): the results of every run of ``kinds`` that graded it, oldest first."""
-        query = (select(GradeResult, GradeRun).join(GradeRun).where(GradeRun.course_id == course.id,
-                                                                    GradeRun.kind.in_(kinds)))
-        if student_pk is not None:
-            query = query.where(GradeResult.student_id == student_pk)
-        runs: dict[tuple[int, int, int], tuple[GradeRun, list[GradeResult]]] = {}
-        for result, run in session.execute(query.order_by(GradeRun.id, GradeResult.id)):
-            runs.setdefault((result.student_id, result.course_lab_id, run.id), (run, []))[1].append(result)
-        sids = {s.id: s.sid for s in course.students}
-        labs = {cl.id: cl.lab_id for cl in course.labs}
-        submission_ids = {rows[0].submission_id for run, rows in runs.values() if rows[0].submission_id}
-        submissions = {row.id: row for row in session.scalars(select(Submission).where(
-            Submission.id.in_(submission_ids)))} if submission_ids else {}
-        history: dict[tuple[str, str], list[StudentGrade]] = {}
-        for (student_id, lab_id, _), (run, rows) in sorted(runs.items(), key=lambda kv: kv[0][2]):
-            shown = [row for row in rows if include_hidden or not row.hidden]
-            results = [_result(row) for row in shown]
-            points, max_points = total(results)
-            submission_id = rows[0].submission_id
-            source = "live" if run.kind == LIVE else "self-check" if run.kind == SELF_CHECK else \
-                _submission_label(submissions.get(submission_id) if submission_id else None, run.kind)
-            history.setdefault((sids[student_id], labs[lab_id]), []).append(StudentGrade(
-                sids[student_id], labs[lab_id], points, max_points, results, run.started_at, source,
-                {row.check_id: row.title for row in shown}, frozenset(row.check_id for row in shown if row.hidden),
-                run.kind, run.id, submission_id))
-        return history
-
-    def _book(self, session: Session, course: Course) -> dict[tuple[str, str], BookEntry]:
-        """Every graded (student, lab) of the course: the grade its lab's policy chooses, or why there is none."""
-        policies = {cl.lab_id: cl.grade_policy or DEFAULT_POLICY for cl in course.labs}
-        return {key: choose(grades, policies.get(key[1], DEFAULT_POLICY))
-                for key, grades in self._history(session, course, GRADED_KINDS).items()}
+        return self.grades.latest(course, student, include_hidden, kinds)
 
     def gradebook(self, course: str, detail: bool = False) -> Gradebook:
-        """Every student (archived ones too, marked) × lab: the grade the lab's policy chooses (empty: not graded),
-        and a status column saying which grade it is, or why there is none; with ``detail`` one column per check."""
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            book = self._book(session, course_row)
-            labs = course_row.labs
-            check_columns: dict[str, list[str]] = {}
-            for course_lab in labs:
-                ids: dict[str, None] = {}
-                for (_, lab_id), entry in book.items():
-                    if lab_id == course_lab.lab_id:
-                        ids.update(dict.fromkeys(entry.checks))
-                        ids.update(dict.fromkeys(r.check_id for r in entry.grade.results) if entry.grade else {})
-                check_columns[course_lab.lab_id] = list(ids)
-            columns = ["student", "name", "email", "archived"]
-            for course_lab in labs:
-                columns += [course_lab.lab_id, f"{course_lab.lab_id} max", f"{course_lab.lab_id} status"]
-                if detail:
-                    columns += [f"{course_lab.lab_id}:{check}" for check in check_columns[course_lab.lab_id]]
-            columns += ["total", "max"]
-            rows: list[list[object]] = []
-            for s in course_row.students:
-                row: list[object] = [s.sid, s.name, s.email, "yes" if s.archived_at else ""]
-                points = max_points = 0.0
-                for course_lab in labs:
-                    entry = book.get((s.sid, course_lab.lab_id))
-                    g = entry.grade if entry else None
-                    policy = course_lab.grade_policy or DEFAULT_POLICY
-                    row += [g.points if g else None, g.max_points if g else None,
-                            entry.note if entry else f"{policy}: never graded"]
-                    if g:
-                        points, max_points = points + g.points, max_points + g.max_points
-                    if detail:
-                        by_check = {r.check_id: r.points for r in g.results} if g else {}
-                        row += [by_check.get(check) for check in check_columns[course_lab.lab_id]]
-                row += [points, max_points]
-                rows.append(row)
-            return Gradebook(columns, rows)
+        return self.grades.gradebook(course, detail)
 
     def entries(self, course: str) -> list[BookEntry]:
-        """The gradebook's choice for every graded (student, lab), graded or not."""
-        with self.db.transaction() as session:
-            return [entry for _, entry in sorted(self._book(session, course_by_name(session, course)).items())]
+        return self.grades.entries(course)
 
     def pass_rates(self, course: str, lab: str | None = None) -> list[dict[str, object]]:
-        """Per check, over every student's grade in the gradebook: how many passed out of how many were graded."""
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            rates: dict[tuple[str, str], dict[str, object]] = {}
-            for entry in self._book(session, course_row).values():
-                g = entry.grade
-                if g is None or (lab is not None and g.lab != lab):
-                    continue
-                for r in g.results:
-                    found = rates.setdefault((g.lab, r.check_id), {"lab": g.lab, "check": r.check_id,
-                                                                   "title": g.titles.get(r.check_id, r.check_id),
-                                                                   "passed": 0, "graded": 0})
-                    found["graded"] = int(found["graded"]) + 1  # type: ignore[call-overload]
-                    found["passed"] = int(found["passed"]) + int(r.passed)  # type: ignore[call-overload]
-            for found in rates.values():
-                found["rate"] = round(int(found["passed"]) / int(found["graded"]), 3)  # type: ignore[call-overload]
-            return list(rates.values())
+        return self.grades.pass_rates(course, lab)
 
     def policies(self, course: str) -> dict[str, str]:
-        """lab id -> its gradebook policy."""
-        with self.db.transaction() as session:
-            return {cl.lab_id: cl.grade_policy or DEFAULT_POLICY for cl in course_by_name(session, course).labs}
+        return self.grades.policies(course)
 
     def set_policy(self, course: str, lab: str, policy: str) -> None:
-        """Choose which complete grade the gradebook shows for ``lab`` (recorded; the runs stay as they are)."""
-        if policy not in POLICIES:
-            raise BadNameError(f"unknown grade policy {policy!r}; choose one of {', '.join(POLICIES)}")
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            found = session.scalar(select(CourseLab).where(CourseLab.course_id == course_row.id,
-                                                           CourseLab.lab_id == lab))
-            if found is None:
-                raise NotFoundError(f"course {course} has no lab {lab!r} (labs: "
-                                    f"{', '.join(cl.lab_id for cl in course_row.labs)})")
-            before, found.grade_policy = found.grade_policy, policy
-            record(session, self.actor, "grade-policy", f"{course}/{lab}", f"{before} -> {policy}")
+        self.grades.set_policy(course, lab, policy)
 
     def submission_grades(self, course: str, lab: str | None = None,
                           student: str | None = None) -> list[SubmissionGrade]:
-        """Every submission (of ``lab``, of ``student``) with the grade stored when it was made (None: it has
-        none, e.g. made before labkit graded submissions, or its lab has no checks). Oldest first."""
-        if student is not None:
-            check_student_id(student)
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            query = (select(Submission, Student, CourseLab).join(Student, Submission.student_id == Student.id)
-                     .join(CourseLab, Submission.course_lab_id == CourseLab.id)
-                     .where(Student.course_id == course_row.id).order_by(Submission.id))
-            if lab is not None:
-                query = query.where(CourseLab.lab_id == lab)
-            if student is not None:
-                query = query.where(Student.sid == student)
-            found = list(session.execute(query))
-            grades = {g.submission_id: g for grades in self._history(session, course_row, (SUBMIT,)).values()
-                      for g in grades}
-            return [SubmissionGrade(submission.id, student_row.sid, course_lab.lab_id, submission.created_at,
-                                    grades.get(submission.id)) for submission, student_row, course_lab in found]
+        return self.grades.submission_grades(course, lab, student)
 
     def runs(self, course: str, limit: int = 20) -> list[dict[str, object]]:
-        """The latest grading runs of the course, newest first (the history)."""
-        with self.db.transaction() as session:
-            course_row = course_by_name(session, course)
-            found = session.scalars(select(GradeRun).where(GradeRun.course_id == course_row.id)
-                                    .order_by(GradeRun.id.desc()).limit(limit))
-            return [{"id": run.id, "kind": run.kind, "actor": run.actor, "lab": run.lab_filter,
-                     "student": run.student_filter, "started_at": run.started_at.isoformat(),
-                     "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-                     "results": len(run.results),
-                     "not_checked": sum(1 for r in run.results if r.unchecked is not None)} for run in found]
-
-
-def choose(grades: Sequence[StudentGrade], policy: str) -> BookEntry:
-    """The grade ``policy`` picks out of one student's graded runs of one lab (oldest first).
-
-    Only complete grades count (every check was checked): a run that could not check everything never replaces a
-    grade. ``best``: the most points (the later one on a tie); ``latest``: the last; ``submission``: the last
-    submission's grade (of the submissions whose grade is complete).
-    """
-    last = grades[-1]
-    checks = tuple(r.check_id for r in last.results)
-    complete = [g for g in grades if g.complete]
-    if policy == "submission":
-        complete = [g for g in complete if g.kind == SUBMIT]
-    if not complete:
-        incomplete = [g for g in grades if not g.complete and (policy != "submission" or g.kind == SUBMIT)]
-        why = incomplete[-1].why_not_graded if incomplete else "no submission was graded"
-        return BookEntry(last.student, last.lab, policy, None, f"not graded: {why}", checks)
-    if policy == "best":
-        chosen = max(reversed(complete), key=lambda g: g.points)  # reversed: the latest wins a tie
-        how = f"best of {len(complete)} grades"
-    else:
-        chosen = complete[-1]
-        how = "latest grade" if policy == "latest" else "latest submission"
-    note = f"{policy}: {how}: {chosen.source} (run {chosen.run_id}, {chosen.graded_at:%Y-%m-%d %H:%M:%S} UTC)"
-    if grades[-1] is not chosen and not grades[-1].complete:
-        note += f"; the last run could not check everything ({grades[-1].why_not_graded})"
-    return BookEntry(chosen.student, chosen.lab, policy, chosen, note, checks)
+        return self.grades.runs(course, limit)
 
 
 def _latest_submission(session: Session, student_pk: int, lab_pk: int) -> Submission | None:
     return session.scalar(select(Submission).where(Submission.student_id == student_pk,
                                                    Submission.course_lab_id == lab_pk)
                           .order_by(Submission.id.desc()).limit(1))
-
-
-def _submission_label(submission: Submission | None, kind: str = SUBMIT) -> str:
-    how = "submission" if kind == SUBMIT else "regrade from the frozen disks of submission"
-    if submission is None:
-        return f"{how} (since deleted)"
-    return f"{how} {submission.id} of {submission.created_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _frozen_guest(submission: Submission, machine: str) -> Any:
@@ -587,8 +344,3 @@ def _frozen_guest(submission: Submission, machine: str) -> Any:
     disk = submission.disks[machine]
     return Guest(f"{disk.get('vm', machine)} (submitted)", None, None,
                  offline=OfflineTransport(machine, Path(str(disk["overlay"])), Path(str(disk["image"]))))
-
-
-def _result(row: GradeResult) -> CheckResult:
-    return CheckResult(row.check_id, row.passed, row.points, row.max_points, row.feedback, row.evidence,
-                       row.transport, row.duration, row.skipped_reason, row.unchecked)

@@ -25,7 +25,8 @@ from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.services.audit import current_actor
 from labkit.services.courses import Courses
 from labkit.services.db import Database
-from labkit.services.grading import Grading, StudentGrade
+from labkit.services.gradebook import StudentGrade
+from labkit.services.grading import Grading
 from labkit.services.models import Course
 
 #: Seconds one solution script may run.

@@ -181,7 +181,7 @@ class CourseLab(Base):
     #: {relative path: sha256} at the last provisioning, to say what changed
     files: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     reset_policy: Mapped[str] = mapped_column(String(16))
-    #: which graded run makes the gradebook's grade: "best", "latest" or "submission" (labkit.services.grading)
+    #: which graded run makes the gradebook's grade: "best", "latest" or "submission" (labkit.services.gradebook)
     grade_policy: Mapped[str] = mapped_column(String(16), default="best", server_default="best")
 
     course: Mapped[Course] = relationship(back_populates="labs")

@@ -9,27 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from lab_snippets import GATED
 
 from labkit.services.accounts import UserView
 from labkit.services.courses import Courses
 
 from .conftest import LABS, csrf_token, state
 
-GATED = """
-[[checks]]
-id = "hidden-gate"
-title = "The secret gate"
-kind = "command"
-command = "true"
-hidden = true
-
-[[checks]]
-id = "after-gate"
-title = "After the gate"
-kind = "command"
-command = "true"
-depends_on = ["hidden-gate"]
-"""
 NEUTRAL = "needs an earlier step that"  # did not pass, or (machines stopped here) could not be checked
 
 

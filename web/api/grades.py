@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 
 from labkit.grading.report import to_csv
 from labkit.progress import Reporter
-from labkit.services.grading import StudentGrade
+from labkit.services.gradebook import StudentGrade
 from labkit.services.memberships import Membership
 from labkit.services.submissions import Submissions, SubmissionView
 from web.api import bp, scope

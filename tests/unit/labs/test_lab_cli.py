@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from lab_snippets import GATED
 
 from labkit.cli import main
 from labkit.config import Settings
@@ -183,23 +184,6 @@ def test_validate_stops_a_runaway_template_in_seconds(cli_env: dict[str, str], t
     [only] = done.stdout.splitlines()
     assert only.startswith(f"{instructions}:{line}: {says}"), only
     assert "Traceback" not in done.stdout + done.stderr
-
-
-GATED = """
-[[checks]]
-id = "hidden-gate"
-title = "The secret gate"
-kind = "command"
-command = "true"
-hidden = true
-
-[[checks]]
-id = "after-gate"
-title = "After the gate"
-kind = "command"
-command = "true"
-depends_on = ["hidden-gate"]
-"""
 
 
 def test_validate_warns_about_a_visible_check_that_depends_on_a_hidden_one(cli_env: dict[str, str],

@@ -59,7 +59,7 @@ def test_never_started_machines_are_not_graded_and_kept_as_runs(course: tuple[Co
 
 def test_the_policy_chooses_among_complete_grades_only(course: tuple[Courses, Grading]) -> None:
     """`choose`: best (default), latest and submission, over stored runs; an incomplete run never counts."""
-    from labkit.services.grading import StudentGrade, choose
+    from labkit.services.gradebook import StudentGrade, choose
 
     def run(i: int, points: float, kind: str = "grade", unchecked: str | None = None) -> StudentGrade:
         import datetime as dt
