@@ -60,6 +60,7 @@ COURSE = "sm"
 STUDENTS = ("alice", "bob", "carol")
 LAB_IDS = ("intro-shell", "two-hosts")
 LAB_SETS = {"intro-shell": [LABS / "intro-shell"], "both": [LABS / "intro-shell", LABS / "two-hosts"]}
+LAB_MACHINES = {"intro-shell": 1, "two-hosts": 2}  # machines in each lab.toml
 #: three 64 MB machines at once: enough for a two-machine lab beside another student's machine, never more
 BUDGET_MB = 192
 ACTOR = "teacher"
@@ -192,8 +193,9 @@ class ServicesMachine(RuleBasedStateMachine):
     def create(self, labs: str, max_running: int) -> None:
         ok, err = self.call("create", self.courses.create, COURSE, LAB_SETS[labs], memory_budget_mb=BUDGET_MB,
                             max_running_per_student=max_running)
-        assert ok, err
-        self.course_exists = True
+        # a limit below the biggest lab's machine count (two-hosts has 2) is refused, and nothing is made
+        assert ok == (max_running >= max(LAB_MACHINES[lab.name] for lab in LAB_SETS[labs])), err
+        self.course_exists = ok
 
     @rule(how=st.sampled_from(["duplicate", "missing-lab", "bad-name", "no-lab", "same-lab-twice"]))
     def create_refused(self, how: str) -> None:
