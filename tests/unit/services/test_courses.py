@@ -44,6 +44,16 @@ def roster(tmp_path: Path, *sids: str, name: str = "roster.csv") -> Path:
     return path
 
 
+def alice_on_a_lab_copy(courses: Courses, tmp_path: Path) -> tuple[Path, str]:
+    """Course c1 on a copy of intro-shell (for the test to change), alice provisioned: (the copy, her machine)."""
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    courses.create("c1", [lab])
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    return lab, courses.status("c1")[0]["name"]
+
+
 def seed_text(courses: Courses, machine: str, inner: str) -> str:
     """A file of a machine's seed disk (a tar archive); ``labkit/files/...`` are read from its files.tar."""
     with tarfile.open(courses.settings.seeds / f"{machine}.img") as seed:
@@ -126,12 +136,7 @@ def test_provision_is_idempotent_and_values_are_per_student(courses: Courses, tm
 
 
 def test_changed_lab_is_reported_and_upgrade_keeps_overlays(courses: Courses, tmp_path: Path) -> None:
-    lab = tmp_path / "intro-shell"
-    shutil.copytree(LABS / "intro-shell", lab)
-    courses.create("c1", [lab])
-    courses.import_roster("c1", roster(tmp_path, "alice"))
-    courses.provision("c1")
-    name = courses.status("c1")[0]["name"]
+    lab, name = alice_on_a_lab_copy(courses, tmp_path)
     overlay = courses.settings.overlays / f"{name}.cow"
     with open(overlay, "r+b") as f:  # the student's work: one sector written
         f.seek(8192)
@@ -224,12 +229,7 @@ def test_a_course_whose_sessions_were_begun_can_be_removed(courses: Courses, tmp
 
 def test_provisioned_machines_reach_what_their_lab_allows_and_an_upgrade_changes_it(courses: Courses,
                                                                                      tmp_path: Path) -> None:
-    lab = tmp_path / "intro-shell"
-    shutil.copytree(LABS / "intro-shell", lab)
-    courses.create("c1", [lab])
-    courses.import_roster("c1", roster(tmp_path, "alice"))
-    courses.provision("c1")
-    name = courses.status("c1")[0]["name"]
+    lab, name = alice_on_a_lab_copy(courses, tmp_path)
 
     def reach() -> tuple[tuple[int, ...], bool]:
         with courses.db.transaction() as session:
