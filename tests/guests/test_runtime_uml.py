@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,10 +23,11 @@ from pathlib import Path
 import pytest
 from guest_console import console_run, read_until
 
-from labkit.errors import ConfigError, ConflictError, StateError
+from labkit.errors import ConfigError, ConflictError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import READY_MARKER
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
+from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
 from labkit.runtime.uml.backend import UmlBackend
@@ -295,3 +298,38 @@ def test_boot_failure_raises_with_console_tail(backend: UmlBackend, root: Path, 
     assert "nonexistent" in str(info.value) or "panic" in str(info.value).lower()
     assert backend.status(spec).state == State.STOPPED
     assert ProcessRecord.read(RunDir(spec.run_dir).linux_pid) is None
+
+
+def test_a_locked_root_disk_names_the_process_that_holds_it(backend: UmlBackend, root: Path, guest_image: Path) -> None:
+    """Another process's POSIX lock on the overlay (a second UML on it, a backup tool) stops the boot; the start
+    error shows the kernel's own reason and names that process."""
+    spec = make_spec(root, guest_image)
+    umlcow.write_cow(spec.overlay, guest_image)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(spec.overlay)!r}, os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeBackendError) as info:
+            backend.start(spec, timeout=30)
+        message = str(info.value)
+        assert "Failed to lock" in message and "Unable to mount root fs" in message, message
+        assert f"{spec.overlay} is locked by process {holder.pid} (" in message, message
+    finally:
+        holder.kill()
+        holder.wait()
+    assert backend.status(spec).state == State.STOPPED
+    assert backend.start(spec, timeout=60).ready  # the lock gone, the same overlay boots
+
+
+def test_a_changed_base_image_is_named_as_the_reason(backend: UmlBackend, root: Path, guest_image: Path) -> None:
+    image = root / "base.img"
+    shutil.copyfile(guest_image, image)
+    spec = make_spec(root, image)
+    umlcow.write_cow(spec.overlay, image)
+    os.utime(image, (1_000_000, 1_000_000))
+    with pytest.raises(RuntimeBackendError) as info:
+        backend.start(spec, timeout=30)
+    message = str(info.value)
+    assert "mtime mismatch" in message and "its root disk: Backing file" in message, message

@@ -34,10 +34,11 @@ def test_command_line(tmp_path: Path) -> None:
         "/usr/bin/linux", "mem=96M", "umid=web", f"uml_dir={tmp_path}/run/.uml",
         f"ubd0={tmp_path}/web.cow,{tmp_path}/base.img", f"ubd1r={seed}", "root=/dev/ubda", "rw",
         "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1",
-        "quiet", "loglevel=1", "initcall_blacklist=raid6_select_algo", "loglevel=3",  # the lab's own args come last
+        "quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
+        "initcall_blacklist=raid6_select_algo,mmapper_init", "loglevel=3",  # the lab's own args come last
     ]
     # A lab that teaches RAID 5/6 keeps the kernel's RAID6 set-up.
-    assert "initcall_blacklist=raid6_select_algo" not in UmlBackend(boot_args=()).command_line(spec, "linux", [])
+    assert "initcall_blacklist=raid6_select_algo,mmapper_init" not in UmlBackend(boot_args=()).command_line(spec, "linux", [])
 
 
 def test_socket_path_over_the_limit_is_a_config_error(tmp_path: Path) -> None:
