@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkit.errors import StateError
+from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS as GUEST_ADDRESS
 from labkit.progress import Reporter, silent
 
 
@@ -112,11 +114,36 @@ class MachineStatus:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the verbs every backend has, so code above the line asks the backend, never
+    "is this UML?" (the UI and docs show these)."""
+
+    #: a snapshot of a running machine keeps its running state (memory, processes), not only its disk
+    ram_snapshots: bool = False
+    #: a running machine can be frozen and continued (`Backend.pause`, `Backend.resume`)
+    pause: bool = True
+    #: machines join lab networks (`Backend.start_network`, `MachineSpec.networks`)
+    lab_networks: bool = True
+
+
 class Backend(ABC):
-    """Runs machines. Every verb is abstract, so a backend that forgets one cannot be instantiated."""
+    """Runs machines. Every verb is abstract, so a backend that forgets one cannot be instantiated.
+
+    The class attributes say what the backend needs and can do; code above `labkit.runtime` reads them instead of
+    naming a backend.
+    """
 
     #: registry key, e.g. "uml"
     kind: str = ""
+    #: the `labkit.overlays` kind of its machines' disks (`get_overlay(backend.overlay_kind)`)
+    overlay_kind: str = ""
+    #: how console clients attach: "socket" is a supervisor's UNIX stream socket carrying the raw console bytes
+    #: (`console_socket`, `labkit.runtime.console`)
+    console_kind: str = "socket"
+    #: eth0's address inside every guest (with its prefix): the backend's guest network, the way out to the host
+    guest_address: str = GUEST_ADDRESS
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
     def check(self) -> list[str]:
@@ -174,3 +201,21 @@ class Backend(ABC):
     @abstractmethod
     def network_status(self, spec: NetworkSpec) -> NetworkStatus:
         """Tell the truth about the network, cleaning up what a dead switch left."""
+
+    # ---- running state (optional: only backends with ``capabilities.ram_snapshots`` have it)
+
+    def save_state(self, spec: MachineSpec, tag: str) -> None:
+        """Keep the running machine's state (memory and devices) under ``tag``."""
+        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
+
+    def load_state(self, spec: MachineSpec, tag: str, *, timeout: float = 60.0) -> MachineStatus:
+        """Bring the running state kept under ``tag`` back."""
+        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
+
+    def delete_state(self, spec: MachineSpec, tag: str) -> None:
+        """Forget the running state kept under ``tag``."""
+        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
+
+    def list_states(self, spec: MachineSpec) -> list[str]:
+        """The tags of the running states kept for the machine."""
+        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")

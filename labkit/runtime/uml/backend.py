@@ -21,7 +21,7 @@ from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBack
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
-from labkit.runtime.base import Backend, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.base import Backend, Capabilities, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, root_disk_problems
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
@@ -71,6 +71,10 @@ class UmlBackend(Backend):
     and `VdeNetworks` (lab networks, eth1 ...)."""
 
     kind = "uml"
+    overlay_kind = "umlcow"
+    console_kind = "socket"
+    #: disk-only snapshots (UML cannot save a running kernel's memory); mconsole stop/go pauses; VDE lab networks
+    capabilities = Capabilities(ram_snapshots=False, pause=True, lab_networks=True)
 
     def __init__(self, linux_binary: str = "linux", network: UmlNetwork | None = None,
                  python: str = sys.executable, ready_marker: str = READY_MARKER,
