@@ -1,8 +1,9 @@
-"""Reading a stopped machine's files without booting it: base image + overlay merged into a private scratch image.
+"""Reading a stopped machine's files without booting it: base image + overlay flattened into a private scratch image.
 
-The overlay and the base are only read, so grading a stopped machine changes neither. The merged image is a sparse raw
-file in a temporary folder, made on first use, kept for the life of the handle (many checks read many files) and
-removed by `close` (or when the transport is garbage collected). Files are read with e2fsprogs' ``debugfs``, which
+The overlay's own kind (`labkit.overlays.base.Overlay.flatten`) writes the flat image, so any overlay kind reads
+offline. The overlay and the base are only read, so grading a stopped machine changes neither. The flat image is a
+sparse raw file in a temporary folder, made on first use, kept for the life of the handle (many checks read many files)
+and removed by `close` (or when the transport is garbage collected). Files are read with e2fsprogs' ``debugfs``, which
 needs neither root nor a mount.
 """
 
@@ -20,6 +21,7 @@ from labkit.errors import GuestError, GuestUnavailableError, LabkitError
 from labkit.guest.files import FileStat, debugfs_link_target, parse_debugfs_stat
 from labkit.guest.result import Result
 from labkit.images.programs import find_program
+from labkit.overlays.base import Overlay
 
 #: Symbolic links followed in a row before giving up (like the kernel's ELOOP).
 MAX_LINKS = 8
@@ -27,14 +29,14 @@ _NOT_FOUND = ("File not found by ext2_lookup", "not found")
 
 
 class OfflineTransport:
-    """Reads files of a stopped machine from its disk (base image + umlcow overlay)."""
+    """Reads files of a stopped machine from its disk: ``overlay`` (a file of kind ``kind``) over its base image."""
 
     name = "offline"
 
-    def __init__(self, machine: str, overlay: Path, base: Path) -> None:
+    def __init__(self, machine: str, overlay: Path, kind: Overlay) -> None:
         self.machine = machine
         self.overlay = overlay
-        self.base = base
+        self.kind = kind
         self._scratch: Path | None = None
         self._cleanup: weakref.finalize | None = None
 
@@ -42,15 +44,13 @@ class OfflineTransport:
     def _image(self) -> Path:
         if self._scratch is not None:
             return self._scratch / "disk.img"
-        from labkit.overlays import umlcow
-
         if not self.overlay.exists():
             raise GuestUnavailableError(f"machine {self.machine} has no overlay at {self.overlay}; nothing to read "
                                         "offline")
         folder = Path(tempfile.mkdtemp(prefix="labkit-offline-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         try:
-            umlcow.merge(self.overlay, folder / "disk.img", backing=self.base)
+            self.kind.flatten(self.overlay, folder / "disk.img")
         except LabkitError as err:
             self.close()
             raise GuestUnavailableError(f"cannot read the disk of stopped machine {self.machine}: {err}") from err
@@ -120,7 +120,7 @@ class OfflineTransport:
                                     "labkit can only read files: read_file, exists, stat)")
 
     def close(self) -> None:
-        """Remove the merged image."""
+        """Remove the flattened image."""
         if self._cleanup is not None:
             self._cleanup()
         self._scratch = None

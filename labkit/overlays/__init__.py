@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from labkit.errors import OverlayError
 from labkit.overlays.base import Overlay, OverlayInfo
+from labkit.overlays.sparse import sparse_copy
 from labkit.overlays.umlcow import UmlCow
 
 #: Every overlay kind labkit knows, by the name lab files and the database use.
@@ -20,4 +21,4 @@ def get_overlay(kind: str) -> Overlay:
     return cls()
 
 
-__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay"]
+__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay", "sparse_copy"]

@@ -27,7 +27,14 @@ class Overlay(ABC):
     Every write goes to a temporary file that is renamed into place, so a full disk or a crash never leaves half a file.
     """
 
+    #: registry key, e.g. "umlcow"
     kind: str = ""
+    #: how this kind's files end (".cow"): callers name overlay and snapshot files with it, never with a literal
+    suffix: str = ""
+
+    def file_name(self, stem: str) -> str:
+        """The file name of an overlay or snapshot called ``stem``."""
+        return f"{stem}{self.suffix}"
 
     @abstractmethod
     def create(self, base: Path, path: Path) -> OverlayInfo:
@@ -52,3 +59,8 @@ class Overlay(ABC):
     @abstractmethod
     def delete(self, path: Path) -> None:
         """Remove the overlay file (the caller has recorded why)."""
+
+    @abstractmethod
+    def flatten(self, path: Path, output: Path) -> None:
+        """Write at ``output`` (which must not exist) a full raw image of the disk the guest sees: the base plus the
+        overlay's changes, for reading a stopped machine offline. Overlay and base are only read."""

@@ -468,6 +468,7 @@ class UmlCow(Overlay):
     """UML ubd COW overlays: what `labkit.runtime.uml` passes as ``ubdN=overlay,base``."""
 
     kind = "umlcow"
+    suffix = ".cow"
 
     def create(self, base: Path, path: Path) -> OverlayInfo:
         write_cow(path, base)
@@ -503,6 +504,10 @@ class UmlCow(Overlay):
         _ensure_idle(path)
         sparse_copy(Path(snapshot), Path(path), overwrite=True)
         return self.info(path)
+
+    def flatten(self, path: Path, output: Path) -> None:
+        """`merge` over the backing file the header names (checked against its size and mtime, as UML does)."""
+        merge(path, output)
 
     def delete(self, path: Path) -> None:
         if not os.path.lexists(path):

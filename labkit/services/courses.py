@@ -29,8 +29,8 @@ from labkit.labs.model import Lab
 from labkit.labs.render import render_forwards, render_machine_files, render_startup
 from labkit.labs.student import for_student
 from labkit.names import check_name
-from labkit.overlays import get_overlay
 from labkit.progress import ProgressEvent, Reporter, silent
+from labkit.runtime import DEFAULT_BACKEND
 from labkit.runtime.base import Forward
 from labkit.services import starting
 from labkit.services.audit import current_actor, record
@@ -339,24 +339,16 @@ class Courses:
         return job
 
     def _create_machine(self, name: str, image: str, memory: int, forwards: list[Forward], content: SeedContent,
-                        networks: list[list[str]], reach: tuple[list[int], bool]) -> None:
+                        networks: list[list[str]], reach: tuple[list[int], bool],
+                        backend: str = DEFAULT_BACKEND) -> None:
         """Create a student machine; adopt one that an interrupted run created, and clear an interrupted run's
         empty leftovers (an overlay without a machine record never booted, so it holds no work)."""
         with self.db.transaction() as session:
             if session.scalar(select(Machine).where(Machine.name == name)) is not None:
                 return
-        overlay = self.settings.overlays / f"{name}.cow"
-        if overlay.exists() and get_overlay("umlcow").info(overlay).allocated_bytes == 0:
-            overlay.unlink()
-            (self.settings.seeds / f"{name}.img").unlink(missing_ok=True)
-        for folder in (self.settings.overlays, self.settings.seeds):  # temporary files a killed run never renamed
-            for partial in folder.glob(f".{name}.*"):
-                if partial.is_dir():
-                    shutil.rmtree(partial, ignore_errors=True)
-                else:
-                    partial.unlink(missing_ok=True)
+        self.machines.clear_leftovers(name, backend)
         self.machines.create(name, image, memory, forwards, content=content, networks=networks,
-                             host_ports=reach[0], outbound=reach[1])
+                             host_ports=reach[0], outbound=reach[1], backend=backend)
 
     def _link(self, lab_pk: int, student_pk: int, machine: str, name: str, digest: str) -> None:
         with self.db.transaction() as session:

@@ -60,6 +60,7 @@ from labkit.services.machines import Machines
 from labkit.services.models import GradeResult, GradeRun, Submission
 from labkit.services.roster import check_student_id
 from labkit.services.scratch import scratch_guests
+from labkit.services.submissions import frozen_overlay
 
 #: Students graded at once. Every guest gets one SSH connection, far below sshd's MaxStartups.
 DEFAULT_WORKERS = 8
@@ -343,4 +344,4 @@ def _frozen_guest(submission: Submission, machine: str) -> Any:
 
     disk = submission.disks[machine]
     return Guest(f"{disk.get('vm', machine)} (submitted)", None, None,
-                 offline=OfflineTransport(machine, Path(str(disk["overlay"])), Path(str(disk["image"]))))
+                 offline=OfflineTransport(machine, Path(str(disk["overlay"])), frozen_overlay(disk)))

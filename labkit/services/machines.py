@@ -24,12 +24,11 @@ from labkit.atomic import locked
 from labkit.config import Settings
 from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, OverlayError, StateError
 from labkit.guest.keys import ensure_key, public_key
-from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.names import check_name
-from labkit.overlays import get_overlay
+from labkit.overlays import Overlay, get_overlay
 from labkit.progress import Reporter, silent
-from labkit.runtime import get_backend
+from labkit.runtime import DEFAULT_BACKEND, backend_class, get_backend
 from labkit.runtime.base import (
     Backend,
     Forward,
@@ -81,7 +80,7 @@ class SeedContent:
     """What a course puts on a machine's seed disk beyond the basics (labkit's key and the console password)."""
 
     hostname: str | None = None
-    #: lab network interfaces, e.g. {"eth1": "192.168.50.1/24"} (eth0 is always SLIRP's 10.0.2.15/24)
+    #: lab network interfaces, e.g. {"eth1": "192.168.50.1/24"} (eth0 is the backend's guest network, 10.0.2.15/24)
     interfaces: dict[str, str] = field(default_factory=dict)
     files_dir: Path | None = None
     startup_scripts: list[tuple[str, str]] = field(default_factory=list)
@@ -130,8 +129,8 @@ class Machines:
         self.actor = actor or current_actor()
 
     # ---- paths -------------------------------------------------------------------------------------------------
-    def _overlay_path(self, name: str) -> Path:
-        return self.settings.overlays / f"{name}.cow"
+    def _overlay_path(self, name: str, overlay: Overlay) -> Path:
+        return self.settings.overlays / overlay.file_name(name)
 
     def _seed_path(self, name: str) -> Path:
         return self.settings.seeds / f"{name}.img"
@@ -158,6 +157,11 @@ class Machines:
     def _backend(self, machine: MachineFacts) -> Backend:
         return get_backend(machine.backend)
 
+    @staticmethod
+    def _overlay(machine: Machine) -> Overlay:
+        """The overlay kind of the machine's disk (its backend's, recorded when it was made)."""
+        return get_overlay(machine.overlay_kind)
+
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         """One state-changing action per machine at a time, across processes (a double-clicked start is a no-op)."""
@@ -175,10 +179,14 @@ class Machines:
     # ---- creating ----------------------------------------------------------------------------------------------
     def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None,
                content: SeedContent | None = None, networks: list[list[str]] | None = None,
-               host_ports: list[int] | None = None, outbound: bool = True) -> MachineView:
+               host_ports: list[int] | None = None, outbound: bool = True,
+               backend: str = DEFAULT_BACKEND) -> MachineView:
         """``host_ports`` are the ports of this host's loopback the guest may reach (as 10.0.2.2:PORT; by default
-        none), ``outbound`` whether it reaches other addresses (docs/runtime.md, "Host reach")."""
+        none), ``outbound`` whether it reaches other addresses (docs/runtime.md, "Host reach"). ``backend`` is a
+        registered backend kind (`labkit.runtime.backend_kinds`); the overlay kind follows from it."""
         check_name(name, "machine name")
+        overlay_kind = backend_class(backend).overlay_kind
+        overlay = get_overlay(overlay_kind)
         reach = sorted({check_host_port(port) for port in host_ports or ()})
         if not 32 <= memory_mb <= 16384:
             raise BadNameError(f"memory {memory_mb} MB is outside 32-16384 MB")
@@ -188,7 +196,7 @@ class Machines:
             raise ConflictError(f"the same host port is forwarded twice in {', '.join(map(str, wanted))}")
         if not any(f.guest_port == SSH_PORT for f in wanted):
             wanted.append(Forward(0, SSH_PORT))
-        overlay_path, seed_path = self._overlay_path(name), self._seed_path(name)
+        overlay_path, seed_path = self._overlay_path(name, overlay), self._seed_path(name)
         with self.db.transaction() as session:
             if session.scalar(select(Machine).where(Machine.name == name)) is not None:
                 raise ConflictError(f"a machine named {name!r} already exists")
@@ -201,7 +209,7 @@ class Machines:
                         "it: move it away or choose another name")
             image_id, base, label = image_row.id, Path(image_row.path), image_row.label
         machine = Machine(
-            name=name, image_id=image_id, backend="uml", overlay_kind="umlcow",
+            name=name, image_id=image_id, backend=backend, overlay_kind=overlay_kind,
             overlay_path=str(overlay_path), seed_path=str(seed_path),
             memory_mb=memory_mb, mac=machine_mac(name), forwards=[[f.host_port, f.guest_port] for f in wanted],
             console_password=secrets.token_urlsafe(12), hostname=content.hostname if content else None,
@@ -210,7 +218,7 @@ class Machines:
         # The files are written outside any transaction (a class provisions in parallel); the record comes last.
         made: list[Path] = []
         try:
-            get_overlay(machine.overlay_kind).create(base, overlay_path)
+            overlay.create(base, overlay_path)
             made.append(overlay_path)
             self._write_seed(machine, content)
             made.append(seed_path)
@@ -228,12 +236,28 @@ class Machines:
                 path.unlink(missing_ok=True)
             raise
 
+    def clear_leftovers(self, name: str, backend: str = DEFAULT_BACKEND) -> None:
+        """Before creating machine ``name`` again: remove what an interrupted create left without a record (an empty
+        overlay never booted, so it holds no work; its seed; temporary files a killed run never renamed). An overlay
+        that holds anything is left for `create` to refuse."""
+        overlay = get_overlay(backend_class(backend).overlay_kind)
+        overlay_path, seed_path = self._overlay_path(name, overlay), self._seed_path(name)
+        if overlay_path.exists() and overlay.info(overlay_path).allocated_bytes == 0:
+            overlay_path.unlink()
+            seed_path.unlink(missing_ok=True)
+        for folder in (self.settings.overlays, self.settings.seeds):
+            for partial in folder.glob(f".{name}.*"):
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
+
     def _write_seed(self, machine: Machine, content: SeedContent | None = None) -> None:
         """Build the seed disk; its id follows its content, so the guest copies changed files on the next boot."""
         content = content or SeedContent()
         spec = SeedSpec(
             hostname=machine.hostname or machine.name,
-            interfaces={"eth0": SLIRP_GUEST_ADDRESS, **content.interfaces},
+            interfaces={"eth0": self._backend(machine).guest_address, **content.interfaces},
             authorized_keys=[public_key(self.settings.keys)],
             root_password=machine.console_password,
             files_dir=content.files_dir,
@@ -302,7 +326,7 @@ class Machines:
     def _view(self, machine: Machine, status: MachineStatus) -> MachineView:
         overlay = Path(machine.overlay_path)
         try:
-            allocated = get_overlay(machine.overlay_kind).info(overlay).allocated_bytes if overlay.exists() else 0
+            allocated = self._overlay(machine).info(overlay).allocated_bytes if overlay.exists() else 0
         except OverlayError:  # a damaged overlay must not hide every other machine's status; start says what is wrong
             allocated = 0
         ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
@@ -340,7 +364,7 @@ class Machines:
                     if all(f.host_port for f in spec.forwards):
                         raise
                     # A port picked for a "0" forward can be taken by a machine starting beside this one before
-                    # its slirp binds it: the backend stopped everything, so one more start picks new ports.
+                    # the backend binds it: it stopped everything, so one more start picks new ports.
                     status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
             except LabkitError as err:
                 with self.db.transaction() as session:
@@ -419,7 +443,7 @@ class Machines:
         with self._stopped(name, "reset") as (session, machine):
             image_service.require_intact(session, self.settings, machine.image)
             kept = "" if discard else self._keep_before(session, machine, "reset")
-            get_overlay(machine.overlay_kind).reset(Path(machine.overlay_path), Path(machine.image.path))
+            self._overlay(machine).reset(Path(machine.overlay_path), Path(machine.image.path))
             record(session, self.actor, "reset", name, "overlay replaced by an empty one"
                    + (kept or ("; the old one was discarded" if discard else "")))
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
@@ -428,13 +452,13 @@ class Machines:
         """Keep the overlay as snapshot ``before-<action>-<time>`` before ``action`` drops it (nothing when it holds
         nothing); returns what to add to the action's audit detail."""
         path = Path(machine.overlay_path)
-        if not path.exists() or not get_overlay(machine.overlay_kind).info(path).allocated_bytes:
+        if not path.exists() or not self._overlay(machine).info(path).allocated_bytes:
             return ""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dt%H%M%S")
         taken = {s.name for s in machine.snapshots}
         names = [f"before-{action}-{stamp}{suffix}" for suffix in ("", *(f"-{i}" for i in range(2, 10)))]
         keep = next((name for name in names if name not in taken), f"before-{action}-{secrets.token_hex(4)}")
-        dest = self._snapshot_dir(machine.name) / f"{keep}.cow"
+        dest = self._snapshot_dir(machine.name) / self._overlay(machine).file_name(keep)
         size, _how = self._copy_overlay(session, machine, dest, action)
         machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size))
         record(session, self.actor, "snapshot", machine.name, f"{keep} (kept before a {action})")
@@ -447,7 +471,7 @@ class Machines:
             machine = self._get(session, name)
             if any(s.name == snapshot for s in machine.snapshots):
                 raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
-            dest = self._snapshot_dir(name) / f"{snapshot}.cow"
+            dest = self._snapshot_dir(name) / self._overlay(machine).file_name(snapshot)
             size, how = self._copy_overlay(session, machine, dest, "snapshot")
             machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size))
             record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
@@ -487,7 +511,7 @@ class Machines:
             self._flush(machine, backend, spec, status)
             backend.pause(spec)
         try:
-            info = get_overlay(machine.overlay_kind).snapshot(Path(machine.overlay_path), dest)
+            info = self._overlay(machine).snapshot(Path(machine.overlay_path), dest)
         finally:
             if live:
                 backend.resume(spec)
@@ -499,7 +523,7 @@ class Machines:
         with self._stopped(name, "restore") as (session, machine):
             chosen = self._snapshot(machine, snapshot)
             kept = "" if discard else self._keep_before(session, machine, "restore")
-            get_overlay(machine.overlay_kind).restore(Path(chosen.path), Path(machine.overlay_path))
+            self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
             record(session, self.actor, "restore", name, snapshot + kept)
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
 
@@ -521,7 +545,7 @@ class Machines:
     def remove(self, name: str) -> None:
         """Delete the machine with its overlay, seed and snapshots (the explicit purge; recorded)."""
         with self._stopped(name, "remove") as (session, machine):
-            overlay = get_overlay(machine.overlay_kind)
+            overlay = self._overlay(machine)
             if Path(machine.overlay_path).exists():
                 overlay.delete(Path(machine.overlay_path))
             Path(machine.seed_path).unlink(missing_ok=True)
@@ -576,15 +600,12 @@ class Machines:
         console = ConsoleTransport(backend.console_socket(spec), machine.console_password)
         return Guest(machine.name, ssh, console, forwards={f.guest_port: f.host_port for f in status.forwards})
 
-    @staticmethod
-    def _offline_transport(machine: Machine, spec: MachineSpec) -> OfflineTransport:
-        """Reads a stopped machine's disk (base image + overlay) without booting it or changing the overlay."""
+    def _offline_transport(self, machine: Machine, spec: MachineSpec) -> OfflineTransport:
+        """Reads a stopped machine's disk (base image + overlay, flattened by its overlay kind) without booting it
+        or changing the overlay."""
         from labkit.guest.offline import OfflineTransport
 
-        if machine.overlay_kind != "umlcow":
-            raise StateError(f"machine {machine.name} is stopped and its {machine.overlay_kind} overlay cannot be "
-                             "read offline; start it to look inside", State.STOPPED)
-        return OfflineTransport(machine.name, spec.overlay, spec.image)
+        return OfflineTransport(machine.name, spec.overlay, self._overlay(machine))
 
 
 def uptime(status: MachineStatus) -> float | None:

@@ -80,8 +80,10 @@ class Machine(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
-    backend: Mapped[str] = mapped_column(String(16), default="uml")
-    overlay_kind: Mapped[str] = mapped_column(String(16), default="umlcow")
+    #: the machine's backend kind (`labkit.runtime.backend_kinds`), from its lab or image; set by `Machines.create`
+    backend: Mapped[str] = mapped_column(String(16))
+    #: its backend's overlay kind (`labkit.overlays`), recorded so its disk stays readable whatever the registry says
+    overlay_kind: Mapped[str] = mapped_column(String(16))
     overlay_path: Mapped[str] = mapped_column(Text)
     seed_path: Mapped[str] = mapped_column(Text)
     memory_mb: Mapped[int] = mapped_column(Integer, default=128)

@@ -16,10 +16,11 @@ from typing import Any
 
 from labkit.config import Settings
 from labkit.errors import LabkitError
-from labkit.overlays.sparse import sparse_copy
+from labkit.overlays import sparse_copy
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec
 from labkit.runtime.network import machine_mac
+from labkit.services.submissions import frozen_backend, frozen_overlay
 
 #: Seconds one scratch machine may take to boot.
 BOOT_TIMEOUT = 120.0
@@ -38,28 +39,33 @@ def scratch_guests(settings: Settings, disks: Mapping[str, Mapping[str, Any]], o
     from labkit.guest.keys import ensure_key
     from labkit.guest.ssh import SshTransport
 
-    backend = get_backend("uml")
     unique = f"{tag}{secrets.token_hex(2)}"
     folder = settings.home / "scratch" / unique
     folder.mkdir(parents=True)
     key = ensure_key(settings.keys)
+    backends = {machine: get_backend(frozen_backend(disk)) for machine, disk in disks.items()}
     networks: dict[str, NetworkSpec] = {}
     specs: list[MachineSpec] = []
     guests: dict[str, Any] = {}
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, folder, True)
+        booted = [m for m in order if m in disks]
         for net in sorted({str(n) for disk in disks.values() for n in disk.get("networks", [])}):
+            # the switch is started by the backend of the first machine on it, as a live lab's first start does
+            first = next(m for m in (*booted, *sorted(disks)) if net in map(str, disks[m].get("networks", [])))
+            backend = backends[first]
             networks[net] = NetworkSpec(net, settings.run_dir / "net" / f"{unique}-{net}")
             # Callbacks run last-in first-out: the folder holds the switch's pid file, so it goes after the stop
             # (removed first, it left every switch running with nothing to find it by).
             cleanup.callback(shutil.rmtree, networks[net].folder, True)
             cleanup.callback(_quietly, backend.stop_network, networks[net])
             backend.start_network(networks[net])
-        for machine in [m for m in order if m in disks]:
-            disk = disks[machine]
+        for machine in booted:
+            disk, backend = disks[machine], backends[machine]
             name = f"{unique}-{machine}"[:32]
-            overlay, seed = folder / f"{machine}.cow", folder / f"{machine}.seed"
-            sparse_copy(Path(disk["overlay"]), overlay)
+            kind = frozen_overlay(disk)
+            overlay, seed = folder / kind.file_name(machine), folder / f"{machine}.seed"
+            kind.snapshot(Path(disk["overlay"]), overlay)
             sparse_copy(Path(disk["seed"]), seed)
             spec = MachineSpec(
                 name=name, image=Path(disk["image"]), overlay=overlay, run_dir=settings.run_dir / name,

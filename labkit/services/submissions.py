@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from labkit.config import Settings
 from labkit.errors import NotFoundError
 from labkit.grading.result import CheckResult, unchecked_reasons
 from labkit.grading.runner import total
-from labkit.overlays.sparse import sparse_copy
+from labkit.overlays import Overlay, get_overlay, sparse_copy
+from labkit.runtime import DEFAULT_BACKEND, backend_class
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.lookup import course_by_name
@@ -46,6 +47,16 @@ class SubmissionView:
     max_points: float | None = None
     not_checked: int = 0
     graded_note: str = ""
+
+
+def frozen_backend(disk: Mapping[str, object]) -> str:
+    """The backend kind of a frozen disk record (records made before machines named one are the default's)."""
+    return str(disk.get("backend") or DEFAULT_BACKEND)
+
+
+def frozen_overlay(disk: Mapping[str, object]) -> Overlay:
+    """The overlay kind of a frozen disk record: the recorded one, else its backend's."""
+    return get_overlay(str(disk.get("overlay_kind") or backend_class(frozen_backend(disk)).overlay_kind))
 
 
 def student_folder(settings: Settings, course_pk: int, student_pk: int) -> Path:
@@ -97,7 +108,7 @@ class Submissions:
             try:
                 disks = {}
                 for machine, disk in sorted(machines.items()):
-                    dest = where / f"{machine}.cow"
+                    dest = where / frozen_overlay(disk).file_name(machine)
                     size = self.machines.freeze(str(disk["vm"]), dest)
                     sparse_copy(Path(str(disk["seed"])), where / f"{machine}.seed")
                     disks[machine] = {**disk, "overlay": str(dest), "seed": str(where / f"{machine}.seed"),
@@ -149,7 +160,8 @@ def _student(course: Course, student: str) -> Student:
 
 def _disk_record(vm: Machine) -> dict[str, object]:
     """What grading needs to read or boot a frozen copy of ``vm`` later, even after the machine changed or went."""
-    return {"vm": vm.name, "image": vm.image.path, "seed": vm.seed_path, "password": vm.console_password,
+    return {"vm": vm.name, "backend": vm.backend, "overlay_kind": vm.overlay_kind, "image": vm.image.path,
+            "seed": vm.seed_path, "password": vm.console_password,
             "memory_mb": vm.memory_mb, "ports": [guest for _, guest in vm.forwards],
             "networks": [net for net, _ in vm.networks], "host_ports": list(vm.host_ports or []),
             "outbound": bool(vm.outbound)}

@@ -18,6 +18,7 @@ from labkit.guest import Guest
 from labkit.guest.offline import OfflineTransport
 from labkit.images.programs import find_program
 from labkit.overlays import umlcow
+from labkit.overlays.umlcow import UmlCow
 
 
 @pytest.fixture
@@ -40,8 +41,8 @@ def disk(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def guest(disk: tuple[Path, Path]) -> Iterator[Guest]:
-    base, overlay = disk
-    with Guest("m", None, None, offline=OfflineTransport("m", overlay, base)) as handle:
+    overlay = disk[1]
+    with Guest("m", None, None, offline=OfflineTransport("m", overlay, UmlCow())) as handle:
         yield handle
 
 
@@ -87,8 +88,8 @@ def test_only_reading_works_offline(guest: Guest) -> None:
 
 
 def test_the_merged_image_is_cached_and_removed_on_close(disk: tuple[Path, Path]) -> None:
-    base, overlay = disk
-    offline = OfflineTransport("m", overlay, base)
+    overlay = disk[1]
+    offline = OfflineTransport("m", overlay, UmlCow())
     guest = Guest("m", None, None, offline=offline)
     guest.read_file("/etc/motd")
     scratch = offline._scratch
@@ -102,6 +103,6 @@ def test_the_merged_image_is_cached_and_removed_on_close(disk: tuple[Path, Path]
 
 
 def test_a_missing_overlay_is_one_clear_error(tmp_path: Path, disk: tuple[Path, Path]) -> None:
-    guest = Guest("m", None, None, offline=OfflineTransport("m", tmp_path / "gone.cow", disk[0]))
+    guest = Guest("m", None, None, offline=OfflineTransport("m", tmp_path / "gone.cow", UmlCow()))
     with guest, pytest.raises(GuestError, match="no overlay"):
         guest.read_file("/etc/motd")

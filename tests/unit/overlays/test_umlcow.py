@@ -498,6 +498,7 @@ def test_every_overlay_kind_implements_the_interface() -> None:
         overlay = cls()
         assert overlay.kind == kind
         assert isinstance(get_overlay(kind), cls)
+        assert overlay.suffix.startswith(".") and overlay.file_name("m1") == f"m1{overlay.suffix}"
 
 
 def test_unknown_overlay_kind() -> None:
@@ -531,6 +532,19 @@ def test_umlcow_lifecycle(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         overlay.delete(cow)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.img", "snap.cow"]
+
+
+def test_umlcow_flattens_to_the_disk_the_guest_sees(tmp_path: Path) -> None:
+    overlay = UmlCow()
+    base = make_base(tmp_path / "base.img", 16)
+    cow = tmp_path / overlay.file_name("a")
+    overlay.create(base, cow)
+    put_sector(cow, 3)
+    overlay.flatten(cow, tmp_path / "flat.img")
+    flat = (tmp_path / "flat.img").read_bytes()
+    assert flat == b"".join(cow_sector(n) if n == 3 else base_sector(n) for n in range(16))
+    with pytest.raises(ConflictError):  # never over an existing file
+        overlay.flatten(cow, tmp_path / "flat.img")
 
 
 def test_reset_keeps_file_sparse(tmp_path: Path) -> None:
