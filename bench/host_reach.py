@@ -43,8 +43,8 @@ def measure(image: Path, runs: int, variants: list[str]) -> dict[str, dict[str, 
 
     from labkit.images.seed import SeedSpec, build_seed
     from labkit.runtime.base import Forward, MachineSpec
+    from labkit.runtime.console import connect
     from labkit.runtime.uml.backend import UmlBackend
-    from labkit.runtime.uml.console import connect
 
     sys.path.insert(0, str(REPO / "tests"))
     from guest_console import console_run

@@ -1,8 +1,8 @@
 """The browser console's relay: one WebSocket joined to one machine's console socket, without Flask in sight.
 
-The supervisor (`labkit.runtime.uml.supervisor`) sends every byte the guest prints to every client of the console
-socket and passes any client's input to the guest, so each browser tab gets a relay of its own and they all see the
-same screen. The relay only moves bytes and speaks this small protocol:
+The machine's console supervisor (`labkit.runtime.console` tells how clients attach) sends every byte the guest prints
+to every client of the console socket and passes any client's input to the guest, so each browser tab gets a relay of
+its own and they all see the same screen. The relay only moves bytes and speaks this small protocol:
 
 - server to browser: binary frames are console output (raw bytes, as the terminal expects them); text frames are JSON
   control messages: ``{"type": "hello", "machine", "read_only"}`` first, then the replay of the log's tail, then
@@ -29,7 +29,7 @@ from typing import Protocol
 from simple_websocket import ConnectionClosed
 
 from labkit.errors import LabkitError
-from labkit.runtime.uml.console import connect
+from labkit.runtime.console import connect
 
 #: How much of the console log a new tab sees first, so the prompt (and what led to it) is on the screen at once.
 REPLAY_BYTES = 8192

@@ -40,10 +40,11 @@ def main(ctx: click.Context) -> None:
 
 def _register() -> None:
     # Explicit list, no string-built imports (style guide 3).
-    from labkit.cli import course, cow, demo, doctor, grade, image, lab, serve, user, vm
+    from labkit.cli import course, demo, doctor, grade, image, lab, overlay, serve, user, vm
 
-    for module in (image, cow, vm, lab, course, doctor, user, serve, demo):
+    for module in (image, overlay, vm, lab, course, doctor, user, serve, demo):
         main.add_command(module.command)
+    main.add_command(overlay.alias)
     for verb in grade.commands:
         main.add_command(verb)
 

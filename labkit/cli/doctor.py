@@ -6,11 +6,12 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
 from labkit.cli.app import App, echo_json, json_option
+from labkit.errors import LabkitError
+from labkit.runtime import backend_kinds, get_backend
 
 pass_app = click.make_pass_decorator(App)
 
@@ -20,14 +21,13 @@ class Finding:
     what: str
     ok: bool
     fix: str = ""
+    #: the backend kind this finding is about ("" for what every part of labkit needs)
+    backend: str = ""
 
 
-#: program -> Debian package that provides it
+#: program -> Debian package that provides it: what building images and reading disks need, whatever the backend
+#: (each backend's own programs are its `check`'s business)
 PROGRAMS = {
-    "linux": "user-mode-linux",
-    "slirp": "slirp",
-    "slirp4netns": "slirp4netns",
-    "vde_switch": "vde2",
     "qemu-img": "qemu-utils",
     "mkfs.ext4": "e2fsprogs",
     "debugfs": "e2fsprogs",
@@ -46,13 +46,6 @@ def _which(program: str) -> str | None:
     return shutil.which(program, path=path)
 
 
-def _user_namespaces() -> bool:
-    try:
-        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
-    except (OSError, ValueError):
-        return True  # an older kernel without the knob allows them
-
-
 def findings(app: App) -> list[Finding]:
     found = [Finding(f"program {p}", _which(p) is not None, f"sudo apt-get install -y {pkg}")
              for p, pkg in PROGRAMS.items()]
@@ -64,29 +57,36 @@ def findings(app: App) -> list[Finding]:
         writable = False
     found.append(Finding(f"state folder {home} is writable", writable,
                          "make it writable by you, or set LABKIT_HOME to a folder you own"))
-    sock = app.settings.run_dir / ("x" * 32) / "mconsole"
+    sock = app.settings.run_dir / ("x" * 32) / "console.sock"
     found.append(Finding(f"socket paths under {app.settings.run_dir} fit in 108 bytes", len(str(sock)) < 108,
                          "set LABKIT_RUN to a short folder such as /tmp/labkit-$USER"))
-    found.append(Finding("user namespaces can be made (each machine's network lives in its own)",
-                         _user_namespaces(), "sudo sysctl -w user.max_user_namespaces=15000"))
-    found.append(Finding("/dev/net/tun is open to this user (slirp4netns: the guests' outbound traffic)",
-                         os.access("/dev/net/tun", os.R_OK | os.W_OK), "sudo chmod 0666 /dev/net/tun"))
-    if os.path.exists("/dev/shm"):
-        found.append(Finding("/dev/shm is writable (UML keeps guest memory there)", os.access("/dev/shm", os.W_OK),
-                             "mount a writable tmpfs on /dev/shm, or set TMPDIR to a writable folder"))
     from labkit.grading.sandbox import probe
 
     why = probe()
     found.append(Finding("the sandbox for grader.py starts (bubblewrap, user namespaces)", why is None,
                          f"{why}; see docs/operations.md (Sandbox for grader.py)"))
+    for kind in backend_kinds():
+        found += backend_findings(kind)
     return found
+
+
+def backend_findings(kind: str) -> list[Finding]:
+    """What backend ``kind`` says this host lacks to run its machines (its own `Backend.check`), one finding each;
+    one "ok" finding when nothing is missing."""
+    try:
+        missing = get_backend(kind).check()
+    except (LabkitError, ImportError) as err:  # a backend whose own module or dependency cannot load
+        return [Finding(f"backend {kind} loads", False, f"{err}", kind)]
+    if not missing:
+        return [Finding(f"backend {kind}: this host can run its machines", True, backend=kind)]
+    return [Finding(f"backend {kind}: {problem}", False, "see docs/operations.md", kind) for problem in missing]
 
 
 @click.command("doctor")
 @json_option
 @pass_app
 def command(app: App, as_json: bool) -> None:
-    """Check that this host can build images and run machines."""
+    """Check that this host can build images and run machines (every registered backend checks its own needs)."""
     results = findings(app)
     if as_json:
         echo_json([r.__dict__ for r in results])

@@ -11,6 +11,7 @@ import click
 
 from labkit.cli.app import App, echo_json, json_option
 from labkit.errors import StateError
+from labkit.runtime import DEFAULT_BACKEND, backend_kinds
 from labkit.runtime.network import parse_forward
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def command() -> None:
 
 def _show(view: MachineView) -> None:
     uptime = f"{view.uptime:.0f} s" if view.uptime is not None else "-"
-    click.echo(f"{view.name}: {view.state}  image {view.image}  {view.memory_mb} MB  uptime {uptime}  "
+    click.echo(f"{view.name}: {view.state}  {view.backend}  image {view.image}  {view.memory_mb} MB  uptime {uptime}  "
                f"overlay {view.overlay_bytes / 1e6:.1f} MB")
     for forward in view.forwards:
         host, guest = forward.split(":")
@@ -47,13 +48,15 @@ def _show(view: MachineView) -> None:
               help="A port of this host's 127.0.0.1 the guest may reach as 10.0.2.2:PORT (by default: none).")
 @click.option("--outbound/--no-outbound", default=True, show_default=True,
               help="Whether the guest reaches addresses beyond this host.")
+@click.option("--backend", type=click.Choice(backend_kinds()), default=DEFAULT_BACKEND, show_default=True,
+              help="The machine's backend; its overlay kind follows from it (labkit doctor checks each).")
 @json_option
 @pass_app
 def create(app: App, name: str, image: str, memory: int, forwards: tuple[str, ...], host_ports: tuple[int, ...],
-           outbound: bool, as_json: bool) -> None:
+           outbound: bool, backend: str, as_json: bool) -> None:
     """Create machine NAME with its own copy-on-write overlay of a base image."""
     view = app.machines.create(name, image, memory, [parse_forward(f) for f in forwards],
-                               host_ports=list(host_ports), outbound=outbound)
+                               host_ports=list(host_ports), outbound=outbound, backend=backend)
     echo_json(dataclasses.asdict(view)) if as_json else _show(view)
 
 
@@ -71,7 +74,7 @@ def start(app: App, name: str, wait: bool, timeout: float) -> None:
 @click.argument("name")
 @pass_app
 def stop(app: App, name: str) -> None:
-    """Shut NAME down cleanly (ctrl-alt-del through mconsole, then halt after a timeout)."""
+    """Shut NAME down cleanly (the guest is asked to power off, then halted after a timeout)."""
     _show(app.machines.stop(name))
 
 
@@ -119,7 +122,7 @@ def status(app: App, name: str | None, as_json: bool) -> None:
 @pass_app
 def console(app: App, name: str) -> None:
     """Attach to NAME's console (several clients may attach; Ctrl-] detaches)."""
-    from labkit.runtime.uml.console import attach
+    from labkit.runtime.console import attach
 
     access = app.machines.console(name)
     click.echo(f"[labkit: console of {name}; if it asks, log in as root with password {access.password}]")

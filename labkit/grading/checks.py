@@ -27,8 +27,9 @@ from labkit.labs.loader import GRADER_FILE
 from labkit.labs.model import CheckDef, Lab, parse_mode
 from labkit.labs.render import lab_path
 
-#: How long a port reached from the host must stay open to count: slirp accepts every connection on a forwarded
-#: port at once and closes it when nothing in the guest answers, so "it connected" alone proves nothing.
+#: How long a port reached from the host must stay open to count: a backend's user-mode forward accepts every
+#: connection on a forwarded port at once and closes it when nothing in the guest answers, so "it connected" alone
+#: proves nothing.
 HOST_PROBE = 1.0
 
 

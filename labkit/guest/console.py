@@ -18,8 +18,9 @@ from pathlib import Path
 import pexpect
 from pexpect import fdpexpect
 
-from labkit.errors import GuestError, GuestUnavailableError
+from labkit.errors import GuestError, GuestUnavailableError, LabkitError
 from labkit.guest.result import OUTPUT_LIMIT, Result
+from labkit.runtime.console import connect
 
 #: Terminal control sequences a shell may print after its prompt (busybox ash asks for the cursor position: ESC [6n).
 _CONTROL = rb"(?:\x1b\[[0-9;?]*[A-Za-z])*"
@@ -41,11 +42,9 @@ class ConsoleTransport:
         self.login_timeout = login_timeout
 
     def _open(self) -> tuple[socket.socket, fdpexpect.fdspawn]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(str(self.socket_path))
-        except OSError as err:
-            sock.close()
+            sock = connect(self.socket_path, timeout=None)
+        except LabkitError as err:
             raise GuestUnavailableError(f"cannot attach to the console at {self.socket_path}: {err}") from err
         return sock, fdpexpect.fdspawn(sock, timeout=self.login_timeout, maxread=65536)
 

@@ -2,7 +2,8 @@
 
 Every class checks its own values when it is built and refuses to exist in a wrong state; `Lab` also checks the
 references between its parts (networks a machine joins, dependency cycles, checks on unknown machines). Nothing here
-touches a backend, the database or global settings. Values that are templates (a per-student subnet, port or expected
+runs a backend (a machine's backend is checked against the registry's kinds) or touches the database or global
+settings. Values that are templates (a per-student subnet, port or expected
 output) are only checked once rendered: see topology.py and render.py.
 """
 
@@ -20,6 +21,7 @@ from labkit.errors import BadNameError, LabFormatError
 from labkit.labs.params import GENERATORS
 from labkit.labs.schema import CHECK_KINDS, CHECK_LITERAL_OPTIONS, CHECK_REGEX_OPTIONS, VIA
 from labkit.names import check_name
+from labkit.runtime import DEFAULT_BACKEND, backend_class, backend_kinds
 
 RESET_POLICIES = ("each-session", "persist")
 DEFAULT_RESET_POLICY = "persist"
@@ -81,6 +83,17 @@ def host_port_problems(key: str, ports: Sequence[int]) -> Problems:
     for port in sorted({port for port in ports if list(ports).count(port) > 1}):
         problems.append((key, f"host port {port} is listed twice"))
     return problems
+
+
+def backend_problems(machine: str, backend: str, networked: bool) -> Problems:
+    """Problems of machine ``machine`` naming ``backend``: a registered kind, and one that joins lab networks when the
+    machine is on one. Only the registry's list is read; a backend's module is loaded only for a networked machine."""
+    kinds = backend_kinds()
+    if backend not in kinds:
+        return [("backend", f"unknown backend {backend!r} for machine {machine}; known backends: {', '.join(kinds)}")]
+    if networked and not backend_class(backend).capabilities.lab_networks:
+        return [("networks", f"machine {machine} runs on backend {backend}, which cannot join lab networks")]
+    return []
 
 
 def parse_mode(value: int | str) -> int | None:
@@ -146,7 +159,8 @@ def subnet_problems(text: str) -> list[str]:
 class MachineDef:
     """One machine of a lab. ``networks`` maps a network name to a host number or an address (template allowed);
     ``forwards`` are guest ports reachable from the host; ``files`` is the folder copied into the guest.
-    ``host_ports`` are added to the lab's (`Lab.reach`); ``outbound`` None means: as the lab says."""
+    ``host_ports`` are added to the lab's (`Lab.reach`); ``outbound`` None means: as the lab says. ``backend`` is a
+    registered backend kind (`labkit.runtime.backend_kinds`); base images name none, so the default is labkit's."""
 
     name: str
     image: ImageRef
@@ -158,6 +172,7 @@ class MachineDef:
     files: str = ""
     host_ports: tuple[int, ...] = ()
     outbound: bool | None = None
+    backend: str = DEFAULT_BACKEND
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", MappingProxyType(dict(self.networks)))
@@ -181,6 +196,7 @@ class MachineDef:
                 problems.append((f"networks.{network}", f"write the address {address!r} without a /prefix; "
                                                         "the network's subnet gives it"))
         problems += host_port_problems("host_ports", self.host_ports)
+        problems += backend_problems(self.name, self.backend, bool(self.networks))
         if self.name in self.depends_on:
             problems.append(("depends_on", f"machine {self.name} depends on itself"))
         for script in self.startup:

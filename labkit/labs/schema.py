@@ -73,7 +73,7 @@ REACH_TABLE = TableSpec(keys={"host_ports": HOST_PORT_LIST, "outbound": BOOL})
 MACHINE_TABLE = TableSpec(
     keys={
         "image": STR, "memory": INT, "forwards": PORT_LIST, "networks": TABLE, "depends_on": STR_LIST,
-        "startup": STR_LIST, "files": STR, "host_ports": HOST_PORT_LIST, "outbound": BOOL,
+        "startup": STR_LIST, "files": STR, "host_ports": HOST_PORT_LIST, "outbound": BOOL, "backend": STR,
     },
     required=frozenset({"image"}),
 )

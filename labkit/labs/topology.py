@@ -11,12 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from labkit.errors import LabFormatError
-from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS
 from labkit.labs.model import Lab, subnet_problems
 from labkit.labs.render import try_render
+from labkit.runtime import backend_class, backend_kinds
 
-#: every guest's eth0 is on SLIRP's network; a lab network there would break the way out to the host
-SLIRP_NETWORK = ipaddress.IPv4Interface(SLIRP_GUEST_ADDRESS).network
+
+def guest_networks(lab: Lab) -> list[ipaddress.IPv4Network]:
+    """The networks of the lab's machines' eth0 (their backends' guest networks, the way out to the host): a lab
+    network there would break that way out."""
+    kinds = sorted({m.backend for m in lab.machines.values() if m.backend in backend_kinds()})
+    found = {ipaddress.IPv4Interface(backend_class(kind).guest_address).network for kind in kinds}
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,10 @@ def _render(value: str, context: Mapping[str, object], key: str, problems: list[
 
 def topology_problems(lab: Lab, context: Mapping[str, object]) -> tuple[Topology, list[tuple[str, str]]]:
     """Plan the topology with ``context`` (parameters, lab, course, student) and list every conflict as (key path,
-    message): bad or overlapping subnets, a subnet on SLIRP's, addresses outside their subnet or used twice."""
+    message): bad or overlapping subnets, a subnet on the guests' own network, addresses outside their subnet or used
+    twice."""
     problems: list[tuple[str, str]] = []
+    own = guest_networks(lab) if lab.networks else []
     topology = Topology()
     for name, network in lab.networks.items():
         key = f"networks.{name}.subnet"
@@ -49,8 +56,9 @@ def topology_problems(lab: Lab, context: Mapping[str, object]) -> tuple[Topology
             problems += [(key, message) for message in found]
             continue
         subnet = ipaddress.IPv4Network(text)
-        if subnet.overlaps(SLIRP_NETWORK):
-            problems.append((key, f"subnet {subnet} overlaps {SLIRP_NETWORK}, which guests use to reach the host"))
+        for taken in own:
+            if subnet.overlaps(taken):
+                problems.append((key, f"subnet {subnet} overlaps {taken}, which guests use to reach the host"))
         for other, taken in topology.subnets.items():
             if subnet.overlaps(taken):
                 problems.append((key, f"subnet {subnet} of network {name} overlaps {taken} of network {other}"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from labkit.errors import OverlayError
+from pathlib import Path
+
+from labkit.errors import LabkitError, OverlayError
 from labkit.overlays.base import Overlay, OverlayInfo
 from labkit.overlays.sparse import sparse_copy
 from labkit.overlays.umlcow import UmlCow
@@ -21,4 +23,24 @@ def get_overlay(kind: str) -> Overlay:
     return cls()
 
 
-__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay", "sparse_copy"]
+def overlay_of_file(path: Path) -> Overlay:
+    """The overlay kind of the file at ``path``: the kind whose suffix it has, else the first kind that can read it
+    (sorted by name), else one error naming what each kind said."""
+    for kind in sorted(OVERLAYS):
+        overlay = get_overlay(kind)
+        if overlay.suffix and path.name.endswith(overlay.suffix):
+            return overlay
+    said = []
+    for kind in sorted(OVERLAYS):
+        overlay = get_overlay(kind)
+        try:
+            overlay.info(path)
+        except LabkitError as err:
+            said.append(f"{kind}: {err}")
+            continue
+        return overlay
+    raise OverlayError(f"'{path}' is no overlay of a kind labkit knows ({'; '.join(said)})")
+
+
+__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay", "overlay_of_file",
+           "sparse_copy"]

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.errors import OverlayError
+
 
 @dataclass(frozen=True)
 class OverlayInfo:
@@ -59,6 +61,16 @@ class Overlay(ABC):
     @abstractmethod
     def delete(self, path: Path) -> None:
         """Remove the overlay file (the caller has recorded why)."""
+
+    def backing_problem(self, path: Path) -> str | None:
+        """Why the overlay's base no longer fits it (None when it does). Kinds that record more than the base's name
+        (size, time) check those too."""
+        backing = self.info(path).backing_file
+        return None if backing.is_file() else f"Backing file '{backing}' of '{path}' does not exist."
+
+    def rebase(self, path: Path, new_base: Path) -> OverlayInfo:
+        """Point the overlay at ``new_base`` after the base image moved (the base must be the same image)."""
+        raise OverlayError(f"labkit cannot point a {self.kind} overlay at another base ({path})")
 
     @abstractmethod
     def flatten(self, path: Path, output: Path) -> None:

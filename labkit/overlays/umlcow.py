@@ -505,6 +505,18 @@ class UmlCow(Overlay):
         sparse_copy(Path(snapshot), Path(path), overwrite=True)
         return self.info(path)
 
+    def backing_problem(self, path: Path) -> str | None:
+        """The base must exist with the size and mtime the header recorded, as UML checks before it boots."""
+        try:
+            check_backing(read_header(path))
+        except OverlayError as err:
+            return str(err)
+        return None
+
+    def rebase(self, path: Path, new_base: Path) -> OverlayInfo:
+        rebase(path, new_base)
+        return self.info(path)
+
     def flatten(self, path: Path, output: Path) -> None:
         """`merge` over the backing file the header names (checked against its size and mtime, as UML does)."""
         merge(path, output)

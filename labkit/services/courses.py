@@ -322,7 +322,8 @@ class Courses:
                                           startup_scripts=render_startup(lab, machine_def.name, context))
                     host_ports, outbound = lab.reach(machine_def.name)
                     if have:
-                        self.machines.rewrite_seed(have[0], content, (list(host_ports), outbound))
+                        self.machines.rewrite_seed(have[0], content, (list(host_ports), outbound),
+                                                   backend=machine_def.backend)
                         self._link(lab_pk, student_pk, machine_def.name, have[0], digest)
                         outcomes.append("upgraded")
                         continue
@@ -331,7 +332,7 @@ class Courses:
                                 for net in machine_def.networks]
                     forwards = [Forward(0, port) for port in render_forwards(machine_def, context)]
                     self._create_machine(name, str(machine_def.image), machine_def.memory, forwards, content,
-                                         networks, (list(host_ports), outbound))
+                                         networks, (list(host_ports), outbound), machine_def.backend)
                     self._link(lab_pk, student_pk, machine_def.name, name, digest)
                     outcomes.append("created")
             return ",".join(outcomes)

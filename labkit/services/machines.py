@@ -62,6 +62,7 @@ class MachineView:
 
     name: str
     image: str
+    backend: str
     state: str
     pid: int | None
     supervisor_pid: int | None
@@ -266,10 +267,16 @@ class Machines:
         build_seed(spec, Path(machine.seed_path))
 
     def rewrite_seed(self, name: str, content: SeedContent,
-                     reach: tuple[list[int], bool] | None = None) -> None:
+                     reach: tuple[list[int], bool] | None = None, backend: str | None = None) -> None:
         """Give a stopped machine a new seed disk (a lab upgrade), and with ``reach`` new host ports and outbound
-        setting; its overlay, the student's work, is untouched."""
+        setting; its overlay, the student's work, is untouched. ``backend``, the one the lab names now, must be the
+        machine's: its disk is an overlay of its backend's kind, so a machine never changes backend."""
         with self._stopped(name, "rewrite the seed of") as (session, machine):
+            if backend is not None and backend != machine.backend:
+                raise ConflictError(
+                    f"machine {name} runs on backend {machine.backend} but its lab now names {backend}; a machine "
+                    f"keeps the backend it was made with (its disk is a {machine.overlay_kind} overlay): rename the "
+                    "machine in the lab to make a new one, or remove this one first")
             self._write_seed(machine, content)
             if reach is not None:
                 machine.host_ports = sorted({check_host_port(port) for port in reach[0]})
@@ -331,8 +338,8 @@ class Machines:
             allocated = 0
         ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
         return MachineView(
-            name=machine.name, image=machine.image.label, state=status.state.value, pid=status.pid,
-            supervisor_pid=status.supervisor_pid, forwards=shown_forwards(machine, status),
+            name=machine.name, image=machine.image.label, backend=machine.backend, state=status.state.value,
+            pid=status.pid, supervisor_pid=status.supervisor_pid, forwards=shown_forwards(machine, status),
             ssh=f"ssh -p {ssh} -i {self.settings.keys / 'labkit_ed25519'} root@127.0.0.1" if ssh else None,
             uptime=uptime(status), overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
             memory_mb=machine.memory_mb, mac=machine.mac, console_log=str(self.spec(machine).console_log),

@@ -97,7 +97,7 @@ class Machine(Base):
     networks: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     #: ports of the host's loopback the guest may reach (its lab's ``[reach]``); every other one is refused
     host_ports: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
-    #: whether the guest reaches addresses beyond the host (NAT through slirp4netns)
+    #: whether the guest reaches addresses beyond the host (NAT by its backend)
     outbound: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     state: Mapped[str] = mapped_column(String(16), default="stopped")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

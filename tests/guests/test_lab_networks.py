@@ -25,10 +25,10 @@ from labkit.errors import StateError
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
 from labkit.runtime.base import MachineSpec, NetworkAttachment, NetworkSpec, State
+from labkit.runtime.console import connect
 from labkit.runtime.network import network_mac
 from labkit.runtime.process import ProcessRecord, end_processes, processes_running
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.console import connect
 from labkit.runtime.uml.rundir import RunDir
 from labkit.runtime.uml.vde import NetworkDir
 

@@ -29,9 +29,9 @@ from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
 from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
+from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.console import connect
 from labkit.runtime.uml.rundir import RunDir
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]

@@ -26,9 +26,9 @@ import pytest
 from labkit.errors import RuntimeBackendError, StateError
 from labkit.images.guest_contract import READY_MARKER
 from labkit.runtime.base import MachineSpec, State
+from labkit.runtime.console import attach, connect
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.console import attach, connect
 from labkit.runtime.uml.rundir import RunDir
 
 STAND_IN = f"""#!/bin/sh

@@ -1,7 +1,9 @@
 """Clients of a machine's console socket: `connect` for programs (pexpect's fdspawn), `attach` for a person's terminal.
 
-The supervisor sends every console byte to every client and passes any client's input to the guest, so a person and
-a grading script can share one console.
+Backend-neutral: every backend whose ``console_kind`` is "socket" runs its machine under a supervisor that serves the
+raw console bytes on `Backend.console_socket`; the CLI (``vm console``), the web relay and the guest layer's console
+transport all attach here. The supervisor sends every console byte to every client and passes any client's input to
+the guest, so a person and a grading script can share one console.
 """
 
 from __future__ import annotations
