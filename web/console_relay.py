@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import socket
 import threading
@@ -29,6 +28,7 @@ from typing import Protocol
 from simple_websocket import ConnectionClosed
 
 from labkit.errors import LabkitError
+from labkit.logtail import tail
 from labkit.runtime.console import connect
 
 #: How much of the console log a new tab sees first, so the prompt (and what led to it) is on the screen at once.
@@ -59,18 +59,8 @@ def replay_tail(log: Path | None, max_bytes: int = REPLAY_BYTES) -> bytes:
     """The end of the console log, starting at a line boundary, with CRLF line ends and no terminal queries."""
     if log is None or max_bytes <= 0:
         return b""
-    try:
-        with open(log, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
-        return b""
-    if size > max_bytes:
-        # Cut at the first line end so the replay does not start inside a multibyte character or an escape sequence.
-        newline = data.find(b"\n")
-        data = data[newline + 1:] if newline >= 0 else b""
-    data = _QUERIES.sub(b"", data)
+    # `tail` starts at a line start, so the replay does not begin inside a multibyte character or an escape sequence
+    data = _QUERIES.sub(b"", tail(log, max_bytes=max_bytes) or b"")
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 

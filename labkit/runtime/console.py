@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from labkit.errors import GuestError, StateError
+from labkit.logtail import tail
 
 #: Ctrl-] (as in telnet) detaches from the console.
 DETACH_BYTE = b"\x1d"
@@ -42,14 +43,7 @@ def connect(socket_path: Path, timeout: float | None = 5.0) -> socket.socket:
 
 def log_tail(log: Path, lines: int = 20, max_bytes: int = 8192) -> bytes:
     """The last ``lines`` lines of the console log, raw, for the screen a person sees on attach."""
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - max_bytes))
-            data = handle.read()
-    except OSError:
-        return b""
-    return b"\n".join(data.split(b"\n")[-lines:])
+    return tail(log, lines, max_bytes) or b""
 
 
 def attach(socket_path: Path, log: Path | None = None, stdin: BinaryIO | None = None,

@@ -75,6 +75,15 @@ class ProcessRecord:
         fields = _stat_fields(self.pid)  # one read: status views ask this of every machine at every page view
         return fields is not None and int(fields[19]) == self.start_time and fields[0] not in ("Z", "X")
 
+    def wait_gone(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for this process to end; True once it has, False when it still runs."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def write(self, path: Path) -> None:
         """Write ``PID START_TIME`` atomically."""
         write_atomic(path, f"{self.pid} {self.start_time}\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 import labkit
 from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
+from labkit.logtail import tail
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Backend, Capabilities, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
@@ -43,13 +44,8 @@ _STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
 def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
     """The last ``lines`` lines of a console log (or a note that there is none), for error messages. Kernel stack
     frames are left out, so that after a panic the lines that say what went wrong are the ones shown."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
+    data = tail(path, max_bytes=max_bytes)
+    if data is None:
         return f"(no console log at {path})"
     text = data.decode(errors="replace").replace("\r", "")
     said = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
@@ -369,20 +365,11 @@ class UmlBackend(Backend):
         sup = ProcessRecord.read(run.supervisor_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
         # The supervisor notices, records the exit and removes its files; if it does not, it goes too.
-        if sup is not None and not self._wait_gone(sup, grace):
+        if sup is not None and not sup.wait_gone(grace):
             sup.send(signal.SIGKILL)
-            self._wait_gone(sup, 2.0)
+            sup.wait_gone(2.0)
         end_processes(linux.pid if linux else None, run.machine_argv())
         self._clean_after_crash(spec)
-
-    @staticmethod
-    def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while record.alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
 
     def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
         """Wait until ``sup``, the supervisor read when the stop or kill began, has exited; end it if it does not.
@@ -390,10 +377,10 @@ class UmlBackend(Backend):
         Its pid file is no guide by now: the supervisor removes it while cleaning up, before it exits, so a machine
         would be reported stopped while its supervisor still ran (and could clean up after a new start's files).
         """
-        if sup is not None and not self._wait_gone(sup, timeout):
+        if sup is not None and not sup.wait_gone(timeout):
             self._teardown(spec)
             sup.send(signal.SIGKILL)
-            self._wait_gone(sup, 2.0)
+            sup.wait_gone(2.0)
 
     @staticmethod
     def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
@@ -417,10 +404,10 @@ class UmlBackend(Backend):
                 with contextlib.suppress(MconsoleError):
                     console.cad()
                     asked = True
-                if not (asked and self._wait_gone(linux, timeout)):
+                if not (asked and linux.wait_gone(timeout)):
                     with contextlib.suppress(MconsoleError):
                         console.halt()
-                    if not self._wait_gone(linux, 5.0):
+                    if not linux.wait_gone(5.0):
                         end_processes(linux.pid, run.machine_argv())
         self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)

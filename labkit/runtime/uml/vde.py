@@ -24,6 +24,7 @@ from pathlib import Path
 
 from labkit.atomic import locked, write_atomic
 from labkit.errors import BadNameError, ConfigError, RuntimeBackendError, StateError
+from labkit.logtail import tail
 from labkit.names import check_name
 from labkit.runtime.base import MachineSpec, NetworkSpec, NetworkStatus, State
 from labkit.runtime.network import check_mac, network_mac
@@ -112,11 +113,10 @@ def is_socket(path: Path) -> bool:
 
 
 def log_tail(path: Path, lines: int = 10) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
+    data = tail(path, lines)
+    if data is None:
         return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
+    return data.decode(errors="replace").rstrip("\n") or "(the log is empty)"
 
 
 def _reap(record: ProcessRecord) -> None:
@@ -124,15 +124,6 @@ def _reap(record: ProcessRecord) -> None:
     if process_start_time(record.pid) == record.start_time and process_state(record.pid) == "Z":
         with contextlib.suppress(ChildProcessError):
             os.waitpid(record.pid, os.WNOHANG)
-
-
-def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while record.alive():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _symlink_atomic(link: Path, target: Path) -> None:
@@ -273,9 +264,9 @@ class VdeNetworks:
             return self.status(spec)
         with self._locked(spec) as net:
             record = ProcessRecord.read(net.pid_file)
-            if record is not None and record.send(signal.SIGTERM) and not _wait_gone(record, timeout):
+            if record is not None and record.send(signal.SIGTERM) and not record.wait_gone(timeout):
                 record.send(signal.SIGKILL)
-                _wait_gone(record, 2.0)
+                record.wait_gone(2.0)
             if record is not None:
                 _reap(record)
             left = end_processes(None, net.argv(), timeout=2.0)
