@@ -27,6 +27,7 @@ from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter
 from labkit.services.accounts import OwnedMachine, UserView
 from labkit.services.jobs import JobView
+from labkit.services.machine_states import is_live
 from labkit.services.portal import Enrollment, Portal
 from web.access import actor, current_user, owned_machine_or_404, student_required
 from web.state import WebState, services
@@ -37,7 +38,6 @@ bp = Blueprint("student", __name__, url_prefix="/my")
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
 #: a finished job stays on the page this long, so its error (or result) can be read after the reload
 RECENT = dt.timedelta(minutes=15)
-LIVE = ("running", "paused", "starting", "stopping")
 
 
 def _user() -> UserView:
@@ -197,7 +197,7 @@ def start(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
-        if before in LIVE:
+        if is_live(before):
             return _already(progress, "start", owned, before)
         # through the course: its memory budget and per-student limit apply to students too
         state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
@@ -218,7 +218,7 @@ def stop(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
-        if before not in LIVE:
+        if not is_live(before):
             return _already(progress, "stop", owned, before)
         progress(ProgressEvent("stop", 0, 1, f"stopping {owned.machine}"))
         view = state.machines(who).stop(owned.name)
@@ -248,7 +248,7 @@ def reset(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         machines = state.machines(who)
-        if _state_of(state, who, owned.name) in LIVE:
+        if is_live(_state_of(state, who, owned.name)):
             progress(ProgressEvent("reset", 0, 2, f"stopping {owned.machine}"))
             machines.stop(owned.name)
         progress(ProgressEvent("reset", 1, 2, f"replacing the disk of {owned.machine}"))
@@ -311,7 +311,7 @@ def restore(name: str, snap: str) -> ResponseReturnValue:
         abort(400, "Restore needs the confirmation from the restore page: nothing was changed.")
     state, who = services(), actor()
     current = _state_of(state, who, owned.name)
-    if current in LIVE:
+    if is_live(current):
         flash(f"{owned.machine} is {current}: stop it first, then restore {snap}. Nothing was changed.", "error")
         return _to_machine(owned)
 

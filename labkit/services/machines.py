@@ -42,6 +42,7 @@ from labkit.runtime.network import check_host_port, machine_mac
 from labkit.services import images as image_service
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
+from labkit.services.machine_states import ACCEPTS, AT_REST, LIVE
 from labkit.services.models import Machine, Snapshot
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ SSH_PORT = 22
 #: which only starts writing, so the copy waits this long for it.
 FLUSH_TIMEOUT = 20.0
 EMERGENCY_SYNC_WAIT = 1.0
-LIVE = (State.RUNNING, State.PAUSED, State.STARTING, State.STOPPING)
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ class Machines:
             with self.db.transaction() as session:
                 machine = self._get(session, name)
                 status = self._reconcile(session, machine)
-                if status.state in LIVE:
+                if status.state not in ACCEPTS["start"]:
                     raise StateError(f"machine {name} is already {status.state.value}", status.state)
                 image_service.require_intact(session, self.settings, machine.image)
                 if not Path(machine.seed_path).exists():
@@ -394,13 +394,13 @@ class Machines:
         machine.bound_forwards = [[f.host_port, f.guest_port] for f in status.forwards]
         machine.started_at = dt.datetime.fromtimestamp(status.started_at, dt.UTC) if status.started_at else None
 
-    def _act(self, name: str, action: str, allowed: tuple[State, ...], detail: str = "") -> MachineView:
-        """Run one backend verb on a machine whose real state is in ``allowed``."""
+    def _act(self, name: str, action: str, detail: str = "") -> MachineView:
+        """Run one backend verb on a machine whose real state the table accepts for ``action``."""
         with self._locked(name):
             with self.db.transaction() as session:
                 machine = self._get(session, name)
                 status = self._reconcile(session, machine)
-                if status.state not in allowed:
+                if status.state not in ACCEPTS[action]:
                     raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
                 backend, spec = self._backend(machine), self.spec(machine)
             verbs = {"stop": backend.stop, "kill": backend.kill, "pause": backend.pause, "resume": backend.resume}
@@ -422,16 +422,16 @@ class Machines:
                 backend.stop_network(attachment.network)
 
     def stop(self, name: str) -> MachineView:
-        return self._act(name, "stop", (State.RUNNING, State.PAUSED, State.STARTING))
+        return self._act(name, "stop")
 
     def kill(self, name: str) -> MachineView:
-        return self._act(name, "kill", (*LIVE, State.ERROR))
+        return self._act(name, "kill")
 
     def pause(self, name: str) -> MachineView:
-        return self._act(name, "pause", (State.RUNNING,))
+        return self._act(name, "pause")
 
     def resume(self, name: str) -> MachineView:
-        return self._act(name, "resume", (State.PAUSED,))
+        return self._act(name, "resume")
 
     # ---- the overlay -------------------------------------------------------------------------------------------
     @contextmanager
@@ -439,7 +439,7 @@ class Machines:
         with self._locked(name), self.db.transaction() as session:
             machine = self._get(session, name)
             status = self._reconcile(session, machine)
-            if status.state in LIVE:
+            if status.state not in AT_REST:
                 raise StateError(f"cannot {action} machine {name} while it is {status.state.value}; stop it first",
                                  status.state)
             yield session, machine
@@ -509,7 +509,7 @@ class Machines:
     def _copy_overlay(self, session: Session, machine: Machine, dest: Path, action: str) -> tuple[int, str]:
         """A sparse copy of the overlay; a running machine is synced and paused for it. Returns (bytes, how)."""
         status = self._reconcile(session, machine)
-        if status.state in (State.STARTING, State.STOPPING):
+        if status.state not in ACCEPTS["snapshot"]:
             raise StateError(f"cannot {action} machine {machine.name} while it is {status.state.value}", status.state)
         dest.parent.mkdir(parents=True, exist_ok=True)
         backend, spec = self._backend(machine), self.spec(machine)
@@ -573,7 +573,7 @@ class Machines:
         with self.db.transaction() as session:
             machine = self._get(session, name)
             status = self._reconcile(session, machine)
-            if status.state not in LIVE:
+            if status.state not in ACCEPTS["console"]:
                 raise StateError(f"machine {name} is {status.state.value}; start it to use its console", status.state)
             spec = self.spec(machine)
             return ConsoleAccess(self._backend(machine).console_socket(spec), spec.console_log,

@@ -27,6 +27,7 @@ from labkit.runtime.base import MachineStatus
 from labkit.services.accounts import UserView
 from labkit.services.audit import current_actor
 from labkit.services.db import Database
+from labkit.services.machine_states import is_live
 from labkit.services.machines import Machines, MachineView, shown_forwards, uptime
 from labkit.services.models import Assignment, Course, CourseLab, Image, Machine, Student
 
@@ -79,7 +80,7 @@ class PortalMachine:
 
     @property
     def live(self) -> bool:
-        return self.state in ("running", "paused", "starting", "stopping")
+        return is_live(self.state)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ from flask.typing import ResponseReturnValue
 
 from labkit.errors import ConflictError, NotFoundError
 from labkit.services.accounts import OwnedMachine
-from labkit.services.machines import LIVE
+from labkit.services.machine_states import accepts, is_live
 from web.api import bp, scope
 from web.api.jobs import machine_job
 from web.api_input import Field, json_body
 from web.state import services
-
-_LIVE = {state.value for state in LIVE}
 
 
 @bp.get("/machines")
@@ -52,7 +50,7 @@ def machine_start(name: str) -> ResponseReturnValue:
     service = services().courses(scope.user().username)
     return machine_job("start", owned, lambda progress: {"machines": service.start(
         owned.course, student=owned.student, machine=owned.machine, lab=owned.lab, progress=progress)},
-        lambda state: f"it is already {state}" if state in _LIVE else None)
+        lambda state: f"it is already {state}" if not accepts("start", state) else None)
 
 
 @bp.post("/machines/<name>/stop")
@@ -61,7 +59,7 @@ def machine_stop(name: str) -> ResponseReturnValue:
     json_body({})
     service = services().machines(scope.user().username)
     return machine_job("stop", owned, lambda progress: _state_json(service.stop(owned.name)),
-                       lambda state: None if state in ("running", "paused", "starting") else f"it is {state}")
+                       lambda state: None if accepts("stop", state) else f"it is {state}")
 
 
 @bp.post("/machines/<name>/reset")
@@ -75,7 +73,7 @@ def machine_reset(name: str) -> ResponseReturnValue:
     service = services().machines(scope.user().username)
     discard = body.get("discard", False) is True
     return machine_job("reset", owned, lambda progress: _state_json(service.reset(owned.name, discard=discard)),
-                       lambda state: f"it is {state}; stop it first" if state in _LIVE else None)
+                       lambda state: f"it is {state}; stop it first" if is_live(state) else None)
 
 
 @bp.get("/machines/<name>/snapshots")
@@ -97,7 +95,7 @@ def snapshot_take(name: str) -> ResponseReturnValue:
         raise ConflictError(f"machine {owned.name} already has a snapshot named {snapshot!r}")
     return machine_job("snapshot", owned, lambda progress: {"name": owned.name, "snapshot": snapshot,
                                                             "state": service.snapshot(owned.name, snapshot).state},
-                       lambda state: f"it is {state}" if state in ("starting", "stopping") else None,
+                       lambda state: None if accepts("snapshot", state) else f"it is {state}",
                        target=f"{owned.name}/{snapshot}")
 
 
@@ -110,7 +108,7 @@ def snapshot_restore(name: str, snapshot: str) -> ResponseReturnValue:
     _snapshot_or_404(service.snapshots(owned.name), owned.name, snapshot)
     return machine_job("restore", owned, lambda progress: {**_state_json(service.restore(owned.name, snapshot)),
                                                            "snapshot": snapshot},
-                       lambda state: f"it is {state}; stop it first" if state in _LIVE else None,
+                       lambda state: f"it is {state}; stop it first" if is_live(state) else None,
                        target=f"{owned.name}/{snapshot}")
 
 
