@@ -153,6 +153,9 @@ class MachineDisks(MachineGuests):
         dest.parent.mkdir(parents=True, exist_ok=True)
         backend, spec = self._backend(machine), self.spec(machine)
         live = status.state == State.RUNNING
+        if live and not backend.capabilities.pause:
+            raise StateError(f"cannot {action} machine {machine.name} while it runs: its backend {backend.kind} "
+                             "cannot pause it for the copy; stop it first", status.state)
         if live:
             self._flush(machine, backend, spec, status)
             backend.pause(spec)

@@ -141,10 +141,13 @@ class Machines(MachineDisks):
         with self._locked(name):
             with self.db.transaction() as session:
                 machine = self._get(session, name)
+                backend, spec = self._backend(machine), self.spec(machine)
+                if action in ("pause", "resume") and not backend.capabilities.pause:
+                    raise StateError(f"cannot {action} machine {name}: its backend {backend.kind} cannot pause "
+                                     "machines")
                 status = self._reconcile(session, machine)
                 if status.state not in ACCEPTS[action]:
                     raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
-                backend, spec = self._backend(machine), self.spec(machine)
             verbs = {"stop": backend.stop, "kill": backend.kill, "pause": backend.pause, "resume": backend.resume}
             view = self._settle(name, verbs[action](spec), action, detail)
             if action in ("stop", "kill"):

@@ -19,14 +19,14 @@ from sqlalchemy import select
 import labkit.overlays
 import labkit.runtime
 from labkit.config import Settings
-from labkit.errors import LabFormatError
+from labkit.errors import LabFormatError, StateError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab, validate_lab
 from labkit.overlays import OVERLAYS
 from labkit.overlays.base import Overlay
 from labkit.runtime import BACKENDS, backend_kinds, get_backend
-from labkit.runtime.base import Backend, MachineSpec, MachineStatus
+from labkit.runtime.base import Backend, Capabilities, MachineSpec, MachineStatus
 from labkit.runtime.uml.backend import UmlBackend
 from labkit.services.courses import Courses
 from labkit.services.db import Database
@@ -111,6 +111,7 @@ class FakeBackend(UmlBackend):
 @pytest.fixture
 def fake_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(BACKENDS, "fake", f"{__name__}:FakeBackend")
+    monkeypatch.setattr(FakeBackend, "capabilities", UmlBackend.capabilities)
     FakeBackend.asked.clear()
     yield
 
@@ -163,5 +164,9 @@ def test_a_machine_gets_the_backend_its_lab_names(fake_registered: None, lk_sett
         view = courses.machines.status(name)[0]
         assert (view.backend, view.state) == ("fake", "stopped")
         assert FakeBackend.asked == [name]  # the services asked the lab's backend, not the default one
+        # what the backend cannot do is refused by asking it, whatever state the machine is in
+        FakeBackend.capabilities = Capabilities(pause=False)
+        with pytest.raises(StateError, match=f"cannot pause machine {name}: its backend fake cannot pause machines"):
+            courses.machines.pause(name)
     finally:
         db.close()
