@@ -2,9 +2,9 @@
 
 Every class checks its own values when it is built and refuses to exist in a wrong state; `Lab` also checks the
 references between its parts (networks a machine joins, dependency cycles, checks on unknown machines). Nothing here
-runs a backend (a machine's backend is checked against the registry's kinds) or touches the database or global
-settings. Values that are templates (a per-student subnet, port or expected
-output) are only checked once rendered: see topology.py and render.py.
+runs a backend (a machine's backend is only checked against the registry's kinds) or touches the database or global
+settings. Values that are templates (a per-student subnet, port or expected output) are only checked once rendered:
+see topology.py and render.py.
 """
 
 from __future__ import annotations
