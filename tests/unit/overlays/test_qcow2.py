@@ -6,8 +6,10 @@ Guest writes are made with the real ``qemu-io``; the lock is held by a real ``qe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +219,36 @@ def test_an_overlay_in_use_by_a_running_qemu(tmp_path: Path, running_qemu) -> No
     overlay.flatten(ov, tmp_path / "flat.raw")
     assert (tmp_path / "flat.raw").read_bytes()[:4096] == b"\xab" * 4096
     assert os.path.getsize(tmp_path / "flat.raw") == 4 * MIB
+
+
+def test_a_relative_backing_name_is_read_from_the_overlays_folder(tmp_path: Path) -> None:
+    base = make_base(tmp_path / "base.img")
+    ov = tmp_path / "rel.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "base.img", str(ov)], check=True,
+                   cwd=tmp_path, timeout=30)
+    info = Qcow2().info(ov)
+    assert (info.backing_file, info.virtual_size) == (base, 4 * MIB)
+
+
+def test_header_agrees_with_qemu_img_and_damage_is_one_clear_error(tmp_path: Path) -> None:
+    """Random damage to a real header: every outcome is a clean answer or an OverlayError, never a crash."""
+    overlay = Qcow2()
+    base = make_base(tmp_path / "base.img")
+    ov = tmp_path / "m.qcow2"
+    overlay.create(base, ov)
+    guest_write(ov, 0, 4096)
+    shown = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(ov)], capture_output=True, text=True,
+                                      check=True).stdout)
+    info = overlay.info(ov)
+    assert (info.virtual_size, str(info.backing_file)) == (shown["virtual-size"], shown["full-backing-filename"])
+    assert dict(info.details)["cluster_size"] == str(shown["cluster-size"])
+    pristine = ov.read_bytes()
+    rng = random.Random(12)
+    damaged = tmp_path / "d.qcow2"
+    for _ in range(60):
+        data = bytearray(pristine[:4096])
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(0, 512)] = rng.randrange(256)
+        damaged.write_bytes(bytes(data) + pristine[4096:])
+        with contextlib.suppress(OverlayError):
+            overlay.info(damaged)
