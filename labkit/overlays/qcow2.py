@@ -48,7 +48,7 @@ _LOCK_WORDS = ("lock", "another process")
 
 @dataclass(frozen=True)
 class _Image:
-    """What ``qemu-img info`` says about an overlay, checked."""
+    """What an overlay's qcow2 header says, checked."""
 
     virtual_size: int
     backing_file: Path
