@@ -5,7 +5,7 @@ Run: .venv/bin/python bench/qcow2_overlay.py            (prints the rows)
 
 The base is a sparse 2 GiB raw file (the size of a real image; qemu-img only reads its length) in a private folder
 under /tmp, removed at the end. `create` is the whole call the services make: ``qemu-img create`` to a temporary name,
-the rename, then its header read back in Python (a new overlay holds no cluster, so no map); the overlay is deleted
+the rename, then its header and allocation read back in Python (no process); the overlay is deleted
 between rounds. Each figure is one process or more: on a loaded machine their start-up dominates.
 """
 
@@ -49,7 +49,7 @@ def run(rounds: int) -> list[Row]:
         ("qcow2 overlay creation (`Qcow2.create`, 2 GiB base), median", "<= 25 ms", f"{med(create):.1f} ms",
          "met" if med(create) <= 25 else "missed"),
         ("qcow2 overlay creation, slowest of the rounds", "", f"{max(create):.1f} ms", ""),
-        ("qcow2 `info` (header read in Python + `qemu-img map`), median", "", f"{med(info):.1f} ms", ""),
+        ("qcow2 `info` (header and L1/L2 tables read in Python), median", "", f"{med(info):.1f} ms", ""),
         ("qcow2 `reset` (qemu-io lock probe + `qemu-img create` + rename), median", "", f"{med(reset):.1f} ms", ""),
     ]
 

@@ -1,10 +1,10 @@
 """qcow2 overlays of a read-only raw base image, through ``qemu-img`` (QEMU guests boot on them).
 
 An overlay is ``qemu-img create -f qcow2 -F raw -b <absolute base>``: the base is named by its absolute path and always
-read as raw, so no format is ever probed from a file's contents. The header is read in Python (bounds-checked); the
-allocation map and flattening go through qemu-img with ``-U`` (no lock), so status and offline reads work while a
-machine runs; every change first asks qemu-io for the image's write lock, and a lock held by a running QEMU becomes a
-`ConflictError`, as a running UML's lock does in `labkit.overlays.umlcow`.
+read as raw, so no format is ever probed from a file's contents. The header and the allocation (L1/L2 tables) are read
+in Python, bounds-checked, without a process; flattening goes through qemu-img with ``-U`` (no lock), so status and
+offline reads work while a machine runs; every change first asks qemu-io for the image's write lock, and a lock held
+by a running QEMU becomes a `ConflictError`, as a running UML's lock does in `labkit.overlays.umlcow`.
 
 New files are written beside their target under a temporary name and renamed into place, so a crash or a full disk
 never leaves half an overlay. Every qemu-img call runs with ``LANG=C`` and a timeout, and its complaint becomes one
@@ -41,6 +41,11 @@ _EXT = struct.Struct(">II")
 _EXT_BACKING_FORMAT = 0xE2792ACA
 _EXT_DATA_FILE = 0x44415441
 _INCOMPAT_DATA_FILE = 1 << 2
+_INCOMPAT_EXTENDED_L2 = 1 << 4
+_OFFSET_MASK = 0x00FFFFFFFFFFFE00  # bits 9-55 of an L1 or L2 entry: a host offset
+_L2_COMPRESSED = 1 << 62
+_L2_ZERO = 1
+_MAX_L1_BYTES = 32 << 20
 _KNOWN_INCOMPATIBLE = 0b11111  # dirty, corrupt, external data file, compression type, extended L2
 _HEADER_READ = 65536
 _LOCK_WORDS = ("lock", "another process")
@@ -137,7 +142,7 @@ def _header(path: Path) -> dict[str, Any]:
 
     if len(raw) < _V2.size:
         raise bad("its header is truncated")
-    (_, version, backing_offset, backing_size, cluster_bits, size, crypt, _l1_size, _l1_offset, _rt_offset,
+    (_, version, backing_offset, backing_size, cluster_bits, size, crypt, l1_size, l1_offset, _rt_offset,
      _rt_clusters, nb_snapshots, _snap_offset) = _V2.unpack_from(raw)
     if version not in (2, 3):
         raise bad(f"unsupported qcow2 version {version}")
@@ -179,6 +184,7 @@ def _header(path: Path) -> dict[str, Any]:
             raise bad("its backing file name is truncated or too long")
         backing = os.fsdecode(name)
     return {"version": version, "cluster_size": 1 << cluster_bits, "virtual_size": size, "backing": backing,
+            "l1_size": l1_size, "l1_offset": l1_offset, "extended_l2": bool(incompatible & _INCOMPAT_EXTENDED_L2),
             "backing_format": backing_format, "snapshots": nb_snapshots, "dirty": bool(incompatible & 1),
             "corrupt": bool(incompatible & 2)}
 
@@ -221,7 +227,48 @@ def _check_expected(path: Path, image: _Image, base: Path) -> None:
 
 
 def allocated_bytes(path: Path) -> int:
-    """Bytes of the guest's disk the overlay itself holds (data or zeroed clusters), from ``qemu-img map``."""
+    """Bytes of the guest's disk the overlay itself holds (data, compressed or zeroed clusters).
+
+    Counted from the active L1 and L2 tables in Python: one read per L2 table, where ``qemu-img map`` costs a process.
+    Images with extended L2 entries (subclusters; labkit never makes them) are left to ``qemu-img map``.
+    """
+    header = _header(Path(path))
+    if header["extended_l2"]:
+        return _mapped_bytes(path)
+    cluster, size = int(header["cluster_size"]), int(header["virtual_size"])
+    l1_size, l1_offset = int(header["l1_size"]), int(header["l1_offset"])
+    per_l2 = cluster // 8
+    where = f"Cannot read qcow2 file '{path}'"
+    if l1_size * 8 > _MAX_L1_BYTES or l1_size * per_l2 * cluster < size:
+        raise OverlayError(f"{where}: its L1 table size {l1_size} does not fit its virtual size.")
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            if l1_size and (l1_offset % cluster or l1_offset + l1_size * 8 > length):
+                raise OverlayError(f"{where}: its L1 table lies outside the file.")
+            l1 = os.pread(f.fileno(), l1_size * 8, l1_offset) if l1_size else b""
+            for l1_index, (entry,) in enumerate(struct.iter_unpack(">Q", l1)):
+                l2_offset = entry & _OFFSET_MASK
+                if not l2_offset:
+                    continue
+                if l2_offset % cluster or l2_offset + cluster > length:
+                    raise OverlayError(f"{where}: L2 table {l1_index} lies outside the file.")
+                l2 = os.pread(f.fileno(), cluster, l2_offset)
+                first = l1_index * per_l2
+                for l2_index, (slot,) in enumerate(struct.iter_unpack(">Q", l2)):
+                    start = (first + l2_index) * cluster
+                    if start >= size:
+                        break
+                    if slot & _L2_COMPRESSED or slot & _OFFSET_MASK or slot & _L2_ZERO:
+                        total += min(cluster, size - start)
+    except OSError as err:
+        raise OverlayError(f"{where}: {err.strerror}.") from err
+    return total
+
+
+def _mapped_bytes(path: Path) -> int:
+    """`allocated_bytes` as ``qemu-img map`` counts it (the extents at depth 0)."""
     out = _run(["map", "-U", "-f", "qcow2", "--output=json", _absolute(path)], f"map qcow2 file '{path}'")
     try:
         extents: list[dict[str, Any]] = json.loads(out)
@@ -270,27 +317,22 @@ class Qcow2(Overlay):
 
     def create(self, base: Path, path: Path) -> OverlayInfo:
         _write_overlay(_check_base(base), Path(path), overwrite=False)
-        return self._info(Path(path), fresh=True)
+        return self.info(path)
 
     def reset(self, path: Path, base: Path) -> OverlayInfo:
         """A fresh empty overlay renamed over the old one, whatever the old file held (even if it is broken)."""
         base_name = _check_base(base)
         _ensure_idle(path)
         _write_overlay(base_name, Path(path), overwrite=True)
-        return self._info(Path(path), fresh=True)
+        return self.info(path)
 
     def info(self, path: Path) -> OverlayInfo:
-        return self._info(Path(path))
-
-    def _info(self, path: Path, fresh: bool = False) -> OverlayInfo:
-        """``fresh``: the file was just made by ``qemu-img create`` (no preallocation), so it holds no cluster yet and
-        ``qemu-img map`` is not asked (one process less on every new machine)."""
-        image = _read(path)
+        image = _read(Path(path))
         st = os.stat(path)
         details = (("format", "qcow2"), ("version", str(image.version)), ("cluster_size", str(image.cluster_size)),
                    ("internal_snapshots", str(image.snapshots)), ("apparent_bytes", str(st.st_size)))
-        return OverlayInfo(kind=self.kind, path=path, backing_file=image.backing_file,
-                           virtual_size=image.virtual_size, allocated_bytes=0 if fresh else allocated_bytes(path),
+        return OverlayInfo(kind=self.kind, path=Path(path), backing_file=image.backing_file,
+                           virtual_size=image.virtual_size, allocated_bytes=allocated_bytes(Path(path)),
                            file_bytes=st.st_blocks * 512, details=details)
 
     def snapshot(self, path: Path, dest: Path) -> OverlayInfo:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from labkit.errors import ConflictError, NotFoundError, OverlayError
-from labkit.overlays import get_overlay
+from labkit.overlays import get_overlay, qcow2
 from labkit.overlays.qcow2 import Qcow2
 
 MIB = 1 << 20
@@ -245,10 +245,30 @@ def test_header_agrees_with_qemu_img_and_damage_is_one_clear_error(tmp_path: Pat
     pristine = ov.read_bytes()
     rng = random.Random(12)
     damaged = tmp_path / "d.qcow2"
-    for _ in range(60):
+    for _ in range(400):
         data = bytearray(pristine[:4096])
         for _ in range(rng.randrange(1, 4)):
             data[rng.randrange(0, 512)] = rng.randrange(256)
         damaged.write_bytes(bytes(data) + pristine[4096:])
         with contextlib.suppress(OverlayError):
             overlay.info(damaged)
+
+
+def test_allocation_counted_in_python_matches_qemu_img_map(tmp_path: Path) -> None:
+    """Data, zeroed and discarded clusters, partial and unaligned writes, a virtual size that is not whole clusters."""
+    base = make_base(tmp_path / "base.img", size=3 * MIB + 4096)
+    ov = Qcow2().create(base, tmp_path / "m.qcow2").path
+    assert qcow2.allocated_bytes(ov) == qcow2._mapped_bytes(ov) == 0
+    rng = random.Random(7)
+    commands = ["write -P 1 3M 4096"]  # the last, partial cluster
+    for _ in range(25):
+        offset = rng.randrange(0, 3 * MIB) // 512 * 512
+        length = rng.choice([512, 4096, 65536, 200_000 // 512 * 512])
+        length = min(length, 3 * MIB + 4096 - offset)
+        commands.append(f"{rng.choice(['write -P 7', 'write -z', 'discard'])} {offset} {length}")
+    for done, command in enumerate(commands, 1):
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(ov)], check=True, capture_output=True,
+                       timeout=30)
+        if done % 5 == 0 or done == len(commands):
+            assert qcow2.allocated_bytes(ov) == qcow2._mapped_bytes(ov), commands[:done]
+    assert qcow2.allocated_bytes(ov) > 0
