@@ -22,7 +22,7 @@ from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
 from labkit.overlays.qcow2 import Qcow2
-from labkit.runtime.qemu.boot import SEED_DEVICE, BootFiles, boot_files, kernel_args
+from labkit.runtime.qemu.boot import SEED_DEVICE, BootFiles, boot_files, firmware_args, kernel_args
 from tests.guests.test_images_boot import make_key, run
 
 pytestmark = pytest.mark.guest
@@ -40,7 +40,7 @@ class Qemu:
     def __init__(self, boot: BootFiles, root: Path, seed: Path | None, log: Path) -> None:
         self.port = free_local_port()
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "128", "-nodefaults", "-display", "none",
-                "-no-reboot", "-kernel", str(boot.kernel), "-initrd", str(boot.initrd),
+                "-no-reboot", *firmware_args(), "-kernel", str(boot.kernel), "-initrd", str(boot.initrd),
                 "-append", " ".join(kernel_args(SEED_DEVICE if seed else None)),
                 "-drive", f"file={root},if=virtio,format=qcow2"]
         if seed is not None:

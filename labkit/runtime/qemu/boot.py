@@ -47,6 +47,10 @@ ROOT_WAIT_TENTHS = 100
 APT_TIMEOUT = 120.0
 EXTRACT_TIMEOUT = 300.0
 
+#: A minimal firmware (Debian's qemu-system-data) that boots ``-kernel`` without SeaBIOS's option-ROM and boot-menu
+#: work: 1 to 2 s less from start to ready under TCG on this machine kind.
+QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
+
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.gz"
 META_FILE = "boot.json"
@@ -74,6 +78,14 @@ def kernel_args(seed_device: str | None) -> tuple[str, ...]:
     if seed_device:
         args.append(f"labkit.seed={seed_device}")
     return tuple(args)
+
+
+def firmware_args() -> tuple[str, ...]:
+    """QEMU arguments for the fast firmware when the host has it (else QEMU's default SeaBIOS).
+
+    A saved RAM state only loads into the same device set, so a backend passes these on every start of a machine.
+    """
+    return ("-bios", str(QBOOT_ROM)) if QBOOT_ROM.is_file() else ()
 
 
 # ---- the initrd ------------------------------------------------------------------------------------------------

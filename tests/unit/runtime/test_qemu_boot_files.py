@@ -123,3 +123,9 @@ def test_a_damaged_cache_entry_is_rebuilt_not_used(no_apt_lists: None, tmp_path:
     with pytest.raises(ConfigError, match=r"apt-get download linux-image-9\.9-cloud-amd64=9\.9-1` failed"):
         boot_files(tmp_path)
     assert (folder / "vmlinuz").read_bytes() == b"K" * 10  # left for the next try, not half-replaced
+
+
+def test_firmware_is_qboot_when_the_host_has_it() -> None:
+    """qemu-system-x86 (Makefile DEB_PACKAGES) brings qboot.rom; a host without it gets QEMU's default firmware."""
+    assert boot.QBOOT_ROM.is_file()
+    assert boot.firmware_args() == ("-bios", "/usr/share/qemu/qboot.rom")
