@@ -6,11 +6,12 @@ from pathlib import Path
 
 from labkit.errors import LabkitError, OverlayError
 from labkit.overlays.base import Overlay, OverlayInfo
+from labkit.overlays.qcow2 import Qcow2
 from labkit.overlays.sparse import sparse_copy
 from labkit.overlays.umlcow import UmlCow
 
 #: Every overlay kind labkit knows, by the name lab files and the database use.
-OVERLAYS: dict[str, type[Overlay]] = {"umlcow": UmlCow}
+OVERLAYS: dict[str, type[Overlay]] = {"umlcow": UmlCow, "qcow2": Qcow2}
 
 
 def get_overlay(kind: str) -> Overlay:
@@ -42,5 +43,5 @@ def overlay_of_file(path: Path) -> Overlay:
     raise OverlayError(f"'{path}' is no overlay of a kind labkit knows ({'; '.join(said)})")
 
 
-__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay", "overlay_of_file",
+__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "Qcow2", "UmlCow", "get_overlay", "overlay_of_file",
            "sparse_copy"]

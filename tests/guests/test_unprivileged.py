@@ -3,7 +3,8 @@
 The test creates the user, gives it a copy of this checkout and a virtual environment built from Debian's
 /usr/bin/python3 (root's Python may live in a folder other users cannot read), and runs test_vm_lifecycle.py as that
 user, and test_host_reach.py: the private network namespaces that keep guests off the host's loopback are made
-without root too. Nothing in it uses root: no sudo, no setuid helper, no capabilities.
+without root too; and test_qemu_boot.py: the QEMU kernel and initrd are downloaded and built, and a QEMU guest boots,
+as that user. Nothing in it uses root: no sudo, no setuid helper, no capabilities.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def test_lifecycle_as_an_ordinary_user() -> None:
 
         run = as_user(user, str(venv / "bin/pytest"), "-p", "no:cacheprovider", "-q", "-rA",
                       str(work / "src/tests/guests/test_vm_lifecycle.py"),
-                      str(work / "src/tests/guests/test_host_reach.py"), timeout=900)
+                      str(work / "src/tests/guests/test_host_reach.py"),
+                      str(work / "src/tests/guests/test_qemu_boot.py"), timeout=900)
         report = run.stdout[-6000:] + run.stderr[-2000:]
         assert run.returncode == 0, report
         assert " passed" in run.stdout and "skipped" not in run.stdout and "failed" not in run.stdout, report
