@@ -78,7 +78,8 @@ def test_create_and_info(run, tmp_path: Path, base: Path) -> None:
 def test_create_needs_a_kind_it_can_tell(run, tmp_path: Path, base: Path) -> None:
     result = run("overlay", "create", str(base), str(tmp_path / "a.disk"))
     assert result.exit_code == 1
-    assert "cannot tell the overlay kind of a.disk: end it with .cow (umlcow)" in result.stderr
+    assert "cannot tell the overlay kind of a.disk: end it with .qcow2 (qcow2), .cow (umlcow), or give --kind" \
+        in result.stderr
     assert run("overlay", "create", str(base), str(tmp_path / "a.disk"), "--kind", "umlcow").exit_code == 0
 
 
