@@ -1,6 +1,6 @@
 """The browser console's relay: one WebSocket joined to one machine's console socket, without Flask in sight.
 
-The supervisor (`labkit.runtime.uml.supervisor`) sends every byte the guest prints to every client of the console
+The supervisor (`labkit.runtime.supervisor`) sends every byte the guest prints to every client of the console
 socket and passes any client's input to the guest, so each browser tab gets a relay of its own and they all see the
 same screen. The relay only moves bytes and speaks this small protocol:
 
