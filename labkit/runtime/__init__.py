@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from labkit.errors import ConfigError
 from labkit.runtime.base import Backend
+from labkit.runtime.qemu.backend import QemuBackend
 from labkit.runtime.uml.backend import UmlBackend
 
-BACKENDS: dict[str, type[Backend]] = {"uml": UmlBackend}
+BACKENDS: dict[str, type[Backend]] = {"uml": UmlBackend, "qemu": QemuBackend}
 
 
 def get_backend(kind: str) -> Backend:
