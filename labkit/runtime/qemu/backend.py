@@ -690,6 +690,8 @@ def _snapshot_tags(listing: str, with_ram: bool) -> list[str]:
     state (VM SIZE not 0)."""
     tags = []
     for line in listing.splitlines():
+        if line.startswith("List of partial"):
+            break  # HMP: snapshots missing from some disk cannot be loaded
         fields = line.split()
         if len(fields) < 4 or (not fields[0].isdigit() and fields[0] != "--"):
             continue

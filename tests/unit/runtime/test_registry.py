@@ -18,5 +18,5 @@ def test_every_backend_instantiates(kind: str) -> None:
 
 
 def test_unknown_backend_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown machine backend 'vbox'; known: uml"):
+    with pytest.raises(ConfigError, match="unknown machine backend 'vbox'; known: qemu, uml"):
         get_backend("vbox")
