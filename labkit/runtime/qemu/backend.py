@@ -196,13 +196,13 @@ class QemuBackend(Backend):
 
     def command_line(self, spec: MachineSpec, qemu: str, boot: BootSet, accel: str,
                      inner: tuple[Forward, ...], load_state: str | None = None) -> list[str]:
-        """The ``qemu-system-x86_64`` argv. Paths go relative to the run folder where they may hold a comma (QEMU's
-        option separator); the overlay and seed are absolute and checked for commas in `_check_spec`."""
+        """The ``qemu-system-x86_64`` argv. In ``key=value,...`` options a comma in a path is written twice (`_opt`);
+        the UNIX sockets and VDE links are named relative to the run folder, where QEMU runs."""
         mac = spec.mac or machine_mac(spec.name)
         append = " ".join((*boot.args, *spec.kernel_args))
         argv = [qemu, "-name", f"labkit-{spec.name}", "-nodefaults", "-no-user-config", "-display", "none",
                 "-accel", accel, "-m", str(max(spec.memory_mb, MIN_MEMORY_MB)), "-smp", "1",
-                "-kernel", _opt(boot.kernel), "-initrd", _opt(boot.initrd), "-append", append,
+                "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
                 "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
                 "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
                 "-drive", f"file={_opt(spec.overlay.absolute())},if=none,id=root,format=qcow2,discard=unmap",
@@ -707,7 +707,7 @@ def kvm_boots(qemu: str, kernel: Path, timeout: float = 8.0) -> bool:
     """Boot ``kernel`` under KVM with no disk and look for its first console line: on some hosts KVM answers but the
     guest hangs right after the BIOS (docs/backends.md). The probe process is ours and ended by its PID."""
     argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "kvm", "-m", "128",
-            "-kernel", _opt(kernel), "-append", "console=ttyS0 panic=-1", "-no-reboot", "-serial", "stdio"]
+            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1", "-no-reboot", "-serial", "stdio"]
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
