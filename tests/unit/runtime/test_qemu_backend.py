@@ -3,6 +3,9 @@ tests/guests/test_runtime_qemu.py)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from labkit.errors import ConfigError
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
-from labkit.runtime.qemu.backend import BootSet, QemuBackend, _snapshot_tags, check_tag
+from labkit.runtime.qemu.backend import ACCEL_CACHE, BootSet, QemuBackend, _snapshot_tags, check_tag
 
 BOOT = BootSet(Path("/boot/k"), Path("/boot/i"), ("console=ttyS0", "root=/dev/vda", "rw", "labkit.seed=/dev/vdb"))
 
@@ -82,3 +85,22 @@ def test_registered_with_what_it_can_do() -> None:
     assert isinstance(backend, QemuBackend)
     assert (backend.kind, backend.overlay_kind, backend.console_kind) == ("qemu", "qcow2", "socket")
     assert backend.capabilities.ram_snapshots and backend.capabilities.pause and backend.capabilities.lab_networks
+
+
+def test_accelerator_is_tcg_unless_kvm_was_proven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABKIT_QEMU_ACCEL", raising=False)
+    assert QemuBackend(accel="tcg", boot=lambda: BOOT).accelerator() == "tcg"
+    monkeypatch.setenv("LABKIT_QEMU_ACCEL", "kvm")
+    assert QemuBackend(boot=lambda: BOOT).accelerator() == "kvm"
+    monkeypatch.delenv("LABKIT_QEMU_ACCEL")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert QemuBackend(boot=lambda: BOOT, cache=tmp_path).accelerator() == "tcg"
+        assert not (tmp_path / ACCEL_CACHE).exists()  # nothing to probe without access
+        return
+    # With access, a probe's answer is kept per QEMU binary and kernel: a recorded answer is used without a probe.
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    key = f"{qemu}:{os.stat(qemu).st_mtime_ns}:{BOOT.kernel}"
+    (tmp_path / ACCEL_CACHE).write_text(json.dumps({"key": key, "accel": "kvm"}))
+    assert QemuBackend(boot=lambda: BOOT, cache=tmp_path).accelerator() == "kvm"
