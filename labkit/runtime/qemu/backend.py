@@ -74,7 +74,8 @@ _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 @dataclass(frozen=True)
 class BootSet:
-    """The kernel, initrd and kernel arguments a QEMU guest boots with (`labkit.runtime.qemu.boot`)."""
+    """The kernel, initrd and kernel arguments a QEMU guest boots with (`labkit.runtime.qemu.boot`); the seed's
+    ``labkit.seed=`` is added per machine, for machines that have one."""
 
     kernel: Path
     initrd: Path
@@ -87,7 +88,7 @@ def default_boot() -> BootSet:
     from labkit.runtime.qemu import boot
 
     files = boot.boot_files(Settings.from_env().cache)
-    return BootSet(files.kernel, files.initrd, tuple(boot.kernel_args(SEED_DEVICE)))
+    return BootSet(files.kernel, files.initrd, tuple(boot.kernel_args(None)))
 
 
 def check_tag(tag: str) -> str:
@@ -199,7 +200,8 @@ class QemuBackend(Backend):
         """The ``qemu-system-x86_64`` argv. In ``key=value,...`` options a comma in a path is written twice (`_opt`);
         the UNIX sockets and VDE links are named relative to the run folder, where QEMU runs."""
         mac = spec.mac or machine_mac(spec.name)
-        append = " ".join((*boot.args, *spec.kernel_args))
+        seed_arg = (f"labkit.seed={SEED_DEVICE}",) if spec.seed is not None else ()
+        append = " ".join((*boot.args, *seed_arg, *spec.kernel_args))
         argv = [qemu, "-name", f"labkit-{spec.name}", "-nodefaults", "-no-user-config", "-display", "none",
                 "-accel", accel, "-m", str(max(spec.memory_mb, MIN_MEMORY_MB)), "-smp", "1",
                 "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,

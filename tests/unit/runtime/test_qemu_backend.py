@@ -15,7 +15,7 @@ from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
 from labkit.runtime.qemu.backend import ACCEL_CACHE, BootSet, QemuBackend, _snapshot_tags, check_tag
 
-BOOT = BootSet(Path("/boot/k"), Path("/boot/i"), ("console=ttyS0", "root=/dev/vda", "rw", "labkit.seed=/dev/vdb"))
+BOOT = BootSet(Path("/boot/k"), Path("/boot/i"), ("console=ttyS0", "root=/dev/vda", "rw"))
 
 
 def spec(tmp_path: Path, **fields: object) -> MachineSpec:
@@ -44,6 +44,9 @@ def test_command_line(tmp_path: Path) -> None:
     assert "user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,hostfwd=tcp:127.0.0.1:20000-:22" in line
     assert "-netdev vde,id=n1,sock=net-eth1" in line
     assert "-loadvm" not in argv
+    # no seed disk, no seed argument (and no second disk)
+    bare = " ".join(QemuBackend(boot=lambda: BOOT).command_line(spec(tmp_path), "qemu", BOOT, "tcg", ()))
+    assert "labkit.seed" not in bare and "id=seed" not in bare
     restored = QemuBackend(boot=lambda: BOOT).command_line(machine, "qemu", BOOT, "tcg", (), load_state="s1")
     assert restored[-2:] == ["-loadvm", "s1"]
 
