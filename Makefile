@@ -12,6 +12,9 @@ DEB_PACKAGES := user-mode-linux slirp slirp4netns vde2 qemu-utils e2fsprogs fake
 	cpio python3-venv ca-certificates
 # Script checks run a lab's grader.py in a bubblewrap sandbox with Debian's /usr/bin/python3 (docs/operations.md).
 DEB_PACKAGES += bubblewrap python3
+# QEMU guests: the emulator and qemu-img (qcow2 overlays); the boot kernel and initrd are built from Debian's cloud kernel
+# package (apt-get download, dpkg-deb) and busybox-static, with cpio (docs/backends.md, "QEMU boot files").
+DEB_PACKAGES += qemu-system-x86
 
 # Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
 # (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.

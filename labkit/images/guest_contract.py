@@ -13,7 +13,10 @@ READY_MARKER = "labkit-guest: ready"
 #: Where both builders install the boot hook inside the image.
 HOOK_PATH = "/usr/lib/labkit/boot-hook"
 
-#: The seed disk is attached read-only as the second UML disk (``ubd1r=seed.img``) and shows up as this device.
+#: The kernel argument that names the seed disk (``labkit.seed=/dev/vdb``); each backend passes it when there is a seed.
+SEED_KERNEL_ARG = "labkit.seed"
+#: The seed device when the command line names none (guests started by an older labkit): the second UML disk
+#: (``ubd1r=seed.img``).
 SEED_DEVICE = "/dev/ubdb"
 #: The UML option index of the seed disk (``ubd1r=``).
 SEED_UBD_INDEX = 1
@@ -41,3 +44,10 @@ SLIRP_DNS = "10.0.2.3"
 
 #: A guest that cannot become ready prints a line starting with this instead of `READY_MARKER`.
 ERROR_MARKER = "labkit-guest: error:"
+
+
+def seed_kernel_arg(device: str) -> str:
+    """The kernel argument that tells the boot hook where the seed disk is."""
+    if not device.startswith("/dev/") or any(c.isspace() for c in device):
+        raise ValueError(f"not a device path: {device!r}")
+    return f"{SEED_KERNEL_ARG}={device}"

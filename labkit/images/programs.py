@@ -22,6 +22,9 @@ PACKAGES = {
     "busybox": "busybox-static",
     "ldd": "libc-bin",
     "cp": "coreutils",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
 }
 
 _EXTRA_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from labkit.errors import OverlayError
 from labkit.overlays.base import Overlay, OverlayInfo
+from labkit.overlays.qcow2 import Qcow2
 from labkit.overlays.umlcow import UmlCow
 
 #: Every overlay kind labkit knows, by the name lab files and the database use.
-OVERLAYS: dict[str, type[Overlay]] = {"umlcow": UmlCow}
+OVERLAYS: dict[str, type[Overlay]] = {"umlcow": UmlCow, "qcow2": Qcow2}
 
 
 def get_overlay(kind: str) -> Overlay:
@@ -20,4 +21,4 @@ def get_overlay(kind: str) -> Overlay:
     return cls()
 
 
-__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "UmlCow", "get_overlay"]
+__all__ = ["OVERLAYS", "Overlay", "OverlayError", "OverlayInfo", "Qcow2", "UmlCow", "get_overlay"]

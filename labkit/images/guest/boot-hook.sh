@@ -11,7 +11,11 @@
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
+# The seed disk is named on the kernel command line (SEED_KERNEL_ARG: labkit.seed=/dev/ubdb under UML, /dev/vdb under
+# QEMU); a guest started by an older labkit has no such argument and gets the UML device.
+SEED_KERNEL_ARG=labkit.seed
 SEED_DEVICE=/dev/ubdb
+SEED_WAIT_TENTHS=50
 SEED_MOUNT=/run/labkit/seed
 STATE_DIR=/var/lib/labkit
 STARTUP_LOG=/var/log/labkit-startup.log
@@ -124,7 +128,24 @@ run_startup() {
     done
 }
 
+named_seed_device() {
+    # The first labkit.seed=/dev/... word of the command line (labkit's, before any a lab adds); anything else (a path
+    # outside /dev, odd characters) is ignored.
+    tr ' ' '\n' < /proc/cmdline 2>/dev/null |
+        sed -n "s|^$SEED_KERNEL_ARG=\(/dev/[A-Za-z0-9/_.-]*\)\$|\1|p" | head -n 1
+}
+
 apply() {
+    named=$(named_seed_device)
+    if [ -n "$named" ]; then
+        SEED_DEVICE=$named
+        # a named disk is there: give its driver a moment to show it (virtio disks appear as they are probed)
+        waited=0
+        while [ ! -b "$SEED_DEVICE" ] && [ "$waited" -lt "$SEED_WAIT_TENTHS" ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+    fi
     if [ ! -b "$SEED_DEVICE" ]; then
         log "no seed disk at $SEED_DEVICE"
         return 0

@@ -1,1 +1,2 @@
-"""The QEMU backend: qemu-system-x86_64 guests on qcow2 overlays (docs/backends.md)."""
+"""The QEMU backend: guests of the same base images on qcow2 overlays (docs/backends.md), booted with Debian's cloud
+kernel and an initrd (`boot`)."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
-from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
+from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, SEED_DEVICE, seed_kernel_arg
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Backend, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
@@ -129,8 +129,9 @@ class UmlBackend(Backend):
                 f"ubd0={spec.overlay.absolute()},{spec.image.absolute()}"]
         if spec.seed is not None:
             argv.append(f"ubd1r={spec.seed.absolute()}")
+        seed_arg = [seed_kernel_arg(SEED_DEVICE)] if spec.seed is not None else []  # before the lab's args: it wins
         argv += ["root=/dev/ubda", "rw", *net_args, "con=null", "ssl=null", "con0=fd:0,fd:1", *self.boot_args,
-                 *spec.kernel_args]
+                 *seed_arg, *spec.kernel_args]
         return argv
 
     # ---- status

@@ -28,6 +28,7 @@ def test_hook_parses_under_dash_and_busybox_ash(shell: list[str]) -> None:
         ("READY_MARKER", "READY_MARKER='{}'"),
         ("ERROR_MARKER", "ERROR_MARKER='{}'"),
         ("SEED_DEVICE", "SEED_DEVICE={}"),
+        ("SEED_KERNEL_ARG", "SEED_KERNEL_ARG={}"),
         ("SEED_MOUNT", "SEED_MOUNT={}"),
         ("GUEST_STATE_DIR", "STATE_DIR={}"),
         ("STARTUP_LOG", "STARTUP_LOG={}"),

@@ -35,8 +35,12 @@ def test_command_line(tmp_path: Path) -> None:
         f"ubd0={tmp_path}/web.cow,{tmp_path}/base.img", f"ubd1r={seed}", "root=/dev/ubda", "rw",
         "eth0=slirp,x,./slirp.sh", "con=null", "ssl=null", "con0=fd:0,fd:1",
         "quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
-        "initcall_blacklist=raid6_select_algo,mmapper_init", "loglevel=3",  # the lab's own args come last
+        "initcall_blacklist=raid6_select_algo,mmapper_init",
+        "labkit.seed=/dev/ubdb",  # where the boot hook finds the seed (labkit/images/guest/boot-hook.sh)
+        "loglevel=3",  # the lab's own args come last
     ]
+    unseeded = UmlBackend().command_line(make_spec(tmp_path, seed=None), "linux", [])
+    assert not any(arg.startswith("labkit.seed=") for arg in unseeded)
     # A lab that teaches RAID 5/6 keeps the kernel's RAID6 set-up.
     plain = UmlBackend(boot_args=()).command_line(spec, "linux", [])
     assert "initcall_blacklist=raid6_select_algo,mmapper_init" not in plain
