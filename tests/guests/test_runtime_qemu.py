@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBack
 from labkit.images.guest_contract import READY_MARKER
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
+from labkit.overlays import get_overlay
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
@@ -82,8 +82,7 @@ def root() -> Iterator[Path]:
 
 
 def qcow2_over(image: Path, overlay: Path) -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.absolute()),
-                    str(overlay)], check=True, timeout=60)
+    get_overlay(QemuBackend.overlay_kind).create(image, overlay)
     return overlay
 
 
