@@ -105,7 +105,7 @@ def relay_rate(size: int = 256 << 20) -> float:
     what the relay could carry if slirp were not the narrower pipe."""
     import threading
 
-    from labkit.runtime.uml.netns import Namespace, Relays
+    from labkit.runtime.netns import Namespace, Relays
 
     namespace = Namespace.create()
     relays = Relays(namespace)
@@ -142,7 +142,7 @@ def relay_rate(size: int = 256 << 20) -> float:
 def setup_times(runs: int = 20) -> tuple[list[float], list[float]]:
     """Seconds to make a machine's namespace (fork the agent, unshare, bring lo up), and to start slirp4netns on it
     until it reports the namespace configured: what the supervisor adds before ``linux`` starts."""
-    from labkit.runtime.uml.netns import Namespace, start_slirp4netns, stop_process
+    from labkit.runtime.netns import Namespace, start_slirp4netns, stop_process
 
     made, configured = [], []
     log = Path(tempfile.mkdtemp(prefix="lkbreach", dir="/tmp"))

@@ -1,8 +1,9 @@
 """The browser console's relay: one WebSocket joined to one machine's console socket, without Flask in sight.
 
-The machine's console supervisor (`labkit.runtime.console` tells how clients attach) sends every byte the guest prints
-to every client of the console socket and passes any client's input to the guest, so each browser tab gets a relay of
-its own and they all see the same screen. The relay only moves bytes and speaks this small protocol:
+The machine's console supervisor (`labkit.runtime.supervisor`; `labkit.runtime.console` tells how clients attach)
+sends every byte the guest prints to every client of the console socket and passes any client's input to the guest, so
+each browser tab gets a relay of its own and they all see the same screen. The relay only moves bytes and speaks this
+small protocol:
 
 - server to browser: binary frames are console output (raw bytes, as the terminal expects them); text frames are JSON
   control messages: ``{"type": "hello", "machine", "read_only"}`` first, then the replay of the log's tail, then

@@ -15,6 +15,7 @@ from labkit.runtime.base import Backend
 #: Every backend labkit knows, by the name lab files and the database use: kind -> "module:Class".
 BACKENDS: dict[str, str] = {
     "uml": "labkit.runtime.uml.backend:UmlBackend",
+    "qemu": "labkit.runtime.qemu.backend:QemuBackend",
 }
 
 #: The backend of a machine whose lab and image name none (and of records made before machines named one).

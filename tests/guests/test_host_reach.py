@@ -29,8 +29,8 @@ from labkit.images.store import ImageRecord
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.rundir import RunDir
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
 
@@ -100,7 +100,7 @@ def make_spec(root: Path, image: Path, seed: Path, name: str, **fields: object) 
 
 def end_by_pid(run_dir: Path) -> None:
     run = RunDir(run_dir)
-    linux = ProcessRecord.read(run.linux_pid)
+    linux = ProcessRecord.read(run.machine_pid)
     end_processes(linux.pid if linux else None, run.machine_argv())
     for pid_file in (run.supervisor_pid, *run.helper_pid_files()):
         record = ProcessRecord.read(pid_file)
@@ -187,7 +187,7 @@ def test_without_outbound_traffic_the_namespace_has_only_loopback(world: dict) -
     mine = world["specs"]["mine"]
     # the machine with outbound traffic (the default) has a way out: tap0 and a default route, so the check below can
     # tell the difference
-    linux = ProcessRecord.read(RunDir(mine.run_dir).linux_pid)
+    linux = ProcessRecord.read(RunDir(mine.run_dir).machine_pid)
     assert linux is not None
     links, default_route = namespace_links(linux.pid)
     assert "tap0" in links and default_route
@@ -198,7 +198,7 @@ def test_without_outbound_traffic_the_namespace_has_only_loopback(world: dict) -
     assert backend.start(spec, timeout=90).state == State.RUNNING
     try:
         run = RunDir(spec.run_dir)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         assert linux is not None
         assert namespace_links(linux.pid) == ({"lo"}, False)
         assert not run.slirp4netns_pid.exists()

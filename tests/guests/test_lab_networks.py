@@ -28,8 +28,8 @@ from labkit.runtime.base import MachineSpec, NetworkAttachment, NetworkSpec, Sta
 from labkit.runtime.console import connect
 from labkit.runtime.network import network_mac
 from labkit.runtime.process import ProcessRecord, end_processes, processes_running
+from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.rundir import RunDir
 from labkit.runtime.uml.vde import NetworkDir
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(240)]
@@ -64,7 +64,7 @@ def end_by_pid(backend: UmlBackend, root: Path) -> None:
     (through stop_network, which also collects its exit status), then SIGKILL by PID if that failed."""
     for run_dir in (p for p in root.iterdir() if p.is_dir() and (p / "supervisor.json").exists()):
         run = RunDir(run_dir)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         sup = ProcessRecord.read(run.supervisor_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
         if sup is not None:

@@ -31,8 +31,8 @@ from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.rundir import RunDir
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
 
@@ -52,7 +52,7 @@ def _end_by_pid(run_dir: Path) -> None:
     """Teardown: end whatever the machine in ``run_dir`` still runs, by its recorded PIDs (linux's process group and
     the processes running its exact command line, then the supervisor)."""
     run = RunDir(run_dir)
-    linux = ProcessRecord.read(run.linux_pid)
+    linux = ProcessRecord.read(run.machine_pid)
     sup = ProcessRecord.read(run.supervisor_pid)
     assert end_processes(linux.pid if linux else None, run.machine_argv()) == []
     if sup is not None:
@@ -209,7 +209,7 @@ def test_busy_forward_port_is_a_conflict(backend: UmlBackend, root: Path, guest_
             backend.start(spec)
     run = RunDir(spec.run_dir)
     assert ProcessRecord.read(run.supervisor_pid) is None
-    assert ProcessRecord.read(run.linux_pid) is None
+    assert ProcessRecord.read(run.machine_pid) is None
     assert backend.status(spec).state == State.STOPPED
 
 
@@ -227,7 +227,7 @@ def test_kill_9_of_linux_leaves_nothing(backend: UmlBackend, running: MachineSpe
     # UML's SIGWINCH helper leaves the group (setsid); it is found by the machine's command line.
     assert processes_running(RunDir(spec.run_dir).machine_argv() or ["?"]) == []
     assert not backend.console_socket(spec).exists()
-    assert not RunDir(spec.run_dir).linux_pid.exists()
+    assert not RunDir(spec.run_dir).machine_pid.exists()
     assert "signal 9" in backend.status(spec).detail
     assert backend.start(spec, timeout=60).state == State.RUNNING
     assert backend.kill(spec).state == State.STOPPED
@@ -297,7 +297,7 @@ def test_boot_failure_raises_with_console_tail(backend: UmlBackend, root: Path, 
         backend.start(spec, timeout=30)
     assert "nonexistent" in str(info.value) or "panic" in str(info.value).lower()
     assert backend.status(spec).state == State.STOPPED
-    assert ProcessRecord.read(RunDir(spec.run_dir).linux_pid) is None
+    assert ProcessRecord.read(RunDir(spec.run_dir).machine_pid) is None
 
 
 def test_a_locked_root_disk_names_the_process_that_holds_it(backend: UmlBackend, root: Path, guest_image: Path) -> None:

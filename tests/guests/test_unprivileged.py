@@ -3,8 +3,9 @@
 The test creates the user, gives it a copy of this checkout and a virtual environment built from Debian's
 /usr/bin/python3 (root's Python may live in a folder other users cannot read), and runs test_vm_lifecycle.py as that
 user, and test_host_reach.py: the private network namespaces that keep guests off the host's loopback are made
-without root too; and test_qemu_boot.py: the QEMU kernel and initrd are downloaded and built, and a QEMU guest boots,
-as that user. Nothing in it uses root: no sudo, no setuid helper, no capabilities.
+without root too. The QEMU backend's lifecycle (start, console, SSH forward, pause, stop, kill -9, host reach, a
+running-state snapshot) runs as that user as well, on TCG (the user cannot open /dev/kvm). Nothing in it uses root:
+no sudo, no setuid helper, no capabilities.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ import pytest
 
 pytestmark = [
     pytest.mark.guest,
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(os.geteuid() != 0, reason="the whole suite already runs as an ordinary user"),
 ]
 
 USER = "labkit-ci"
 REPO = Path(__file__).resolve().parents[2]
+#: the QEMU backend's lifecycle, as the same user (tests/guests/test_runtime_qemu.py)
+QEMU_TESTS = ("test_start_console_forward_and_clean_stop", "test_pause_resume_and_state_errors",
+              "test_kill_9_of_qemu_leaves_nothing", "test_a_guest_reaches_only_the_host_ports_its_lab_allows",
+              "test_a_saved_running_state_brings_back_processes_addresses_and_routes")
 COPY = ("labkit", "base_images", "tests", "pyproject.toml", "README.md")
 
 

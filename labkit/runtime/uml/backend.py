@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import labkit
 from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, SEED_DEVICE, seed_kernel_arg
-from labkit.logtail import tail
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Backend, Capabilities, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
+from labkit.runtime.rundir import RunDir
+from labkit.runtime.supervisor import console_tail, spawn_supervisor
 from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, root_disk_problems
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
-from labkit.runtime.uml.netns import isolation_problems
-from labkit.runtime.uml.rundir import RunDir
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 from labkit.runtime.uml.vde import VdeNetworks
 
@@ -35,21 +32,6 @@ from labkit.runtime.uml.vde import VdeNetworks
 MAX_SOCKET_PATH = 107
 #: Debian packages providing the programs this backend runs.
 PACKAGES = {"linux": "user-mode-linux"}
-
-
-#: a kernel stack frame (`` [<6069f509>] dump_stack+0x1a/0x1c``): a panic prints dozens after the line that says why
-_STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
-
-
-def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
-    """The last ``lines`` lines of a console log (or a note that there is none), for error messages. Kernel stack
-    frames are left out, so that after a panic the lines that say what went wrong are the ones shown."""
-    data = tail(path, max_bytes=max_bytes)
-    if data is None:
-        return f"(no console log at {path})"
-    text = data.decode(errors="replace").replace("\r", "")
-    said = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
-    return "\n".join(said[-lines:]) or "(console log is empty)"
 
 
 #: Debian's UML kernel benchmarks its RAID6 algorithms at every boot: 0.85 s of a 1.5 s boot on this machine kind.
@@ -161,7 +143,7 @@ class UmlBackend(Backend):
     def status(self, spec: MachineSpec) -> MachineStatus:
         run = RunDir(spec.run_dir)
         sup = ProcessRecord.read(run.supervisor_pid)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         sup_alive = bool(sup and sup.alive())
         linux_alive = bool(linux and linux.alive())
         forwards = self.network.recorded_forwards(spec.run_dir)
@@ -169,7 +151,7 @@ class UmlBackend(Backend):
                  "console_log": str(spec.console_log)}
         started_at = None
         with contextlib.suppress(OSError):
-            started_at = run.linux_pid.stat().st_mtime
+            started_at = run.machine_pid.stat().st_mtime
 
         if not sup_alive and not linux_alive:
             detail = self._last_exit(run)
@@ -265,14 +247,16 @@ class UmlBackend(Backend):
             "console_log": str(spec.console_log.absolute()),
             "ready_marker": self.ready_marker,
             "error_marker": ERROR_MARKER,
-            "instance_dir": str(self.instance_dir(spec)),
+            # UML removes <uml_dir>/<umid>/ on a clean exit; after a kill the stale mconsole socket and pid stay.
+            "remove_after": [str(self.instance_dir(spec) / name) for name in ("mconsole", "pid")]
+                            + [str(self.instance_dir(spec))],
             "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
         try:
             self._spawn_supervisor(spec)
-            record = self._wait_for_linux(spec, deadline)
+            record = self._wait_for_machine(spec, deadline)
             if not wait:
                 return self.status(spec)
             self._wait_until_ready(spec, deadline)
@@ -286,35 +270,17 @@ class UmlBackend(Backend):
         return self.status(spec)
 
     def _spawn_supervisor(self, spec: MachineSpec) -> None:
-        run = RunDir(spec.run_dir)
-        env = dict(os.environ)
-        package_root = str(Path(labkit.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        with open(run.supervisor_log, "ab") as log:
-            launcher = subprocess.Popen(
-                [self.python, "-m", "labkit.runtime.uml.supervisor", "--detach", str(spec.run_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
-                cwd=spec.run_dir, env=env)
-        try:
-            code = launcher.wait(timeout=30)
-        except subprocess.TimeoutExpired as err:
-            launcher.kill()
-            launcher.wait()
-            raise RuntimeBackendError(f"the console supervisor of {spec.name} did not detach; see "
-                                      f"{run.supervisor_log}") from err
-        if code != 0:
-            raise RuntimeBackendError(f"the console supervisor of {spec.name} failed to start (exit {code}); see "
-                                      f"{run.supervisor_log}")
+        spawn_supervisor(spec.run_dir, spec.name, self.python)
 
     def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
-        tail = console_tail(spec.console_log)
+        said = console_tail(spec.console_log)
         disk = ""
-        if ROOT_MOUNT_FAILED in tail:
+        if ROOT_MOUNT_FAILED in said:
             problems = root_disk_problems(spec.overlay, spec.image)
             disk = "\nits root disk: " + ("; ".join(problems) if problems else "no problem found with "
                                            f"{spec.overlay} or {spec.image} after the fact")
         return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
-                                   f"{tail}{disk}")
+                                   f"{said}{disk}")
 
     def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
         run = RunDir(spec.run_dir)
@@ -328,10 +294,10 @@ class UmlBackend(Backend):
             return self._failure(spec, f"lost its console supervisor while starting (see {run.supervisor_log})")
         return None
 
-    def _wait_for_linux(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
+    def _wait_for_machine(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
         run = RunDir(spec.run_dir)
         while True:
-            record = ProcessRecord.read(run.linux_pid)
+            record = ProcessRecord.read(run.machine_pid)
             if record is not None:
                 return record
             ended = self._ended(spec)
@@ -362,7 +328,7 @@ class UmlBackend(Backend):
         """End everything of this machine that runs, by recorded PIDs, process group and command line, and clean its
         run folder."""
         run = RunDir(spec.run_dir)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         sup = ProcessRecord.read(run.supervisor_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
         # The supervisor notices, records the exit and removes its files; if it does not, it goes too.
@@ -393,7 +359,7 @@ class UmlBackend(Backend):
                                 "stop")
         run = RunDir(spec.run_dir)
         sup = self._supervisor(spec, current)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         if linux is not None and current.state != State.STOPPING:
             with self.mconsole(spec) as console:
                 if current.state == State.PAUSED:
@@ -418,7 +384,7 @@ class UmlBackend(Backend):
                                 "kill")
         run = RunDir(spec.run_dir)
         sup = self._supervisor(spec, current)
-        linux = ProcessRecord.read(run.linux_pid)
+        linux = ProcessRecord.read(run.machine_pid)
         end_processes(linux.pid if linux else None, run.machine_argv())
         self._wait_supervisor(spec, sup, 10.0)
         return self.status(spec)

@@ -27,8 +27,8 @@ from pathlib import Path
 from labkit.atomic import write_atomic
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
 from labkit.runtime.base import Forward, MachineSpec
+from labkit.runtime.netns import Isolation
 from labkit.runtime.network import check_host_port, listening_ports, machine_mac, resolve_forwards
-from labkit.runtime.uml.netns import Isolation
 
 FORWARDS_FILE = "forwards.json"
 #: slirp's redir ports inside the namespace are numbered from here (the host's ports do not matter in there)

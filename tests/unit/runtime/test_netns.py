@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.runtime.uml.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
+from labkit.runtime.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 
 PROBE = """
 import socket, sys

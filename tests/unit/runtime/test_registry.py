@@ -24,7 +24,7 @@ def test_every_backend_instantiates_and_names_what_it_needs(kind: str) -> None:
 
 
 def test_unknown_backend_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown machine backend 'vbox'; known: uml"):
+    with pytest.raises(ConfigError, match="unknown machine backend 'vbox'; known: qemu, uml"):
         get_backend("vbox")
 
 

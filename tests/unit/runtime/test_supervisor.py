@@ -28,8 +28,8 @@ from labkit.images.guest_contract import READY_MARKER
 from labkit.runtime.base import MachineSpec, State
 from labkit.runtime.console import attach, connect
 from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.rundir import RunDir
 
 STAND_IN = f"""#!/bin/sh
 echo "stand-in linux $1"
@@ -48,7 +48,7 @@ def root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
     yield path
     run = RunDir(path / "run" / "m")
-    linux = ProcessRecord.read(run.linux_pid)
+    linux = ProcessRecord.read(run.machine_pid)
     end_processes(linux.pid if linux else None, run.machine_argv())
     sup = ProcessRecord.read(run.supervisor_pid)
     if sup is not None:
@@ -90,7 +90,7 @@ def test_console_fan_out_ready_and_exit_record(stand_in: tuple[UmlBackend, Machi
     status = backend.start(spec, timeout=20)
     assert status.state == State.RUNNING and status.ready and status.pid and status.supervisor_pid
     run = RunDir(spec.run_dir)
-    assert run.ready.exists() and ProcessRecord.read(run.linux_pid) == ProcessRecord.of(status.pid)
+    assert run.ready.exists() and ProcessRecord.read(run.machine_pid) == ProcessRecord.of(status.pid)
     with pytest.raises(StateError, match="already running"):
         backend.start(spec)
 
@@ -103,7 +103,7 @@ def test_console_fan_out_ready_and_exit_record(stand_in: tuple[UmlBackend, Machi
     wait_state(backend, spec, State.STOPPED)
     final = backend.status(spec)
     assert "exited with code 3" in final.detail
-    assert not run.console_sock.exists() and not run.linux_pid.exists() and not run.supervisor_pid.exists()
+    assert not run.console_sock.exists() and not run.machine_pid.exists() and not run.supervisor_pid.exists()
     log = spec.console_log.read_text()
     assert "stand-in linux mem=128M" in log and READY_MARKER in log and "got:hello" in log and "bye" in log
 
@@ -129,7 +129,7 @@ def test_supervisor_records_a_program_that_cannot_start(root: Path) -> None:
     run.path.mkdir(parents=True)
     run.write_json(run.supervisor_spec, {"argv": ["/nonexistent/linux"], "console_log": str(root / "m.log"),
                                          "ready_marker": READY_MARKER})
-    done = subprocess.run([sys.executable, "-m", "labkit.runtime.uml.supervisor", str(run.path)], timeout=20)
+    done = subprocess.run([sys.executable, "-m", "labkit.runtime.supervisor", str(run.path)], timeout=20)
     assert done.returncode == 127
     record = run.read_json(run.exit_record)
     assert record["returncode"] == 127 and "cannot start /nonexistent/linux" in record["reason"]

@@ -10,9 +10,9 @@ import pytest
 
 from labkit.errors import BadNameError, ConfigError, NotFoundError, StateError
 from labkit.runtime.base import Forward, MachineSpec, State
+from labkit.runtime.netns import Isolation
 from labkit.runtime.network import machine_mac
 from labkit.runtime.uml.backend import UmlBackend, console_tail
-from labkit.runtime.uml.netns import Isolation
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 
 

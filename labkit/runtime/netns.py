@@ -2,13 +2,14 @@
 
 SLIRP turns a guest's connection to 10.0.2.2 into a connection to 127.0.0.1 of whatever network namespace slirp runs
 in. In the host's namespace that is every loopback service of the lab host (the web app, other students' forwarded
-SSH ports, a database). So the console supervisor runs ``linux`` (and with it UML's slirp helper) in a namespace of
-its own, made without root (an unprivileged user namespace owns it):
+SSH ports, a database). So the console supervisor runs the machine process (UML's ``linux`` with its slirp helper, or
+``qemu-system-x86_64`` with its built-in slirp) in a namespace of its own, made without root (an unprivileged user
+namespace owns it):
 
 - A small *agent* process (a fork of the supervisor) creates the namespace and stays in it. It brings ``lo`` up and
   hands out new sockets made inside the namespace on request (over a UNIX socket pair, as file descriptors): a socket
   keeps the namespace it was made in, so the supervisor, in the host's namespace, can listen and connect on both
-  sides. ``linux`` joins the agent's namespaces before it runs (``setns``).
+  sides. The machine process joins the agent's namespaces before it runs (``setns``).
 - Host -> guest forwards: the supervisor listens on the host's 127.0.0.1 (never 0.0.0.0) and relays each connection
   to slirp's ``redir`` listener on the same port inside the namespace.
 - Allowed host ports (a lab's ``host_ports``): the supervisor listens on the namespace's 127.0.0.1 on that port and
@@ -244,8 +245,8 @@ class Relays:
     waiting: list[tuple[socket.socket, Callable[[], socket.socket]]] = field(default_factory=list)
 
     def listen_on_host(self, port: int, inner: int) -> None:
-        """A host -> guest forward: listen on the host's 127.0.0.1 now (before linux starts), relay into the namespace
-        to slirp's redir on port ``inner``."""
+        """A host -> guest forward: listen on the host's 127.0.0.1 now (before the machine starts), relay into the
+        namespace to slirp's redir on port ``inner``."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -285,8 +286,8 @@ class Relays:
         self.waiting.append((listener, connect))
 
     def start(self) -> None:
-        """Start relaying. Only after ``linux`` was forked: its child runs code between fork and exec (joining the
-        namespace), which must not meet a lock that one of our threads held at the fork."""
+        """Start relaying. Only after the machine process was forked: its child runs code between fork and exec
+        (joining the namespace), which must not meet a lock that one of our threads held at the fork."""
         for listener, connect in self.waiting:
             threading.Thread(target=self._accept_loop, args=(listener, connect), daemon=True).start()
         self.waiting.clear()

@@ -1,8 +1,8 @@
-"""The files in one UML machine's run folder: the only place its runtime state lives (docs/runtime.md lists them).
+"""The files in one machine's run folder: the only place its runtime state lives (docs/runtime.md lists them).
 
-The backend writes the spec, the slirp wrapper, the forwards and the pause mark; the supervisor writes the pid files,
-the console socket, the ready mark and the exit record. Either side, and `UmlBackend.status` after a crash, may remove
-what a dead process left.
+Every backend uses the same names. The backend writes the spec, its network helpers' files, the forwards and the pause
+mark; the supervisor writes the pid files, the console socket, the ready mark and the exit record. Either side, and the
+backend's ``status`` after a crash, may remove what a dead process left.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ class RunDir:
         return self.path / "supervisor.pid"
 
     @property
-    def linux_pid(self) -> Path:
-        """The main ``linux`` process; its PID is also its process group id."""
-        return self.path / "linux.pid"
+    def machine_pid(self) -> Path:
+        """The machine process (``linux``, ``qemu-system-x86_64``); its PID is also its process group id."""
+        return self.path / "machine.pid"
 
     @property
     def console_sock(self) -> Path:
@@ -57,7 +57,7 @@ class RunDir:
 
     @property
     def paused(self) -> Path:
-        """Exists while the machine is paused through mconsole ``stop``."""
+        """Exists while the machine is paused (UML: mconsole ``stop``; QEMU: QMP ``stop``)."""
         return self.path / "paused"
 
     @property
@@ -67,7 +67,7 @@ class RunDir:
 
     @property
     def netns_pid(self) -> Path:
-        """The agent that holds the machine's private user + network namespace (labkit.runtime.uml.netns)."""
+        """The agent that holds the machine's private user + network namespace (labkit.runtime.netns)."""
         return self.path / "netns.pid"
 
     @property
@@ -85,7 +85,7 @@ class RunDir:
 
     def runtime_files(self) -> tuple[Path, ...]:
         """Files that describe a live run, removed when it ends (the exit record and forwards stay as history)."""
-        return (self.supervisor_pid, self.linux_pid, self.console_sock, self.ready, self.paused, self.guest_error,
+        return (self.supervisor_pid, self.machine_pid, self.console_sock, self.ready, self.paused, self.guest_error,
                 *self.helper_pid_files())
 
     def clean_runtime_files(self) -> None:
@@ -94,7 +94,7 @@ class RunDir:
                 path.unlink()
 
     def machine_argv(self) -> list[str] | None:
-        """The ``linux`` command line of the current (or last) run: it names that machine's processes."""
+        """The machine's command line of the current (or last) run: it names that machine's processes."""
         spec = self.read_json(self.supervisor_spec)
         if isinstance(spec, dict) and isinstance(spec.get("argv"), list):
             return [str(a) for a in spec["argv"]]

@@ -1,23 +1,26 @@
-"""The per-machine console supervisor: ``python -m labkit.runtime.uml.supervisor RUN_DIR``.
+"""The per-machine console supervisor, for every backend: ``python -m labkit.runtime.supervisor RUN_DIR``.
 
-It outlives the CLI that started it (the backend starts it in a new session) and owns one ``linux`` process:
-- ``linux`` gets a pty slave as stdin/stdout/stderr (``con0=fd:0,fd:1``); the supervisor holds the master.
+It outlives the CLI that started it (the backend starts it in a new session) and owns one *machine process*, whatever
+``argv`` the run folder's ``supervisor.json`` names (UML's ``linux``, ``qemu-system-x86_64``):
+- the machine process gets a pty slave as stdin/stdout/stderr (UML: ``con0=fd:0,fd:1``; QEMU: ``-chardev stdio``
+  on its serial port); the supervisor holds the master.
 - Every byte the guest prints is appended to the console log and sent to every client of ``RUN_DIR/console.sock``
   (a UNIX stream socket, raw bytes both ways; input from any client goes to the guest).
 - When the readiness marker shows up in the output, it writes ``RUN_DIR/ready``; the guest's error marker gives
   ``RUN_DIR/guest-error``.
-- It writes pid files (with /proc start times) for itself and for ``linux``; ``linux`` leads its own process group, so
-  UML's helper processes (its I/O threads, the guest's process hosts, slirp) can be killed as one group.
-- When ``linux`` exits it kills whatever is left of it (its group, and helpers that left the group), records the exit
-  in ``exit.json``, removes the socket and pid files, and exits.
+- It writes pid files (with /proc start times) for itself and for the machine process, which leads its own process
+  group, so its helper processes (UML's I/O threads, the guest's process hosts, slirp) can be killed as one group.
+- When the machine process exits it kills whatever is left of it (its group, and helpers that left the group), records
+  the exit in ``exit.json``, removes the socket, the pid files and the spec's ``remove_after`` paths, and exits.
 
-With an ``isolation`` entry in its spec (every slirp machine has one), ``linux`` runs in a private user + network
-namespace and the supervisor relays the machine's forwards and allowed host ports across its edge (`netns`): a guest
-reaches nothing on the host's loopback but what its lab allows.
+With an ``isolation`` entry in its spec (every machine on SLIRP-style user networking has one), the machine process runs
+in a private user + network namespace and the supervisor relays the machine's forwards and allowed host ports across
+its edge (`netns`): a guest reaches nothing on the host's loopback but what its lab allows.
 
-If the supervisor itself is SIGKILLed, ``linux`` receives SIGTERM (PR_SET_PDEATHSIG), on which UML tears itself and
-its helpers down; `UmlBackend.status` then finds both processes gone, removes what they left and reports STOPPED.
-SIGTERM or SIGINT to the supervisor are passed on to ``linux`` the same way; the supervisor exits once it is gone.
+If the supervisor itself is SIGKILLed, the machine process receives SIGTERM (PR_SET_PDEATHSIG), on which UML tears
+itself and its helpers down and QEMU exits; the backend's ``status`` then finds both processes gone, removes what they
+left and reports STOPPED. SIGTERM or SIGINT to the supervisor are passed on to the machine process the same way; the
+supervisor exits once it is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import selectors
 import signal
 import socket
@@ -37,10 +41,13 @@ import tty
 from pathlib import Path
 from typing import Any
 
+import labkit
 from labkit.atomic import write_atomic
+from labkit.errors import RuntimeBackendError
+from labkit.logtail import tail
+from labkit.runtime.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 from labkit.runtime.process import ProcessRecord, end_processes
-from labkit.runtime.uml.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
-from labkit.runtime.uml.rundir import RunDir
+from labkit.runtime.rundir import RunDir
 
 #: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).
 CLIENT_BUFFER_LIMIT = 1 << 20
@@ -56,7 +63,7 @@ class _Client:
 
 
 class Supervisor:
-    """Runs one ``linux`` under a pty and serves its console; `run` returns the exit code of ``linux``."""
+    """Runs one machine process under a pty and serves its console; `run_machine` returns its exit code."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run = RunDir(run_dir)
@@ -69,7 +76,8 @@ class Supervisor:
         self.markers = {str(text).encode(): path for text, path in ((spec.get("ready_marker"), self.run.ready),
                                                                     (spec.get("error_marker"), self.run.guest_error))
                         if text}
-        self.instance_dir = Path(spec["instance_dir"]) if spec.get("instance_dir") else None
+        #: files (then folders, when empty) the machine leaves behind after a kill, removed when it has ended
+        self.remove_after = [Path(str(path)) for path in spec.get("remove_after") or ()]
         self.isolation = Isolation.from_json(spec["isolation"]) if spec.get("isolation") else None
         self.namespace: Namespace | None = None
         self.relays: Relays | None = None
@@ -116,7 +124,8 @@ class Supervisor:
         parent = os.getpid()
 
         def die_with_supervisor() -> None:
-            # If the supervisor dies (even by SIGKILL), linux gets SIGTERM and UML tears down itself and its helpers.
+            # If the supervisor dies (even by SIGKILL), the machine gets SIGTERM: UML tears down itself and its
+            # helpers, QEMU exits.
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if os.getppid() != parent:
                 os._exit(1)
@@ -135,7 +144,7 @@ class Supervisor:
             os.close(slave)
             for fd in join or ():
                 os.close(fd)
-        ProcessRecord.of(self.proc.pid).write(self.run.linux_pid)
+        ProcessRecord.of(self.proc.pid).write(self.run.machine_pid)
         if self.relays is not None:
             self.relays.start()
 
@@ -152,7 +161,7 @@ class Supervisor:
         return code
 
     def _isolate(self, isolation: Isolation) -> tuple[int, int]:
-        """Make the machine's namespace, its listeners and its way out; return the handles ``linux`` joins it by."""
+        """Make the machine's namespace, its listeners and its way out; return the handles the machine joins it by."""
         self.namespace = Namespace.create()
         ProcessRecord.of(self.namespace.pid).write(self.run.netns_pid)
         self.relays = Relays(self.namespace)
@@ -197,10 +206,10 @@ class Supervisor:
                     client = self.clients.get(key.fd)
                     if client is not None:
                         self._serve_client(client, events)
-            if not pty_open or self._linux_exited():
+            if not pty_open or self._machine_exited():
                 return self._wind_down()
 
-    def _linux_exited(self) -> bool:
+    def _machine_exited(self) -> bool:
         """Look without reaping, so the PID (and group id) stay reserved until the group is killed."""
         assert self.proc is not None
         try:
@@ -219,10 +228,10 @@ class Supervisor:
 
     def _wind_down(self) -> int:
         assert self.proc is not None
-        # linux exited, or closed its console. Whatever is left of it (after kill -9 of the main process UML's helpers
-        # keep running, one busy-looping, one holding the disk locks) goes now, before the leader is reaped.
+        # The machine exited, or closed its console. Whatever is left of it (after kill -9 of UML's main process its
+        # helpers keep running, one busy-looping, one holding the disk locks) goes now, before the leader is reaped.
         deadline = time.monotonic() + 5
-        while not self._linux_exited() and time.monotonic() < deadline:
+        while not self._machine_exited() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._end_machine()
         code = self.proc.wait()
@@ -260,13 +269,12 @@ class Supervisor:
         self.run.write_json(self.run.exit_record, {"returncode": code, "ended_at": time.time(), "reason": reason,
                                                    "conflict": conflict})
         self.run.clean_runtime_files()
-        if self.instance_dir is not None:
-            # UML removes <uml_dir>/<umid>/ on a clean exit; after a kill the stale mconsole socket and pid stay.
-            for name in ("mconsole", "pid"):
-                with contextlib.suppress(OSError):
-                    (self.instance_dir / name).unlink()
+        for path in self.remove_after:
             with contextlib.suppress(OSError):
-                self.instance_dir.rmdir()
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
         with contextlib.suppress(OSError):
             self.log.close()
 
@@ -278,7 +286,7 @@ class Supervisor:
         except BlockingIOError:
             return True
         except OSError as err:
-            if err.errno == errno.EIO:  # every slave end closed: linux and its helpers are gone
+            if err.errno == errno.EIO:  # every slave end closed: the machine and its helpers are gone
                 return False
             raise
         if not data:
@@ -369,6 +377,46 @@ class Supervisor:
         client.sock.close()
 
 
+# ---- the backend's side: starting a supervisor, reading what it wrote
+
+#: a kernel stack frame (`` [<6069f509>] dump_stack+0x1a/0x1c``): a panic prints dozens after the line that says why
+_STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
+
+
+def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
+    """The last ``lines`` lines of a console log (or a note that there is none), for error messages. Kernel stack
+    frames are left out, so that after a panic the lines that say what went wrong are the ones shown."""
+    data = tail(path, max_bytes=max_bytes)
+    if data is None:
+        return f"(no console log at {path})"
+    text = data.decode(errors="replace").replace("\r", "")
+    said = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
+    return "\n".join(said[-lines:]) or "(console log is empty)"
+
+
+def spawn_supervisor(run_dir: Path, name: str, python: str = sys.executable) -> None:
+    """Start the supervisor of the machine whose ``supervisor.json`` is in ``run_dir``, detached in a session of its
+    own (it outlives the caller); return once it has detached."""
+    run = RunDir(run_dir)
+    env = dict(os.environ)
+    package_root = str(Path(labkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with open(run.supervisor_log, "ab") as log:
+        launcher = subprocess.Popen(
+            [python, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
+            cwd=run_dir, env=env)
+    try:
+        code = launcher.wait(timeout=30)
+    except subprocess.TimeoutExpired as err:
+        launcher.kill()
+        launcher.wait()
+        raise RuntimeBackendError(f"the console supervisor of {name} did not detach; see {run.supervisor_log}") from err
+    if code != 0:
+        raise RuntimeBackendError(f"the console supervisor of {name} failed to start (exit {code}); see "
+                                  f"{run.supervisor_log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. With ``--detach`` fork once more so the caller can reap its child at once and the supervisor is
     adopted by init (no zombie in a long-lived web process), in a session of its own."""
@@ -377,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     if detach:
         args = args[1:]
     if len(args) != 1:
-        print("usage: python -m labkit.runtime.uml.supervisor [--detach] RUN_DIR", file=sys.stderr)
+        print("usage: python -m labkit.runtime.supervisor [--detach] RUN_DIR", file=sys.stderr)
         return 2
     if detach:
         if os.fork():

@@ -1,0 +1,722 @@
+"""QemuBackend: runs a `MachineSpec` as an unprivileged QEMU guest on a qcow2 overlay (docs/backends.md, "QEMU").
+
+The same model as UML: one console supervisor per machine (`labkit.runtime.supervisor`) owns the
+``qemu-system-x86_64`` process, whose serial port is the supervisor's pty; the run folder and the process table are
+the only truth between calls. QEMU is controlled through QMP on a UNIX socket in the run folder (`Qmp`): status,
+pause/resume, clean stop and snapshots with the machine's running state.
+
+Networking is the SLIRP contract of UML (guest 10.0.2.15/24, host 10.0.2.2, DNS 10.0.2.3) through QEMU's built-in
+user networking, run like UML's slirp inside the machine's private network namespace (`labkit.runtime.netns`): the
+supervisor relays forwards from the host's 127.0.0.1 and only the host ports the lab allows, and outbound traffic
+goes through ``slirp4netns --disable-host-loopback``. Lab networks join the same per-student VDE switches as UML
+machines (``-netdev vde``), so one network may mix both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
+from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
+from labkit.names import check_name
+from labkit.progress import ProgressEvent, Reporter, silent
+from labkit.runtime.base import (
+    Backend,
+    Capabilities,
+    Forward,
+    MachineSpec,
+    MachineStatus,
+    NetworkSpec,
+    NetworkStatus,
+    State,
+)
+from labkit.runtime.netns import Isolation, isolation_problems
+from labkit.runtime.network import check_host_port, listening_ports, machine_mac, network_mac, resolve_forwards
+from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.qemu.qmp import Qmp, QmpError
+from labkit.runtime.rundir import RunDir
+from labkit.runtime.supervisor import console_tail, spawn_supervisor
+from labkit.runtime.uml.vde import LINK_PREFIX, VdeNetworks
+
+#: sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+#: Debian packages providing the programs this backend runs.
+PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "slirp4netns": "slirp4netns"}
+#: the guest's disks: root is the first virtio disk, the seed the second
+ROOT_DEVICE = "/dev/vda"
+SEED_DEVICE = "/dev/vdb"
+#: QEMU's hostfwd listeners inside the machine's namespace are numbered from here
+INNER_BASE = 20000
+FORWARDS_FILE = "forwards.json"
+QMP_SOCKET = "qmp.sock"
+#: where a KVM probe's answer is kept (KVM hangs on some hosts although /dev/kvm answers: docs/backends.md)
+ACCEL_CACHE = "qemu-accel.json"
+#: below this the Debian cloud kernel with its initrd does not come up (it prints nothing at all with 64 MiB)
+MIN_MEMORY_MB = 128
+#: the kernel's last words when it cannot go on: a start fails at once instead of waiting for its timeout
+KERNEL_PANIC = "Kernel panic - not syncing"
+#: a state tag: what HMP's savevm/loadvm take as one word
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class BootSet:
+    """The kernel, initrd and kernel arguments a QEMU guest boots with (`labkit.runtime.qemu.boot`); the seed's
+    ``labkit.seed=`` is added per machine, for machines that have one."""
+
+    kernel: Path
+    initrd: Path
+    args: tuple[str, ...]
+
+
+def default_boot() -> BootSet:
+    """Labkit's own kernel and initrd for QEMU guests, built or picked once and cached (labkit.runtime.qemu.boot)."""
+    from labkit.config import Settings
+    from labkit.runtime.qemu import boot
+
+    files = boot.boot_files(Settings.from_env().cache)
+    return BootSet(files.kernel, files.initrd, tuple(boot.kernel_args(None)))
+
+
+def check_tag(tag: str) -> str:
+    """A running state's name: one word of letters, digits, '.', '_' and '-' (it goes into a monitor command)."""
+    if not _TAG.fullmatch(tag) or tag.isdigit():
+        raise ConfigError(f"state name {tag!r} must be 1 to 64 letters, digits, '.', '_' or '-' (not only digits), "
+                          "starting with a letter or digit")
+    return tag
+
+
+class QemuBackend(Backend):
+    """Machines as ``qemu-system-x86_64`` processes (TCG unless KVM is proven to work), each under its own console
+    supervisor, with QMP for control."""
+
+    kind = "qemu"
+    overlay_kind = "qcow2"
+    console_kind = "socket"
+    capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True)
+
+    def __init__(self, qemu_binary: str = "qemu-system-x86_64", python: str = sys.executable,
+                 ready_marker: str = READY_MARKER, accel: str | None = None,
+                 boot: Callable[[], BootSet] = default_boot, lab_networks: VdeNetworks | None = None,
+                 slirp4netns_binary: str = "slirp4netns", cache: Path | None = None) -> None:
+        self.qemu_binary = qemu_binary
+        self.python = python
+        self.ready_marker = ready_marker
+        #: "tcg", "kvm", or None: probe once whether KVM boots here, else TCG (LABKIT_QEMU_ACCEL overrides)
+        self.accel = accel or os.environ.get("LABKIT_QEMU_ACCEL") or None
+        self.boot = boot
+        self.lab_networks = lab_networks or VdeNetworks()
+        self.slirp4netns_binary = slirp4netns_binary
+        self.cache = cache
+
+    # ---- paths
+
+    @staticmethod
+    def qmp_path(spec: MachineSpec) -> Path:
+        return spec.run_dir / QMP_SOCKET
+
+    def qmp(self, spec: MachineSpec, timeout: float = 5.0) -> Qmp:
+        return Qmp(self.qmp_path(spec), timeout)
+
+    # ---- checks
+
+    def _find(self, binary: str) -> str:
+        found = shutil.which(binary)
+        if found is None:
+            raise ConfigError(f"{binary!r} is not installed or not on PATH (Debian package "
+                              f"'{PACKAGES.get(Path(binary).name, 'qemu-system-x86')}')")
+        return found
+
+    def check(self) -> list[str]:
+        missing = []
+        for binary, package in ((self.qemu_binary, PACKAGES["qemu-system-x86_64"]),
+                                ("qemu-img", PACKAGES["qemu-img"]),
+                                (self.slirp4netns_binary, PACKAGES["slirp4netns"])):
+            if shutil.which(binary) is None:
+                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH")
+        for binary, package in self.lab_networks.requirements().items():
+            if shutil.which(binary) is None:
+                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
+                               "cannot start")
+        missing += isolation_problems()
+        return missing
+
+    def _check_spec(self, spec: MachineSpec) -> None:
+        check_name(spec.name, "machine name")
+        run = RunDir(spec.run_dir)
+        for label, path in (("console socket", run.console_sock), ("QMP socket", self.qmp_path(spec))):
+            if len(os.fsencode(path.absolute())) > MAX_SOCKET_PATH:
+                raise ConfigError(f"the {label} path {path} is {len(os.fsencode(path))} bytes, over the UNIX socket "
+                                  f"limit of {MAX_SOCKET_PATH}; set LABKIT_RUN to a shorter folder (e.g. /tmp/lk)")
+        if not spec.image.is_file():
+            raise NotFoundError(f"base image {spec.image} of machine {spec.name} does not exist")
+        if not spec.overlay.is_file():
+            raise NotFoundError(f"qcow2 overlay {spec.overlay} of machine {spec.name} does not exist; create it "
+                                "first (labkit.overlays qcow2)")
+        if spec.seed is not None and not spec.seed.is_file():
+            raise NotFoundError(f"seed disk {spec.seed} of machine {spec.name} does not exist")
+        self.lab_networks.check_attachments(spec)
+
+    # ---- accelerator
+
+    def accelerator(self) -> str:
+        """"tcg" unless KVM is usable and a short boot probe showed a guest kernel printing on it (cached per QEMU
+        binary and kernel: KVM can answer and still hang every guest)."""
+        if self.accel in ("tcg", "kvm"):
+            return self.accel
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return "tcg"
+        cache = self.cache or _default_cache()
+        boot = self.boot()
+        key = f"{self._find(self.qemu_binary)}:{os.stat(self._find(self.qemu_binary)).st_mtime_ns}:{boot.kernel}"
+        path = cache / ACCEL_CACHE
+        with contextlib.suppress(OSError, ValueError):
+            known = json.loads(path.read_text())
+            if known.get("key") == key and known.get("accel") in ("tcg", "kvm"):
+                return str(known["accel"])
+        accel = "kvm" if kvm_boots(self._find(self.qemu_binary), boot.kernel) else "tcg"
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "accel": accel}) + "\n")
+        return accel
+
+    # ---- the command line
+
+    def command_line(self, spec: MachineSpec, qemu: str, boot: BootSet, accel: str,
+                     inner: tuple[Forward, ...], load_state: str | None = None) -> list[str]:
+        """The ``qemu-system-x86_64`` argv. In ``key=value,...`` options a comma in a path is written twice (`_opt`);
+        the UNIX sockets and VDE links are named relative to the run folder, where QEMU runs."""
+        mac = spec.mac or machine_mac(spec.name)
+        seed_arg = (f"labkit.seed={SEED_DEVICE}",) if spec.seed is not None else ()
+        append = " ".join((*boot.args, *seed_arg, *spec.kernel_args))
+        argv = [qemu, "-name", f"labkit-{spec.name}", "-nodefaults", "-no-user-config", "-display", "none",
+                "-accel", accel, "-m", str(max(spec.memory_mb, MIN_MEMORY_MB)), "-smp", "1",
+                "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append,
+                "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
+                "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
+                "-drive", f"file={_opt(spec.overlay.absolute())},if=none,id=root,format=qcow2,discard=unmap",
+                "-device", "virtio-blk-pci,drive=root"]
+        if spec.seed is not None:
+            argv += ["-drive", f"file={_opt(spec.seed.absolute())},if=none,id=seed,format=raw,readonly=on",
+                     "-device", "virtio-blk-pci,drive=seed"]
+        hostfwd = "".join(f",hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in inner)
+        argv += ["-netdev", f"user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3{hostfwd}",
+                 "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
+        for index, attachment in enumerate(spec.networks, start=1):
+            link = f"{LINK_PREFIX}{index}"
+            nic_mac = attachment.mac or network_mac(spec.name, attachment.network.name)
+            argv += ["-netdev", f"vde,id=n{index},sock={link}",
+                     "-device", f"virtio-net-pci,netdev=n{index},mac={nic_mac}"]
+        if load_state is not None:
+            argv += ["-loadvm", load_state]
+        return argv
+
+    # ---- status
+
+    def status(self, spec: MachineSpec) -> MachineStatus:
+        run = RunDir(spec.run_dir)
+        sup = ProcessRecord.read(run.supervisor_pid)
+        machine = ProcessRecord.read(run.machine_pid)
+        sup_alive = bool(sup and sup.alive())
+        machine_alive = bool(machine and machine.alive())
+        forwards = recorded_forwards(spec.run_dir)
+        extra = {"console_socket": str(run.console_sock), "qmp": str(self.qmp_path(spec)),
+                 "console_log": str(spec.console_log)}
+        started_at = None
+        with contextlib.suppress(OSError):
+            started_at = run.machine_pid.stat().st_mtime
+
+        if not sup_alive and not machine_alive:
+            detail = _last_exit(run)
+            if any(path.exists() for path in run.runtime_files()):
+                end_processes(machine.pid if machine else None, run.machine_argv())
+                self._clean_after_crash(spec)
+                detail = "the machine's processes were gone without a clean exit; cleaned up what they left"
+            return MachineStatus(State.STOPPED, forwards=forwards, detail=detail, extra=extra)
+        machine_pid = machine.pid if machine and machine_alive else None
+        sup_pid = sup.pid if sup and sup_alive else None
+
+        def report(state: State, detail: str = "", ready: bool = False) -> MachineStatus:
+            return MachineStatus(state, pid=machine_pid, supervisor_pid=sup_pid, forwards=forwards,
+                                 started_at=started_at if machine_pid else None, ready=ready, detail=detail,
+                                 extra=extra)
+
+        if not machine_alive:
+            if machine is None:
+                return report(State.STARTING, "the supervisor is starting qemu")
+            return report(State.STOPPING, "qemu ended; the supervisor is cleaning up")
+        if not sup_alive:
+            return report(State.ERROR, f"qemu (pid {machine_pid}) runs without its console supervisor; stop or kill it")
+        ready = run.ready.exists()
+        runstate = self._runstate(spec)
+        if runstate in ("paused", "suspended") or (runstate is None and run.paused.exists()):
+            return report(State.PAUSED, ready=ready)
+        if runstate in (None, "running", "prelaunch", "inmigrate", "restore-vm", "save-vm", "finish-migrate"):
+            detail = "" if runstate in (None, "running") else f"QEMU is in state {runstate}"
+            return report(State.RUNNING if ready else State.STARTING, detail, ready=ready)
+        return report(State.ERROR, f"QEMU is in state {runstate}; stop or kill it", ready=ready)
+
+    def _runstate(self, spec: MachineSpec) -> str | None:
+        """QEMU's own run state, or None when QMP does not answer at once (another verb holds it, or it is starting)."""
+        if not self.qmp_path(spec).exists():
+            return None
+        try:
+            with self.qmp(spec, timeout=2.0) as qmp:
+                return str(qmp.cmd("query-status").get("status"))
+        except QmpError:
+            return None
+
+    def _clean_after_crash(self, spec: MachineSpec) -> None:
+        run = RunDir(spec.run_dir)
+        for pid_file in run.helper_pid_files():
+            helper = ProcessRecord.read(pid_file)
+            if helper is not None:
+                helper.send(signal.SIGKILL)
+        run.clean_runtime_files()
+        with contextlib.suppress(OSError):
+            self.qmp_path(spec).unlink()
+
+    def _require(self, spec: MachineSpec, allowed: tuple[State, ...], verb: str) -> MachineStatus:
+        current = self.status(spec)
+        if current.state not in allowed:
+            raise StateError(f"cannot {verb} machine {spec.name}: it is {current.state}", current.state)
+        return current
+
+    # ---- start
+
+    def start(self, spec: MachineSpec, *, wait: bool = True, timeout: float = 60.0,
+              progress: Reporter = silent) -> MachineStatus:
+        return self._start(spec, wait=wait, timeout=timeout, progress=progress)
+
+    def _start(self, spec: MachineSpec, *, wait: bool, timeout: float, progress: Reporter,
+               load_state: str | None = None) -> MachineStatus:
+        self._check_spec(spec)
+        current = self.status(spec)
+        if current.state != State.STOPPED:
+            raise StateError(f"cannot start machine {spec.name}: it is already {current.state}", current.state)
+        self.lab_networks.require_running(spec)
+        qemu = self._find(self.qemu_binary)
+        progress(ProgressEvent("boot", message=f"preparing the boot files of {spec.name}"))
+        boot = self.boot()
+        accel = self.accelerator()
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        run = RunDir(spec.run_dir)
+        end_processes(None, run.machine_argv())
+        spec.console_log.parent.mkdir(parents=True, exist_ok=True)
+        progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
+        forwards, inner, isolation = self._plan_network(spec)
+        self.lab_networks.attach(spec)  # the net-ethN links in the run folder that -netdev vde names
+        with contextlib.suppress(FileNotFoundError):
+            run.exit_record.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.qmp_path(spec).unlink()
+        run.write_json(run.supervisor_spec, {
+            "argv": self.command_line(spec, qemu, boot, accel, inner, load_state),
+            "console_log": str(spec.console_log.absolute()),
+            # a restored machine is up already: it prints no marker, and is ready once QEMU runs it
+            "ready_marker": None if load_state else self.ready_marker,
+            "error_marker": None if load_state else ERROR_MARKER,
+            "remove_after": [str(self.qmp_path(spec))],
+            "isolation": isolation.to_json(),
+        })
+        progress(ProgressEvent("boot", message=f"starting {spec.name} ({accel})"))
+        deadline = time.monotonic() + timeout
+        try:
+            spawn_supervisor(spec.run_dir, spec.name, self.python)
+            record = self._wait_for_machine(spec, deadline)
+            self._confirm_forwards(spec, forwards, inner, record, deadline)
+            if load_state is not None:
+                self._wait_restored(spec, deadline)
+            if not wait:
+                return self.status(spec)
+            self._wait_until_ready(spec, deadline)
+        except BaseException:
+            self._teardown(spec)
+            raise
+        progress(ProgressEvent("ready", message=f"{spec.name} is ready"))
+        return self.status(spec)
+
+    def _plan_network(self, spec: MachineSpec) -> tuple[tuple[Forward, ...], tuple[Forward, ...], Isolation]:
+        """Resolve the forwards' host ports, number QEMU's listeners inside the namespace, record the forwards and
+        say what the namespace lets through."""
+        forwards = resolve_forwards(spec.forwards)
+        for port in spec.host_ports:
+            check_host_port(port)
+        slirp4netns = self.slirp4netns_binary
+        if spec.outbound:
+            found = shutil.which(slirp4netns)
+            if found is None:
+                raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
+                                  f"machine with outbound traffic ({spec.name}) needs it")
+            slirp4netns = found
+        host_ports = tuple(sorted(set(spec.host_ports)))
+        free = (port for port in range(INNER_BASE, 65536) if port not in host_ports)
+        inner = tuple(Forward(next(free), f.guest_port) for f in forwards)
+        record_forwards(spec.run_dir, forwards)
+        isolation = Isolation(forwards=tuple((f.host_port, i.host_port) for f, i in zip(forwards, inner, strict=True)),
+                              host_ports=host_ports, outbound=spec.outbound, slirp4netns=slirp4netns)
+        return forwards, inner, isolation
+
+    def _confirm_forwards(self, spec: MachineSpec, forwards: tuple[Forward, ...], inner: tuple[Forward, ...],
+                          record: ProcessRecord, deadline: float) -> None:
+        """QEMU opens its hostfwd listeners (inside the namespace) before the guest runs; wait until they are up."""
+        wanted = {i.host_port: f for i, f in zip(inner, forwards, strict=True)}
+        while wanted:
+            missing = set(wanted) - listening_ports([record.pid])
+            if not missing:
+                return
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise ConflictError(f"forward {wanted[min(missing)]} of machine {spec.name} is not served by QEMU in "
+                                    "time")
+            time.sleep(0.05)
+
+    def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
+        return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
+                                   f"{console_tail(spec.console_log)}")
+
+    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
+        run = RunDir(spec.run_dir)
+        if run.exit_record.exists():
+            record = run.read_json(run.exit_record)
+            if isinstance(record, dict) and record.get("conflict"):
+                return ConflictError(f"machine {spec.name} cannot start: {record.get('reason')}")
+            return self._failure(spec, _last_exit(run).replace("last run", "ended while starting:"))
+        sup = ProcessRecord.read(run.supervisor_pid)
+        if sup is not None and not sup.alive():
+            return self._failure(spec, f"lost its console supervisor while starting (see {run.supervisor_log})")
+        return None
+
+    def _wait_for_machine(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
+        run = RunDir(spec.run_dir)
+        while True:
+            record = ProcessRecord.read(run.machine_pid)
+            if record is not None:
+                return record
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise self._failure(spec, "was not started by its supervisor in time")
+            time.sleep(0.02)
+
+    def _wait_until_ready(self, spec: MachineSpec, deadline: float) -> None:
+        run = RunDir(spec.run_dir)
+        looked = time.monotonic()
+        while not run.ready.exists():
+            if time.monotonic() - looked > 0.5:
+                looked = time.monotonic()
+                if KERNEL_PANIC in console_tail(spec.console_log, 60):
+                    time.sleep(0.3)
+                    raise self._failure(spec, "could not boot: its kernel panicked")
+            if run.guest_error.exists():
+                time.sleep(0.3)  # let the rest of the error line reach the log
+                lines = [line for line in console_tail(spec.console_log, 200).splitlines() if ERROR_MARKER in line]
+                reason = lines[-1].split(ERROR_MARKER, 1)[1].strip() if lines else "(see the console log)"
+                raise self._failure(spec, f"reported that it cannot become ready: {reason}")
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
+            time.sleep(0.05)
+
+    def _wait_restored(self, spec: MachineSpec, deadline: float) -> None:
+        """A machine started from a saved state is ready once QEMU has loaded it and runs it."""
+        while self._runstate(spec) != "running":
+            ended = self._ended(spec)
+            if ended is not None:
+                raise ended
+            if time.monotonic() > deadline:
+                raise self._failure(spec, "did not run its restored state in time")
+            time.sleep(0.05)
+        RunDir(spec.run_dir).ready.write_text(f"{time.time()}\n")
+
+    # ---- stop, kill
+
+    def _teardown(self, spec: MachineSpec, grace: float = 5.0) -> None:
+        run = RunDir(spec.run_dir)
+        machine = ProcessRecord.read(run.machine_pid)
+        sup = ProcessRecord.read(run.supervisor_pid)
+        end_processes(machine.pid if machine else None, run.machine_argv())
+        if sup is not None and not sup.wait_gone(grace):
+            sup.send(signal.SIGKILL)
+            sup.wait_gone(2.0)
+        end_processes(machine.pid if machine else None, run.machine_argv())
+        self._clean_after_crash(spec)
+
+    def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
+        """Wait until the supervisor read when the stop began has exited (it removes its pid file before it exits)."""
+        if sup is not None and not sup.wait_gone(timeout):
+            self._teardown(spec)
+            sup.send(signal.SIGKILL)
+            sup.wait_gone(2.0)
+
+    @staticmethod
+    def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
+        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
+        return sup if sup is not None and sup.pid == current.supervisor_pid else None
+
+    def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
+        """Ask the guest to power off: the ACPI power button (systemd's logind acts on it) and ctrl-alt-del (BusyBox
+        init powers off; systemd reboots, which QEMU is first told to turn into an exit). A guest that has not gone
+        after ``timeout`` gets its buffers synced (SysRq s) and QEMU is told to ``quit``; then its group is killed."""
+        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
+                                "stop")
+        run = RunDir(spec.run_dir)
+        sup = self._supervisor(spec, current)
+        machine = ProcessRecord.read(run.machine_pid)
+        if machine is not None and current.state != State.STOPPING:
+            asked = False
+            with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
+                if current.state == State.PAUSED:
+                    qmp.cmd("cont")
+                qmp.cmd("set-action", reboot="shutdown")
+                qmp.cmd("system_powerdown")
+                qmp.cmd("send-key", keys=[{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")])
+                asked = True
+            with contextlib.suppress(FileNotFoundError):
+                run.paused.unlink()
+            if not (asked and machine.wait_gone(timeout)):
+                with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
+                    _sysrq(qmp, "s")
+                    time.sleep(0.5)
+                    qmp.cmd("quit")
+                if not machine.wait_gone(5.0):
+                    end_processes(machine.pid, run.machine_argv())
+        self._wait_supervisor(spec, sup, 10.0)
+        return self.status(spec)
+
+    def kill(self, spec: MachineSpec) -> MachineStatus:
+        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
+                                "kill")
+        run = RunDir(spec.run_dir)
+        sup = self._supervisor(spec, current)
+        machine = ProcessRecord.read(run.machine_pid)
+        end_processes(machine.pid if machine else None, run.machine_argv())
+        self._wait_supervisor(spec, sup, 10.0)
+        return self.status(spec)
+
+    # ---- pause, resume, sync
+
+    def _control(self, spec: MachineSpec, *commands: str, timeout: float = 5.0) -> None:
+        try:
+            with self.qmp(spec, timeout) as qmp:
+                for command in commands:
+                    qmp.cmd(command)
+        except QmpError as err:
+            raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
+
+    def pause(self, spec: MachineSpec) -> MachineStatus:
+        self._require(spec, (State.RUNNING,), "pause")
+        self._control(spec, "stop")
+        RunDir(spec.run_dir).paused.write_text(f"{time.time()}\n")
+        return self.status(spec)
+
+    def resume(self, spec: MachineSpec) -> MachineStatus:
+        self._require(spec, (State.PAUSED,), "resume")
+        self._control(spec, "cont")
+        with contextlib.suppress(FileNotFoundError):
+            RunDir(spec.run_dir).paused.unlink()
+        return self.status(spec)
+
+    def sync(self, spec: MachineSpec) -> None:
+        """SysRq s (emergency sync) through the guest's keyboard; the kernel writes its dirty buffers."""
+        self._require(spec, (State.RUNNING,), "sync")
+        try:
+            with self.qmp(spec) as qmp:
+                _sysrq(qmp, "s")
+        except QmpError as err:
+            raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
+
+    # ---- running state (RAM snapshots, kept inside the qcow2 overlay)
+
+    def save_state(self, spec: MachineSpec, tag: str) -> None:
+        """Keep the running (or paused) machine's memory, devices and disk under ``tag`` in its overlay (HMP
+        ``savevm``; a tag that exists is replaced). The guest is frozen for the time it takes."""
+        check_tag(tag)
+        self._require(spec, (State.RUNNING, State.PAUSED), "save the state of")
+        self._hmp(spec, f"savevm {tag}", timeout=120.0)
+
+    def load_state(self, spec: MachineSpec, tag: str, *, timeout: float = 60.0) -> MachineStatus:
+        """Bring back the state kept under ``tag``: into the running machine (HMP ``loadvm``), or, when it is stopped,
+        by starting QEMU with ``-loadvm`` (the guest resumes where it was; it does not boot)."""
+        check_tag(tag)
+        current = self.status(spec)
+        if current.state == State.STOPPED:
+            if tag not in self._offline_states(spec):
+                raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
+            return self._start(spec, wait=True, timeout=timeout, progress=silent, load_state=tag)
+        self._require(spec, (State.RUNNING, State.PAUSED), "load a state into")
+        if tag not in self.list_states(spec):
+            raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
+        self._hmp(spec, f"loadvm {tag}", timeout=timeout)
+        # loadvm leaves the machine running when it was running, paused when paused; a paused machine stays paused
+        return self.status(spec)
+
+    def delete_state(self, spec: MachineSpec, tag: str) -> None:
+        check_tag(tag)
+        if self.status(spec).state == State.STOPPED:
+            if tag not in self._offline_states(spec):
+                raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
+            _qemu_img("snapshot", "-d", tag, str(spec.overlay))
+            return
+        if tag not in self.list_states(spec):
+            raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
+        self._hmp(spec, f"delvm {tag}", timeout=60.0)
+
+    def list_states(self, spec: MachineSpec) -> list[str]:
+        if self.status(spec).state == State.STOPPED:
+            return self._offline_states(spec)
+        return _snapshot_tags(self._hmp(spec, "info snapshots", timeout=10.0), with_ram=True)
+
+    def _offline_states(self, spec: MachineSpec) -> list[str]:
+        if not spec.overlay.is_file():
+            return []
+        return _snapshot_tags(_qemu_img("snapshot", "-l", str(spec.overlay)), with_ram=True)
+
+    def _hmp(self, spec: MachineSpec, command: str, timeout: float) -> str:
+        """A monitor command whose errors come back as printed text (HMP's way), raised as StateError."""
+        try:
+            with self.qmp(spec, timeout=10.0) as qmp:
+                out = qmp.hmp(command, timeout=timeout)
+        except QmpError as err:
+            raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
+        if re.search(r"(?im)^(error|.*\b(could not|can't|cannot|failed))", out):
+            raise StateError(f"machine {spec.name}: {command.split()[0]} failed: {out.strip()}")
+        return out
+
+    # ---- endpoints
+
+    def console_socket(self, spec: MachineSpec) -> Path:
+        return RunDir(spec.run_dir).console_sock
+
+    def ssh_endpoint(self, spec: MachineSpec) -> tuple[str, int] | None:
+        current = self.status(spec)
+        if current.state == State.STOPPED:
+            return None
+        for forward in current.forwards:
+            if forward.guest_port == 22:
+                return ("127.0.0.1", forward.host_port)
+        return None
+
+    # ---- lab networks (the same VDE switches as UML machines)
+
+    def start_network(self, spec: NetworkSpec, *, timeout: float = 10.0) -> NetworkStatus:
+        return self.lab_networks.start(spec, timeout)
+
+    def stop_network(self, spec: NetworkSpec, *, timeout: float = 5.0) -> NetworkStatus:
+        return self.lab_networks.stop(spec, timeout)
+
+    def network_status(self, spec: NetworkSpec) -> NetworkStatus:
+        return self.lab_networks.status(spec)
+
+
+# ---- helpers
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a comma is written twice."""
+    return str(path).replace(",", ",,")
+
+
+def _default_cache() -> Path:
+    from labkit.config import Settings
+
+    return Settings.from_env().cache
+
+
+def record_forwards(run_dir: Path, forwards: tuple[Forward, ...]) -> None:
+    from labkit.atomic import write_atomic
+
+    write_atomic(run_dir / FORWARDS_FILE,
+                 json.dumps([{"host_port": f.host_port, "guest_port": f.guest_port} for f in forwards]) + "\n")
+
+
+def recorded_forwards(run_dir: Path) -> tuple[Forward, ...]:
+    try:
+        rows = json.loads((run_dir / FORWARDS_FILE).read_text())
+        return tuple(Forward(int(row["host_port"]), int(row["guest_port"])) for row in rows)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
+def _last_exit(run: RunDir) -> str:
+    record = run.read_json(run.exit_record)
+    if not isinstance(record, dict):
+        return ""
+    return f"last run {record.get('reason', 'ended')} with code {record.get('returncode')}"
+
+
+def _sysrq(qmp: Qmp, key: str) -> None:
+    """Alt+SysRq+``key`` on the guest's PS/2 keyboard (the kernel acts on it when kernel.sysrq allows)."""
+    qmp.cmd("send-key", keys=[{"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "sysrq"},
+                              {"type": "qcode", "data": key}])
+
+
+def _qemu_img(*args: str) -> str:
+    try:
+        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RuntimeBackendError(f"qemu-img {args[0]} failed: {err}") from err
+    if done.returncode != 0:
+        raise RuntimeBackendError(f"qemu-img {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _snapshot_tags(listing: str, with_ram: bool) -> list[str]:
+    """The tags of ``info snapshots`` / ``qemu-img snapshot -l`` output; ``with_ram``: only those holding a running
+    state (VM SIZE not 0)."""
+    tags = []
+    for line in listing.splitlines():
+        if line.startswith("List of partial"):
+            break  # HMP: snapshots missing from some disk cannot be loaded
+        fields = line.split()
+        if len(fields) < 4 or (not fields[0].isdigit() and fields[0] != "--"):
+            continue
+        tag = fields[1]
+        size = fields[2]
+        if with_ram and size in ("0", "0B", "0 B"):
+            continue
+        tags.append(tag)
+    return tags
+
+
+def kvm_boots(qemu: str, kernel: Path, timeout: float = 8.0) -> bool:
+    """Boot ``kernel`` under KVM with no disk and look for its first console line: on some hosts KVM answers but the
+    guest hangs right after the BIOS (docs/backends.md). The probe process is ours and ended by its PID."""
+    argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "kvm", "-m", "128",
+            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1", "-no-reboot", "-serial", "stdio"]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return False
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(BlockingIOError, TypeError):
+                seen += proc.stdout.read() or b""
+            if b"Linux version" in seen:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

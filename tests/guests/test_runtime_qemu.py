@@ -1,0 +1,455 @@
+"""QemuBackend against real ``qemu-system-x86_64`` (TCG): boot, console, forwards, pause, stop, crashes, host reach,
+a lab network shared with a UML machine, and snapshots that keep the running state.
+
+The guest is the tiny BusyBox + Dropbear image (the session's `tiny_image`) on a qcow2 overlay, booted with labkit's
+QEMU kernel and initrd, with the same seed disk as under UML. TCG guests are slow on a loaded host: every wait is
+generous and every assertion is about an outcome, never a duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import secrets
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import make_short_dir
+from guest_console import console_run, read_until
+
+from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
+from labkit.images.guest_contract import READY_MARKER
+from labkit.images.seed import SeedSpec, build_seed
+from labkit.images.store import ImageRecord
+from labkit.overlays import get_overlay
+from labkit.runtime import get_backend
+from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
+from labkit.runtime.console import connect
+from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.qemu.backend import BootSet, QemuBackend, default_boot
+from labkit.runtime.rundir import RunDir
+from labkit.runtime.uml.backend import UmlBackend
+
+pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
+
+TOKEN = secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def qemu_boot() -> BootSet:
+    """labkit's kernel and initrd for QEMU guests (built once into the cache)."""
+    return default_boot()
+
+
+@pytest.fixture(scope="session")
+def guest_image(tiny_image: ImageRecord) -> Path:
+    return tiny_image.path
+
+
+@pytest.fixture(scope="session")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed disk giving eth0 the SLIRP contract's address and route (the same seed as under UML)."""
+    return build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
+
+
+def end_by_pid(run_dir: Path) -> None:
+    """Teardown: whatever the machine in ``run_dir`` still runs, by its recorded PIDs."""
+    run = RunDir(run_dir)
+    machine = ProcessRecord.read(run.machine_pid)
+    end_processes(machine.pid if machine else None, run.machine_argv())
+    for pid_file in (run.supervisor_pid, *run.helper_pid_files()):
+        record = ProcessRecord.read(pid_file)
+        if record is not None:
+            record.send(signal.SIGKILL)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = make_short_dir("lkq")
+    yield path
+    for run_dir in path.iterdir():
+        if run_dir.is_dir():
+            end_by_pid(run_dir)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def qcow2_over(image: Path, overlay: Path) -> Path:
+    get_overlay(QemuBackend.overlay_kind).create(image, overlay)
+    return overlay
+
+
+def make_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1",
+              forwards: tuple[Forward, ...] = (), **fields: object) -> MachineSpec:
+    overlay = qcow2_over(image, root / f"{name}.qcow2")
+    return MachineSpec(name=name, image=image, overlay=overlay, run_dir=root / name,  # type: ignore[arg-type]
+                       console_log=root / f"{name}.log", memory_mb=128, seed=seed, forwards=forwards, **fields)
+
+
+@pytest.fixture
+def backend(qemu_boot: BootSet) -> QemuBackend:
+    backend = QemuBackend(boot=lambda: qemu_boot)
+    if backend.check():
+        pytest.skip("; ".join(backend.check()))
+    return backend
+
+
+@pytest.fixture
+def running(backend: QemuBackend, root: Path, guest_image: Path, seed: Path) -> MachineSpec:
+    spec = make_spec(root, guest_image, seed, forwards=(Forward(0, 22),))
+    status = backend.start(spec, timeout=180)
+    assert status.state == State.RUNNING and status.ready
+    return spec
+
+
+def ssh_banner(port: int, timeout: float = 20.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        return read_until(sock, b"\n", timeout).strip()
+
+
+def wait_state(backend: QemuBackend, spec: MachineSpec, state: State, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while backend.status(spec).state != state:
+        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
+        time.sleep(0.1)
+
+
+def on_console(backend: QemuBackend | UmlBackend, spec: MachineSpec, command: str, timeout: float = 60.0) -> str:
+    with connect(backend.console_socket(spec)) as sock:
+        return console_run(sock, command, timeout)
+
+
+def test_qemu_is_a_registered_backend_with_ram_snapshots() -> None:
+    backend = get_backend("qemu")
+    assert isinstance(backend, QemuBackend)
+    assert (backend.kind, backend.overlay_kind, backend.console_kind) == ("qemu", "qcow2", "socket")
+    assert backend.capabilities.ram_snapshots and backend.capabilities.pause and backend.capabilities.lab_networks
+
+
+def test_start_console_forward_and_clean_stop(backend: QemuBackend, running: MachineSpec) -> None:
+    spec = running
+    assert READY_MARKER in spec.console_log.read_text(errors="replace")
+    status = backend.status(spec)
+    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
+    group = status.pid
+    argv = RunDir(spec.run_dir).machine_argv() or []
+    assert "-accel" in argv and argv[argv.index("-accel") + 1] in ("tcg", "kvm")
+
+    # Two console clients at once through the supervisor: input from one, output to both.
+    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
+    with first, second:
+        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))", timeout=60)
+        read_until(second, b"labkit-test-42")
+        # the guest sees its root on virtio and the SLIRP contract's address on eth0
+        out = console_run(first, "grep ' / ' /proc/mounts; ip -4 addr show eth0", timeout=60)
+        assert "/dev/vda / " in out and "10.0.2.15/24" in out
+
+    endpoint = backend.ssh_endpoint(spec)
+    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
+    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
+
+    # Clean stop: BusyBox init powers off on ctrl-alt-del; QEMU exits 0, the supervisor cleans up.
+    stopped = backend.stop(spec, timeout=60)
+    assert stopped.state == State.STOPPED
+    assert "code 0" in stopped.detail
+    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
+    assert process_group_members(group) == []
+    assert not backend.console_socket(spec).exists() and not backend.qmp_path(spec).exists()
+    with pytest.raises(StateError, match="stopped"):
+        backend.stop(spec)
+
+
+def test_pause_resume_and_state_errors(backend: QemuBackend, running: MachineSpec) -> None:
+    spec = running
+    with pytest.raises(StateError, match="already running"):
+        backend.start(spec)
+    with pytest.raises(StateError, match="running"):
+        backend.resume(spec)
+    assert backend.pause(spec).state == State.PAUSED
+    # QEMU itself says so, not only labkit's mark
+    RunDir(spec.run_dir).paused.unlink()
+    assert backend.status(spec).state == State.PAUSED
+    with pytest.raises(StateError, match="paused"):
+        backend.pause(spec)
+    port = backend.status(spec).forwards[0].host_port
+    with pytest.raises(AssertionError, match="did not arrive"):
+        ssh_banner(port, timeout=3)
+    assert backend.resume(spec).state == State.RUNNING
+    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    backend.sync(spec)
+    backend.pause(spec)
+    assert backend.stop(spec, timeout=60).state == State.STOPPED
+    with pytest.raises(StateError, match="stopped"):
+        backend.kill(spec)
+
+
+def test_busy_forward_port_is_a_conflict(backend: QemuBackend, root: Path, guest_image: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
+        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
+            backend.start(spec)
+    run = RunDir(spec.run_dir)
+    assert ProcessRecord.read(run.supervisor_pid) is None and ProcessRecord.read(run.machine_pid) is None
+    assert backend.status(spec).state == State.STOPPED
+
+
+def test_kill_9_of_qemu_leaves_nothing(backend: QemuBackend, running: MachineSpec) -> None:
+    spec = running
+    status = backend.status(spec)
+    assert status.pid is not None
+    os.kill(status.pid, signal.SIGKILL)
+    wait_state(backend, spec, State.STOPPED)
+    assert process_group_members(status.pid) == []
+    assert processes_running(RunDir(spec.run_dir).machine_argv() or ["?"]) == []
+    assert not backend.console_socket(spec).exists() and not RunDir(spec.run_dir).machine_pid.exists()
+    assert "signal 9" in backend.status(spec).detail
+    assert backend.start(spec, timeout=180).state == State.RUNNING
+    assert backend.kill(spec).state == State.STOPPED
+
+
+def test_kill_9_of_supervisor_ends_machine_and_recovers(backend: QemuBackend, running: MachineSpec) -> None:
+    spec = running
+    status = backend.status(spec)
+    assert status.pid is not None and status.supervisor_pid is not None
+    helpers = [ProcessRecord.read(path) for path in RunDir(spec.run_dir).helper_pid_files()]
+    assert all(helpers)
+    os.kill(status.supervisor_pid, signal.SIGKILL)
+    # qemu gets SIGTERM (parent-death signal) and exits; status reports it and cleans up.
+    wait_state(backend, spec, State.STOPPED)
+    assert process_group_members(status.pid) == []
+    assert not any(h.alive() for h in helpers if h)
+    assert not RunDir(spec.run_dir).supervisor_pid.exists() and not backend.console_socket(spec).exists()
+    assert backend.start(spec, timeout=180).state == State.RUNNING
+    assert backend.stop(spec, timeout=60).state == State.STOPPED
+
+
+def test_missing_qemu_binary_is_a_clear_error(qemu_boot: BootSet, root: Path, guest_image: Path) -> None:
+    backend = QemuBackend(qemu_binary="/nonexistent/qemu", boot=lambda: qemu_boot)
+    assert any("qemu-system-x86" in line for line in backend.check())
+    with pytest.raises(ConfigError, match="qemu-system-x86"):
+        backend.start(make_spec(root, guest_image))
+
+
+def test_boot_failure_raises_with_console_tail(backend: QemuBackend, root: Path, guest_image: Path) -> None:
+    """A kernel that cannot find its root panics; the start fails at once with the kernel's last words."""
+    spec = make_spec(root, guest_image, name="bad", kernel_args=("rdinit=/nonexistent",))
+    with pytest.raises(RuntimeBackendError, match="last console lines") as info:
+        backend.start(spec, timeout=180)
+    message = str(info.value)
+    assert "kernel panicked" in message and "Kernel panic - not syncing" in message, message
+    assert backend.status(spec).state == State.STOPPED
+    assert ProcessRecord.read(RunDir(spec.run_dir).machine_pid) is None
+
+
+def test_qemu_refusing_to_start_is_a_clear_error(qemu_boot: BootSet, root: Path, guest_image: Path) -> None:
+    """QEMU's own complaint (here: a missing initrd) reaches the console log and the start error."""
+    missing = replace(qemu_boot, initrd=root / "no-such-initrd")
+    backend = QemuBackend(boot=lambda: missing)
+    spec = make_spec(root, guest_image, name="bad")
+    with pytest.raises(RuntimeBackendError, match="ended while starting") as info:
+        backend.start(spec, timeout=180)
+    assert "no-such-initrd" in str(info.value)
+    assert backend.status(spec).state == State.STOPPED
+
+
+# ---- snapshots that keep the running state
+
+
+def test_a_saved_running_state_brings_back_processes_addresses_and_routes(backend: QemuBackend,
+                                                                         running: MachineSpec) -> None:
+    spec = running
+    port = backend.status(spec).forwards[0].host_port
+    before = on_console(backend, spec, "sleep 100000 & echo pid=$!; ip addr add 192.168.77.7/24 dev eth0;"
+                                       " ip route add 198.51.100.0/24 via 10.0.2.2; echo saved-$((40+2))")
+    pid = before.split("pid=", 1)[1].split()[0]
+    assert "saved-42" in before
+    # Used through its forward before the save, as a student's machine is: QEMU's slirp learns the guest's MAC from
+    # its first packet, and until then drops the first SYN of a connection (about 1 s more, once, after boot or a
+    # restore of a state saved before that).
+    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    started = time.monotonic()
+    backend.save_state(spec, "lesson1")
+    save_seconds = time.monotonic() - started
+    assert backend.status(spec).state == State.RUNNING
+    assert backend.list_states(spec) == ["lesson1"]
+
+    # the guest changes after the save: the process goes, the address and route too, a file appears
+    on_console(backend, spec, f"kill {pid}; ip addr del 192.168.77.7/24 dev eth0; "
+                              "ip route del 198.51.100.0/24; touch /root/after-save")
+    started = time.monotonic()
+    backend.load_state(spec, "lesson1")
+    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    restore_seconds = time.monotonic() - started
+    after = on_console(backend, spec, f"kill -0 {pid} && echo alive; ip -4 addr show eth0; ip route; "
+                                      "ls /root/after-save 2>&1")
+    assert "alive" in after and "192.168.77.7/24" in after and "198.51.100.0/24 via 10.0.2.2" in after
+    assert "No such file" in after
+    print(f"\nQEMU running state: save {save_seconds:.2f} s, restore to SSH answering {restore_seconds:.2f} s")
+
+    # a stopped machine comes back from the state (no boot): the process is there again
+    assert backend.kill(spec).state == State.STOPPED
+    assert backend.list_states(spec) == ["lesson1"]
+    started = time.monotonic()
+    status = backend.load_state(spec, "lesson1", timeout=180)
+    assert status.state == State.RUNNING and status.ready
+    endpoint = backend.ssh_endpoint(spec)
+    assert endpoint is not None and ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
+    cold_seconds = time.monotonic() - started
+    assert "alive" in on_console(backend, spec, f"kill -0 {pid} && echo alive")
+    print(f"QEMU running state: stopped machine to SSH answering {cold_seconds:.2f} s")
+
+    backend.delete_state(spec, "lesson1")
+    assert backend.list_states(spec) == []
+    with pytest.raises(NotFoundError):
+        backend.load_state(spec, "lesson1")
+    with pytest.raises(ConfigError):
+        backend.save_state(spec, "bad name; quit")
+    assert backend.stop(spec, timeout=60).state == State.STOPPED
+
+
+# ---- host reach (issue 11, section 5): the same policy as UML machines
+
+
+class BannerServer:
+    """A TCP listener on the host's 127.0.0.1 that greets every connection with one line."""
+
+    def __init__(self, banner: bytes) -> None:
+        self.banner = banner
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.banner + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def probe(backend: QemuBackend, spec: MachineSpec, port: int) -> str:
+    """From inside the guest: connect to the host (10.0.2.2) on ``port`` and show the answer."""
+    return on_console(backend, spec, f"timeout 8 nc 10.0.2.2 {port} </dev/null 2>&1 | head -c 300; echo").strip()
+
+
+def namespace_links(pid: int) -> tuple[set[str], bool]:
+    interfaces = {line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]}
+    routes = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
+    return interfaces, any(line.split()[1] == "00000000" for line in routes)
+
+
+def listening_addresses(port: int) -> set[str]:
+    bound = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                bound.add(address)
+    return bound
+
+
+@pytest.mark.parametrize("outbound", [True, False], ids=["outbound", "no-outbound"])
+def test_a_guest_reaches_only_the_host_ports_its_lab_allows(backend: QemuBackend, root: Path, guest_image: Path,
+                                                          seed: Path, outbound: bool) -> None:
+    listener = BannerServer(f"listener-{TOKEN}".encode())
+    allowed = BannerServer(f"allowed-{TOKEN}".encode())
+    try:
+        spec = make_spec(root, guest_image, seed, forwards=(Forward(0, 22),), host_ports=(allowed.port,),
+                         outbound=outbound)
+        status = backend.start(spec, timeout=180)
+        assert status.pid is not None
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+            assert f"listener-{TOKEN}".encode() in read_until(sock, b"\n")  # it answers on the host
+        assert f"allowed-{TOKEN}" in probe(backend, spec, allowed.port)
+        answer = probe(backend, spec, listener.port)
+        assert "refused" in answer.lower() and TOKEN not in answer, answer
+        # the guest's own forward is served on the host's 127.0.0.1 only
+        port = status.forwards[0].host_port
+        assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+        assert listening_addresses(port) == {"0100007F"}
+        # QEMU runs in the machine's own namespace: with outbound traffic it has a way out (slirp4netns), without it
+        # only loopback
+        links, default_route = namespace_links(status.pid)
+        if outbound:
+            assert "tap0" in links and default_route
+            assert RunDir(spec.run_dir).slirp4netns_pid.exists()
+        else:
+            assert (links, default_route) == ({"lo"}, False)
+            assert not RunDir(spec.run_dir).slirp4netns_pid.exists()
+        assert backend.kill(spec).state == State.STOPPED
+    finally:
+        listener.close()
+        allowed.close()
+
+
+def test_guest_reaches_an_allowed_host_web_service(backend: QemuBackend, root: Path, guest_image: Path,
+                                                  seed: Path) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello-from-host")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = replace(make_spec(root, guest_image, seed), host_ports=(server.server_port,))
+        assert backend.start(spec, timeout=180).state == State.RUNNING
+        out = on_console(backend, spec, f"wget -q -O - http://10.0.2.2:{server.server_port}/")
+        assert "hello-from-host" in out
+        backend.kill(spec)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---- a lab network shared by a UML machine and a QEMU machine
+
+
+def test_a_uml_and_a_qemu_machine_on_one_lab_network_reach_each_other(backend: QemuBackend, root: Path,
+                                                                     guest_image: Path, seed: Path) -> None:
+    uml = UmlBackend()
+    if uml.check():
+        pytest.skip("; ".join(uml.check()))
+    lan = NetworkSpec("lan", root / "lan")
+    try:
+        assert backend.start_network(lan).state == State.RUNNING
+        assert uml.network_status(lan).state == State.RUNNING  # one switch, whichever backend asks
+        q = make_spec(root, guest_image, seed, name="q", networks=(NetworkAttachment(lan),))
+        u = MachineSpec(name="u", image=guest_image, overlay=root / "u.cow", run_dir=root / "u",
+                        console_log=root / "u.log", memory_mb=64, seed=seed, networks=(NetworkAttachment(lan),))
+        assert backend.start(q, timeout=180).state == State.RUNNING
+        assert uml.start(u, timeout=90).state == State.RUNNING
+        on_console(backend, q, "ip link set eth1 up; ip addr add 192.168.60.2/24 dev eth1")
+        on_console(uml, u, "ip link set eth1 up; ip addr add 192.168.60.1/24 dev eth1")
+        out = on_console(uml, u, "ping -c 3 -W 5 192.168.60.2; echo rc=$?", timeout=90)
+        assert "rc=0" in out, out
+        out = on_console(backend, q, "ping -c 3 -W 5 192.168.60.1; echo rc=$?", timeout=90)
+        assert "rc=0" in out, out
+        assert backend.network_status(lan).attached == 2
+        backend.kill(q)
+        uml.kill(u)
+    finally:
+        with contextlib.suppress(Exception):
+            backend.stop_network(lan)

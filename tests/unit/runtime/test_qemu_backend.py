@@ -1,0 +1,109 @@
+"""QemuBackend's pieces that need no guest: its command line, its state names, its checks (booting real QEMU guests is
+tests/guests/test_runtime_qemu.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.runtime import get_backend
+from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
+from labkit.runtime.qemu.backend import ACCEL_CACHE, BootSet, QemuBackend, _snapshot_tags, check_tag
+
+BOOT = BootSet(Path("/boot/k"), Path("/boot/i"), ("console=ttyS0", "root=/dev/vda", "rw"))
+
+
+def spec(tmp_path: Path, **fields: object) -> MachineSpec:
+    return MachineSpec(name="m1", image=tmp_path / "base.img", overlay=tmp_path / "a,b" / "m1.qcow2",  # type: ignore[arg-type]
+                       run_dir=tmp_path / "m1", console_log=tmp_path / "m1.log", **fields)
+
+
+def test_command_line(tmp_path: Path) -> None:
+    machine = spec(tmp_path, seed=tmp_path / "seed.img", memory_mb=64, kernel_args=("quiet",),
+                   networks=(NetworkAttachment(NetworkSpec("lan", tmp_path / "lan")),))
+    argv = QemuBackend(boot=lambda: BOOT).command_line(machine, "/usr/bin/qemu-system-x86_64", BOOT, "tcg",
+                                                        (Forward(20000, 22),))
+    line = " ".join(argv)
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert "-nodefaults" in argv and "-display none" in line and "-accel tcg" in line
+    # the serial port is the supervisor's pty (stdio), and ctrl-c goes to the guest, not to QEMU
+    assert "-chardev stdio,id=con0,signal=off -serial chardev:con0" in line
+    assert "-qmp unix:qmp.sock,server=on,wait=off" in line
+    assert "-m 128" in line  # the floor below which the kernel does not come up
+    assert "-append console=ttyS0 root=/dev/vda rw labkit.seed=/dev/vdb quiet" in line
+    # root on virtio from the qcow2 overlay (a comma in its path doubled), the seed read-only as the second disk
+    assert f"file={tmp_path}/a,,b/m1.qcow2,if=none,id=root,format=qcow2" in line
+    assert f"file={tmp_path}/seed.img,if=none,id=seed,format=raw,readonly=on" in line
+    assert line.index("drive=root") < line.index("drive=seed")
+    # eth0: the SLIRP contract's addresses, forwards on the namespace's loopback only; eth1: the lab's VDE switch
+    assert "user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,hostfwd=tcp:127.0.0.1:20000-:22" in line
+    assert "-netdev vde,id=n1,sock=net-eth1" in line
+    assert "-loadvm" not in argv
+    # no seed disk, no seed argument (and no second disk)
+    bare = " ".join(QemuBackend(boot=lambda: BOOT).command_line(spec(tmp_path), "qemu", BOOT, "tcg", ()))
+    assert "labkit.seed" not in bare and "id=seed" not in bare
+    restored = QemuBackend(boot=lambda: BOOT).command_line(machine, "qemu", BOOT, "tcg", (), load_state="s1")
+    assert restored[-2:] == ["-loadvm", "s1"]
+
+
+def test_state_names_are_one_safe_word() -> None:
+    assert check_tag("lesson-1.a_b") == "lesson-1.a_b"
+    for bad in ("", "a b", "x;quit", "-x", "123", "a" * 65, "é"):
+        with pytest.raises(ConfigError):
+            check_tag(bad)
+
+
+def test_snapshot_listings() -> None:
+    """Real listings (qemu-img 7.2 and HMP ``info snapshots``); disk-only snapshots (VM SIZE 0) hold no state."""
+    offline = ("Snapshot list:\n"
+               "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
+               "1         s1               89.5 MiB 2026-12-07 17:09:58 00:00:06.531           \n"
+               "2         diskonly              0 B 2026-12-07 17:11:18 00:00:00.000          0\n")
+    assert _snapshot_tags(offline, with_ram=True) == ["s1"]
+    assert _snapshot_tags(offline, with_ram=False) == ["s1", "diskonly"]
+    hmp = ("List of snapshots present on all disks:\n"
+           "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
+           "--        lesson1          91.2 MiB 2026-12-07 17:09:58 00:00:06.531           \n"
+           "\nList of partial (non-loadable) snapshots on 'root':\n"
+           "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n"
+           "3         half             12.0 MiB 2026-12-07 17:09:58 00:00:06.531           \n")
+    assert _snapshot_tags(hmp, with_ram=True) == ["lesson1"]
+    assert _snapshot_tags("There is no snapshot available.\n", with_ram=True) == []
+
+
+def test_checks_name_the_debian_package(tmp_path: Path) -> None:
+    backend = QemuBackend(qemu_binary="/nonexistent/qemu-system-x86_64", boot=lambda: BOOT)
+    assert any("qemu-system-x86" in line and "/nonexistent" in line for line in backend.check())
+    assert backend.status(spec(tmp_path)).state == State.STOPPED
+    assert backend.ssh_endpoint(spec(tmp_path)) is None
+
+
+def test_registered_with_what_it_can_do() -> None:
+    backend = get_backend("qemu")
+    assert isinstance(backend, QemuBackend)
+    assert (backend.kind, backend.overlay_kind, backend.console_kind) == ("qemu", "qcow2", "socket")
+    assert backend.capabilities.ram_snapshots and backend.capabilities.pause and backend.capabilities.lab_networks
+
+
+def test_accelerator_is_tcg_unless_kvm_was_proven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABKIT_QEMU_ACCEL", raising=False)
+    assert QemuBackend(accel="tcg", boot=lambda: BOOT).accelerator() == "tcg"
+    monkeypatch.setenv("LABKIT_QEMU_ACCEL", "kvm")
+    assert QemuBackend(boot=lambda: BOOT).accelerator() == "kvm"
+    monkeypatch.delenv("LABKIT_QEMU_ACCEL")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert QemuBackend(boot=lambda: BOOT, cache=tmp_path).accelerator() == "tcg"
+        assert not (tmp_path / ACCEL_CACHE).exists()  # nothing to probe without access
+        return
+    # With access, a probe's answer is kept per QEMU binary and kernel: a recorded answer is used without a probe.
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    key = f"{qemu}:{os.stat(qemu).st_mtime_ns}:{BOOT.kernel}"
+    (tmp_path / ACCEL_CACHE).write_text(json.dumps({"key": key, "accel": "kvm"}))
+    assert QemuBackend(boot=lambda: BOOT, cache=tmp_path).accelerator() == "kvm"
