@@ -4,14 +4,16 @@ The test creates the user, gives it a copy of this checkout and a virtual enviro
 /usr/bin/python3 (root's Python may live in a folder other users cannot read), and runs test_vm_lifecycle.py as that
 user, and test_host_reach.py: the private network namespaces that keep guests off the host's loopback are made
 without root too. The QEMU backend's lifecycle (start, console, SSH forward, pause, stop, kill -9, host reach, a
-running-state snapshot) runs as that user as well, on TCG (the user cannot open /dev/kvm). Nothing in it uses root:
-no sudo, no setuid helper, no capabilities.
+running-state snapshot) runs as that user as well, on TCG (the user cannot open /dev/kvm), after test_qemu_boot.py
+has downloaded the QEMU kernel and built its initrd as that user. Nothing in it uses root: no sudo, no setuid helper,
+no capabilities. The user is made for this run and removed after it, so two runs on one host never meet.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the whole suite already runs as an ordinary user"),
 ]
 
-USER = "labkit-ci"
+#: a user of this run alone (removed at the end), so that two runs on one host never end each other's processes
+USER_PREFIX = "labkit-ci-"
 REPO = Path(__file__).resolve().parents[2]
 #: the QEMU backend's lifecycle, as the same user (tests/guests/test_runtime_qemu.py)
 QEMU_TESTS = ("test_start_console_forward_and_clean_stop", "test_pause_resume_and_state_errors",
@@ -35,24 +38,22 @@ QEMU_TESTS = ("test_start_console_forward_and_clean_stop", "test_pause_resume_an
 COPY = ("labkit", "base_images", "tests", "pyproject.toml", "README.md")
 
 
-def ensure_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
-        return pwd.getpwnam(USER)
+def new_user() -> pwd.struct_passwd:
+    name = USER_PREFIX + secrets.token_hex(4)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    return pwd.getpwnam(name)
 
 
 def as_user(user: pwd.struct_passwd, *command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {"HOME": user.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
+    env = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name, "LANG": "C.UTF-8",
            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
     # in the user's home: the checkout this suite runs from may be in a folder the user cannot enter
-    return subprocess.run(["runuser", "-u", USER, "--", *command], env=env, capture_output=True, text=True,
+    return subprocess.run(["runuser", "-u", user.pw_name, "--", *command], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=user.pw_dir)
 
 
 def end_processes_of(uid: int) -> None:
-    """Stop, by PID, anything the user's run left behind (it should leave nothing)."""
+    """Stop, by PID, anything the user's run left behind (it should leave nothing). The user is this run's own."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -63,7 +64,7 @@ def end_processes_of(uid: int) -> None:
 
 
 def test_lifecycle_as_an_ordinary_user() -> None:
-    user = ensure_user()
+    user = new_user()
     work = Path(tempfile.mkdtemp(prefix="lku", dir="/tmp"))
     try:
         for name in COPY:
@@ -85,10 +86,13 @@ def test_lifecycle_as_an_ordinary_user() -> None:
         run = as_user(user, str(venv / "bin/pytest"), "-p", "no:cacheprovider", "-q", "-rA",
                       str(work / "src/tests/guests/test_vm_lifecycle.py"),
                       str(work / "src/tests/guests/test_host_reach.py"),
-                      str(work / "src/tests/guests/test_qemu_boot.py"), timeout=900)
+                      str(work / "src/tests/guests/test_qemu_boot.py"),
+                      *(f"{work / 'src/tests/guests/test_runtime_qemu.py'}::{name}" for name in QEMU_TESTS),
+                      timeout=1800)
         report = run.stdout[-6000:] + run.stderr[-2000:]
         assert run.returncode == 0, report
         assert " passed" in run.stdout and "skipped" not in run.stdout and "failed" not in run.stdout, report
     finally:
         end_processes_of(user.pw_uid)
         shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["userdel", "--remove", user.pw_name], check=False, capture_output=True)
