@@ -33,6 +33,7 @@ from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
+from labkit.runtime.uml.disk_check import KernelFaultAtBoot
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
 
@@ -333,3 +334,16 @@ def test_a_changed_base_image_is_named_as_the_reason(backend: UmlBackend, root: 
         backend.start(spec, timeout=30)
     message = str(info.value)
     assert "mtime mismatch" in message and "its root disk: Backing file" in message, message
+
+
+def test_a_root_mount_failure_on_a_fine_disk_without_a_kernel_warning_is_not_retried(
+        backend: UmlBackend, root: Path, guest_image: Path) -> None:
+    """Only the guest kernel's own boot fault is tried again (see `kernel_fault_at_boot`); a command line that cannot
+    mount the root fails at once, with one boot on the console."""
+    spec = replace(make_spec(root, guest_image), kernel_args=("rootfstype=vfat",))
+    with pytest.raises(RuntimeBackendError) as info:
+        backend.start(spec, timeout=60)
+    assert not isinstance(info.value, KernelFaultAtBoot), str(info.value)
+    assert "no problem found with" in str(info.value)
+    log = spec.console_log.read_text(errors="replace")
+    assert log.count("Unable to mount root fs") == 1 and "once more" not in log, log[-2000:]

@@ -23,7 +23,7 @@ from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervisor import console_tail, spawn_supervisor
-from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, root_disk_problems
+from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, KernelFaultAtBoot, kernel_fault_at_boot, root_disk_problems
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 from labkit.runtime.uml.vde import VdeNetworks
@@ -255,11 +255,9 @@ class UmlBackend(Backend):
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
         try:
-            self._spawn_supervisor(spec)
-            record = self._wait_for_machine(spec, deadline)
+            record = self._boot(spec, deadline, wait, progress)
             if not wait:
                 return self.status(spec)
-            self._wait_until_ready(spec, deadline)
             progress(ProgressEvent("network", message=f"checking the forwards of {spec.name}"))
             self.network.confirm(spec, plan, lambda: process_group_members(record.pid),
                                  timeout=min(10.0, max(2.0, deadline - time.monotonic())))
@@ -272,15 +270,41 @@ class UmlBackend(Backend):
     def _spawn_supervisor(self, spec: MachineSpec) -> None:
         spawn_supervisor(spec.run_dir, spec.name, self.python)
 
+    def _boot(self, spec: MachineSpec, deadline: float, wait: bool, progress: Reporter) -> ProcessRecord:
+        """Start the supervisor and wait for linux (and, with ``wait``, for the ready marker). A boot that failed in
+        the guest kernel itself (`KernelFaultAtBoot`: the disk is fine) is tried once more, and the console log says
+        so; every other failure is raised at once."""
+        run = RunDir(spec.run_dir)
+        tries = 2
+        while True:
+            tries -= 1
+            self._spawn_supervisor(spec)
+            supervisor = ProcessRecord.read(run.supervisor_pid)
+            try:
+                record = self._wait_for_machine(spec, deadline)
+                if wait:
+                    self._wait_until_ready(spec, deadline)
+                return record
+            except KernelFaultAtBoot:
+                if not tries:
+                    raise
+            if supervisor is not None:  # it cleans the run folder on its way out: never under a new start
+                supervisor.wait_gone(10.0)
+            run.exit_record.unlink(missing_ok=True)
+            with open(spec.console_log, "ab") as log:
+                log.write(b"\r\nlabkit: the guest kernel failed at boot, its disk is fine; starting it once more\r\n")
+            progress(ProgressEvent("boot", message=f"starting {spec.name} again (the guest kernel failed at boot)"))
+
     def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
         said = console_tail(spec.console_log)
-        disk = ""
+        disk, kernel_fault = "", False
         if ROOT_MOUNT_FAILED in said:
             problems = root_disk_problems(spec.overlay, spec.image)
+            kernel_fault = kernel_fault_at_boot(said, problems)
             disk = "\nits root disk: " + ("; ".join(problems) if problems else "no problem found with "
                                            f"{spec.overlay} or {spec.image} after the fact")
-        return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
-                                   f"{said}{disk}")
+        kind = KernelFaultAtBoot if kernel_fault else RuntimeBackendError
+        return kind(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n{said}{disk}")
 
     def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
         run = RunDir(spec.run_dir)

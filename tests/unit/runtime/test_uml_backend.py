@@ -13,6 +13,7 @@ from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.netns import Isolation
 from labkit.runtime.network import machine_mac
 from labkit.runtime.uml.backend import UmlBackend, console_tail
+from labkit.runtime.uml.disk_check import kernel_fault_at_boot
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
 
 
@@ -146,3 +147,26 @@ def test_console_tail_of_a_panic_shows_why_not_the_stack(tmp_path: Path) -> None
     tail = console_tail(log, lines=5)
     assert "Cannot open root device" in tail and "Unable to mount root fs" in tail
     assert "frame_" not in tail
+
+
+#: The console of a real failed start (tests/guests/test_runtime_uml.py under heavy host load, 2026-12-07), as
+#: `console_tail` gave it: the kernel warned earlier, its crypto algorithms were unusable, ext4 could not mount.
+KERNEL_FAULT_CONSOLE = """\
+zswap: default compressor lzo not available
+zswap: pool creation failed
+AppArmor: failed to setup profile sha1 hashing: -80
+Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)
+CPU: 0 PID: 1 Comm: swapper Tainted: G        W          6.1.176 #1
+Stack:
+ 606944ba 607e7fcd 6fc3fce0 6067bb96
+Call Trace:
+"""
+
+
+def test_a_kernel_fault_at_boot_is_told_apart_from_a_disk_problem() -> None:
+    assert kernel_fault_at_boot(KERNEL_FAULT_CONSOLE, [])
+    # A disk problem is never retried: the next boot would fail the same way.
+    assert not kernel_fault_at_boot(KERNEL_FAULT_CONSOLE, ["/x.cow is locked by process 7 (linux)"])
+    # Without the kernel's own warning, a root mount failure is the disk's or the command line's.
+    assert not kernel_fault_at_boot(KERNEL_FAULT_CONSOLE.replace("Tainted: G        W", "Not tainted"), [])
+    assert not kernel_fault_at_boot("CPU: 0 PID: 1 Comm: swapper Tainted: G        W\n", [])
