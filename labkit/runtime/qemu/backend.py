@@ -32,13 +32,10 @@ from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import (
-    Backend,
     Capabilities,
     Forward,
     MachineSpec,
     MachineStatus,
-    NetworkSpec,
-    NetworkStatus,
     State,
 )
 from labkit.runtime.netns import Isolation, isolation_problems
@@ -46,7 +43,8 @@ from labkit.runtime.network import check_host_port, listening_ports, machine_mac
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.qemu.qmp import Qmp, QmpError
 from labkit.runtime.rundir import RunDir
-from labkit.runtime.supervisor import console_tail, spawn_supervisor
+from labkit.runtime.supervised import SupervisedBackend
+from labkit.runtime.supervisor import spawn_supervisor
 from labkit.runtime.uml.vde import LINK_PREFIX, VdeNetworks
 
 #: sun_path holds 108 bytes including the terminating NUL.
@@ -64,8 +62,6 @@ QMP_SOCKET = "qmp.sock"
 ACCEL_CACHE = "qemu-accel.json"
 #: below this the Debian cloud kernel with its initrd does not come up (it prints nothing at all with 64 MiB)
 MIN_MEMORY_MB = 128
-#: the kernel's last words when it cannot go on: a start fails at once instead of waiting for its timeout
-KERNEL_PANIC = "Kernel panic - not syncing"
 #: a state tag: what HMP's savevm/loadvm take as one word
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -97,11 +93,14 @@ def check_tag(tag: str) -> str:
     return tag
 
 
-class QemuBackend(Backend):
+class QemuBackend(SupervisedBackend):
     """Machines as ``qemu-system-x86_64`` processes (TCG unless KVM is proven to work), each under its own console
     supervisor, with QMP for control."""
 
     kind = "qemu"
+    process_name = "qemu"
+    #: the guest kernel runs with panic=-1 and QEMU with -no-reboot, but a panic is best caught at once
+    watch_for_panic = True
     overlay_kind = "qcow2"
     console_kind = "socket"
     capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True)
@@ -224,48 +223,21 @@ class QemuBackend(Backend):
 
     # ---- status
 
-    def status(self, spec: MachineSpec) -> MachineStatus:
-        run = RunDir(spec.run_dir)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        machine = ProcessRecord.read(run.machine_pid)
-        sup_alive = bool(sup and sup.alive())
-        machine_alive = bool(machine and machine.alive())
-        forwards = recorded_forwards(spec.run_dir)
-        extra = {"console_socket": str(run.console_sock), "qmp": str(self.qmp_path(spec)),
-                 "console_log": str(spec.console_log)}
-        started_at = None
-        with contextlib.suppress(OSError):
-            started_at = run.machine_pid.stat().st_mtime
+    def recorded_forwards(self, spec: MachineSpec) -> tuple[Forward, ...]:
+        return recorded_forwards(spec.run_dir)
 
-        if not sup_alive and not machine_alive:
-            detail = _last_exit(run)
-            if any(path.exists() for path in run.runtime_files()):
-                end_processes(machine.pid if machine else None, run.machine_argv())
-                self._clean_after_crash(spec)
-                detail = "the machine's processes were gone without a clean exit; cleaned up what they left"
-            return MachineStatus(State.STOPPED, forwards=forwards, detail=detail, extra=extra)
-        machine_pid = machine.pid if machine and machine_alive else None
-        sup_pid = sup.pid if sup and sup_alive else None
+    def status_extra(self, spec: MachineSpec) -> dict[str, str]:
+        return {"qmp": str(self.qmp_path(spec))}
 
-        def report(state: State, detail: str = "", ready: bool = False) -> MachineStatus:
-            return MachineStatus(state, pid=machine_pid, supervisor_pid=sup_pid, forwards=forwards,
-                                 started_at=started_at if machine_pid else None, ready=ready, detail=detail,
-                                 extra=extra)
-
-        if not machine_alive:
-            if machine is None:
-                return report(State.STARTING, "the supervisor is starting qemu")
-            return report(State.STOPPING, "qemu ended; the supervisor is cleaning up")
-        if not sup_alive:
-            return report(State.ERROR, f"qemu (pid {machine_pid}) runs without its console supervisor; stop or kill it")
-        ready = run.ready.exists()
+    def live_state(self, spec: MachineSpec, run: RunDir, ready: bool) -> tuple[State, str]:
+        """QEMU's own run state when QMP answers at once; the paused mark when it does not."""
         runstate = self._runstate(spec)
         if runstate in ("paused", "suspended") or (runstate is None and run.paused.exists()):
-            return report(State.PAUSED, ready=ready)
+            return State.PAUSED, ""
         if runstate in (None, "running", "prelaunch", "inmigrate", "restore-vm", "save-vm", "finish-migrate"):
             detail = "" if runstate in (None, "running") else f"QEMU is in state {runstate}"
-            return report(State.RUNNING if ready else State.STARTING, detail, ready=ready)
-        return report(State.ERROR, f"QEMU is in state {runstate}; stop or kill it", ready=ready)
+            return (State.RUNNING if ready else State.STARTING), detail
+        return State.ERROR, f"QEMU is in state {runstate}; stop or kill it"
 
     def _runstate(self, spec: MachineSpec) -> str | None:
         """QEMU's own run state, or None when QMP does not answer at once (another verb holds it, or it is starting)."""
@@ -277,21 +249,9 @@ class QemuBackend(Backend):
         except QmpError:
             return None
 
-    def _clean_after_crash(self, spec: MachineSpec) -> None:
-        run = RunDir(spec.run_dir)
-        for pid_file in run.helper_pid_files():
-            helper = ProcessRecord.read(pid_file)
-            if helper is not None:
-                helper.send(signal.SIGKILL)
-        run.clean_runtime_files()
+    def clean_backend_files(self, spec: MachineSpec) -> None:
         with contextlib.suppress(OSError):
             self.qmp_path(spec).unlink()
-
-    def _require(self, spec: MachineSpec, allowed: tuple[State, ...], verb: str) -> MachineStatus:
-        current = self.status(spec)
-        if current.state not in allowed:
-            raise StateError(f"cannot {verb} machine {spec.name}: it is {current.state}", current.state)
-        return current
 
     # ---- start
 
@@ -384,56 +344,6 @@ class QemuBackend(Backend):
                                     "time")
             time.sleep(0.05)
 
-    def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
-        return RuntimeBackendError(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n"
-                                   f"{console_tail(spec.console_log)}")
-
-    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
-        run = RunDir(spec.run_dir)
-        if run.exit_record.exists():
-            record = run.read_json(run.exit_record)
-            if isinstance(record, dict) and record.get("conflict"):
-                return ConflictError(f"machine {spec.name} cannot start: {record.get('reason')}")
-            return self._failure(spec, _last_exit(run).replace("last run", "ended while starting:"))
-        sup = ProcessRecord.read(run.supervisor_pid)
-        if sup is not None and not sup.alive():
-            return self._failure(spec, f"lost its console supervisor while starting (see {run.supervisor_log})")
-        return None
-
-    def _wait_for_machine(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
-        run = RunDir(spec.run_dir)
-        while True:
-            record = ProcessRecord.read(run.machine_pid)
-            if record is not None:
-                return record
-            ended = self._ended(spec)
-            if ended is not None:
-                raise ended
-            if time.monotonic() > deadline:
-                raise self._failure(spec, "was not started by its supervisor in time")
-            time.sleep(0.02)
-
-    def _wait_until_ready(self, spec: MachineSpec, deadline: float) -> None:
-        run = RunDir(spec.run_dir)
-        looked = time.monotonic()
-        while not run.ready.exists():
-            if time.monotonic() - looked > 0.5:
-                looked = time.monotonic()
-                if KERNEL_PANIC in console_tail(spec.console_log, 60):
-                    time.sleep(0.3)
-                    raise self._failure(spec, "could not boot: its kernel panicked")
-            if run.guest_error.exists():
-                time.sleep(0.3)  # let the rest of the error line reach the log
-                lines = [line for line in console_tail(spec.console_log, 200).splitlines() if ERROR_MARKER in line]
-                reason = lines[-1].split(ERROR_MARKER, 1)[1].strip() if lines else "(see the console log)"
-                raise self._failure(spec, f"reported that it cannot become ready: {reason}")
-            ended = self._ended(spec)
-            if ended is not None:
-                raise ended
-            if time.monotonic() > deadline:
-                raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
-            time.sleep(0.05)
-
     def _wait_restored(self, spec: MachineSpec, deadline: float) -> None:
         """A machine started from a saved state is ready once QEMU has loaded it and runs it."""
         while self._runstate(spec) != "running":
@@ -447,68 +357,28 @@ class QemuBackend(Backend):
 
     # ---- stop, kill
 
-    def _teardown(self, spec: MachineSpec, grace: float = 5.0) -> None:
-        run = RunDir(spec.run_dir)
-        machine = ProcessRecord.read(run.machine_pid)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        end_processes(machine.pid if machine else None, run.machine_argv())
-        if sup is not None and not sup.wait_gone(grace):
-            sup.send(signal.SIGKILL)
-            sup.wait_gone(2.0)
-        end_processes(machine.pid if machine else None, run.machine_argv())
-        self._clean_after_crash(spec)
-
-    def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
-        """Wait until the supervisor read when the stop began has exited (it removes its pid file before it exits)."""
-        if sup is not None and not sup.wait_gone(timeout):
-            self._teardown(spec)
-            sup.send(signal.SIGKILL)
-            sup.wait_gone(2.0)
-
-    @staticmethod
-    def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
-        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
-        return sup if sup is not None and sup.pid == current.supervisor_pid else None
-
-    def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
+    def power_off(self, spec: MachineSpec, current: MachineStatus, machine: ProcessRecord, timeout: float) -> None:
         """Ask the guest to power off: the ACPI power button (systemd's logind acts on it) and ctrl-alt-del (BusyBox
         init powers off; systemd reboots, which QEMU is first told to turn into an exit). A guest that has not gone
         after ``timeout`` gets its buffers synced (SysRq s) and QEMU is told to ``quit``; then its group is killed."""
-        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
-                                "stop")
         run = RunDir(spec.run_dir)
-        sup = self._supervisor(spec, current)
-        machine = ProcessRecord.read(run.machine_pid)
-        if machine is not None and current.state != State.STOPPING:
-            asked = False
+        asked = False
+        with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
+            if current.state == State.PAUSED:
+                qmp.cmd("cont")
+            qmp.cmd("set-action", reboot="shutdown")
+            qmp.cmd("system_powerdown")
+            qmp.cmd("send-key", keys=[{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")])
+            asked = True
+        with contextlib.suppress(FileNotFoundError):
+            run.paused.unlink()
+        if not (asked and machine.wait_gone(timeout)):
             with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
-                if current.state == State.PAUSED:
-                    qmp.cmd("cont")
-                qmp.cmd("set-action", reboot="shutdown")
-                qmp.cmd("system_powerdown")
-                qmp.cmd("send-key", keys=[{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")])
-                asked = True
-            with contextlib.suppress(FileNotFoundError):
-                run.paused.unlink()
-            if not (asked and machine.wait_gone(timeout)):
-                with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
-                    _sysrq(qmp, "s")
-                    time.sleep(0.5)
-                    qmp.cmd("quit")
-                if not machine.wait_gone(5.0):
-                    end_processes(machine.pid, run.machine_argv())
-        self._wait_supervisor(spec, sup, 10.0)
-        return self.status(spec)
-
-    def kill(self, spec: MachineSpec) -> MachineStatus:
-        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
-                                "kill")
-        run = RunDir(spec.run_dir)
-        sup = self._supervisor(spec, current)
-        machine = ProcessRecord.read(run.machine_pid)
-        end_processes(machine.pid if machine else None, run.machine_argv())
-        self._wait_supervisor(spec, sup, 10.0)
-        return self.status(spec)
+                _sysrq(qmp, "s")
+                time.sleep(0.5)
+                qmp.cmd("quit")
+            if not machine.wait_gone(5.0):
+                end_processes(machine.pid, run.machine_argv())
 
     # ---- pause, resume, sync
 
@@ -520,18 +390,11 @@ class QemuBackend(Backend):
         except QmpError as err:
             raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
 
-    def pause(self, spec: MachineSpec) -> MachineStatus:
-        self._require(spec, (State.RUNNING,), "pause")
+    def freeze(self, spec: MachineSpec) -> None:
         self._control(spec, "stop")
-        RunDir(spec.run_dir).paused.write_text(f"{time.time()}\n")
-        return self.status(spec)
 
-    def resume(self, spec: MachineSpec) -> MachineStatus:
-        self._require(spec, (State.PAUSED,), "resume")
+    def thaw(self, spec: MachineSpec) -> None:
         self._control(spec, "cont")
-        with contextlib.suppress(FileNotFoundError):
-            RunDir(spec.run_dir).paused.unlink()
-        return self.status(spec)
 
     def sync(self, spec: MachineSpec) -> None:
         """SysRq s (emergency sync) through the guest's keyboard; the kernel writes its dirty buffers."""
@@ -599,31 +462,6 @@ class QemuBackend(Backend):
             raise StateError(f"machine {spec.name}: {command.split()[0]} failed: {out.strip()}")
         return out
 
-    # ---- endpoints
-
-    def console_socket(self, spec: MachineSpec) -> Path:
-        return RunDir(spec.run_dir).console_sock
-
-    def ssh_endpoint(self, spec: MachineSpec) -> tuple[str, int] | None:
-        current = self.status(spec)
-        if current.state == State.STOPPED:
-            return None
-        for forward in current.forwards:
-            if forward.guest_port == 22:
-                return ("127.0.0.1", forward.host_port)
-        return None
-
-    # ---- lab networks (the same VDE switches as UML machines)
-
-    def start_network(self, spec: NetworkSpec, *, timeout: float = 10.0) -> NetworkStatus:
-        return self.lab_networks.start(spec, timeout)
-
-    def stop_network(self, spec: NetworkSpec, *, timeout: float = 5.0) -> NetworkStatus:
-        return self.lab_networks.stop(spec, timeout)
-
-    def network_status(self, spec: NetworkSpec) -> NetworkStatus:
-        return self.lab_networks.status(spec)
-
 
 # ---- helpers
 
@@ -651,13 +489,6 @@ def recorded_forwards(run_dir: Path) -> tuple[Forward, ...]:
         return tuple(Forward(int(row["host_port"]), int(row["guest_port"])) for row in rows)
     except (OSError, ValueError, KeyError, TypeError):
         return ()
-
-
-def _last_exit(run: RunDir) -> str:
-    record = run.read_json(run.exit_record)
-    if not isinstance(record, dict):
-        return ""
-    return f"last run {record.get('reason', 'ended')} with code {record.get('returncode')}"
 
 
 def _sysrq(qmp: Qmp, key: str) -> None:

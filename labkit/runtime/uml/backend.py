@@ -9,19 +9,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
-from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
+from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, SEED_DEVICE, seed_kernel_arg
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
-from labkit.runtime.base import Backend, Capabilities, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.base import Capabilities, Forward, MachineSpec, MachineStatus, State
 from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.rundir import RunDir
+from labkit.runtime.supervised import SupervisedBackend
 from labkit.runtime.supervisor import console_tail, spawn_supervisor
 from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, KernelFaultAtBoot, kernel_fault_at_boot, root_disk_problems
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
@@ -44,11 +44,12 @@ FAST_BOOT_ARGS = ("quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
                   "initcall_blacklist=raid6_select_algo,mmapper_init")
 
 
-class UmlBackend(Backend):
+class UmlBackend(SupervisedBackend):
     """Machines as ``linux`` processes, each under its own console supervisor, networked through `UmlNetwork` (eth0)
     and `VdeNetworks` (lab networks, eth1 ...)."""
 
     kind = "uml"
+    process_name = "linux"
     overlay_kind = "umlcow"
     console_kind = "socket"
     #: disk-only snapshots (UML cannot save a running kernel's memory); mconsole stop/go pauses; VDE lab networks
@@ -140,61 +141,14 @@ class UmlBackend(Backend):
 
     # ---- status
 
-    def status(self, spec: MachineSpec) -> MachineStatus:
-        run = RunDir(spec.run_dir)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        linux = ProcessRecord.read(run.machine_pid)
-        sup_alive = bool(sup and sup.alive())
-        linux_alive = bool(linux and linux.alive())
-        forwards = self.network.recorded_forwards(spec.run_dir)
-        extra = {"console_socket": str(run.console_sock), "mconsole": str(self.mconsole_path(spec)),
-                 "console_log": str(spec.console_log)}
-        started_at = None
-        with contextlib.suppress(OSError):
-            started_at = run.machine_pid.stat().st_mtime
+    def recorded_forwards(self, spec: MachineSpec) -> tuple[Forward, ...]:
+        return self.network.recorded_forwards(spec.run_dir)
 
-        if not sup_alive and not linux_alive:
-            detail = self._last_exit(run)
-            if any(path.exists() for path in run.runtime_files()):
-                # A supervisor that died cannot clean up after itself: do it now, including UML's helpers.
-                end_processes(linux.pid if linux else None, run.machine_argv())
-                self._clean_after_crash(spec)
-                detail = "the machine's processes were gone without a clean exit; cleaned up what they left"
-            return MachineStatus(State.STOPPED, forwards=forwards, detail=detail, extra=extra)
-        linux_pid = linux.pid if linux and linux_alive else None
-        sup_pid = sup.pid if sup and sup_alive else None
+    def status_extra(self, spec: MachineSpec) -> dict[str, str]:
+        return {"mconsole": str(self.mconsole_path(spec))}
 
-        def report(state: State, detail: str = "", ready: bool = False) -> MachineStatus:
-            return MachineStatus(state, pid=linux_pid, supervisor_pid=sup_pid, forwards=forwards,
-                                 started_at=started_at if linux_pid else None, ready=ready, detail=detail, extra=extra)
-
-        if not linux_alive:
-            if linux is None:
-                return report(State.STARTING, "the supervisor is starting linux")
-            return report(State.STOPPING, "linux ended; the supervisor is cleaning up")
-        if not sup_alive:
-            return report(State.ERROR, f"linux (pid {linux_pid}) runs without its console supervisor; stop or kill it")
-        ready = run.ready.exists()
-        if run.paused.exists():
-            return report(State.PAUSED, ready=ready)
-        return report(State.RUNNING if ready else State.STARTING, ready=ready)
-
-    @staticmethod
-    def _last_exit(run: RunDir) -> str:
-        record = run.read_json(run.exit_record)
-        if not isinstance(record, dict):
-            return ""
-        return f"last run {record.get('reason', 'ended')} with code {record.get('returncode')}"
-
-    def _clean_after_crash(self, spec: MachineSpec) -> None:
-        """End the supervisor's helpers that outlived it (they die with it; this is the belt to those braces), remove
-        the run folder's live-run files and UML's stale ``<uml_dir>/<umid>/`` (left by a killed linux)."""
-        run = RunDir(spec.run_dir)
-        for pid_file in run.helper_pid_files():
-            helper = ProcessRecord.read(pid_file)
-            if helper is not None:
-                helper.send(signal.SIGKILL)
-        run.clean_runtime_files()
+    def clean_backend_files(self, spec: MachineSpec) -> None:
+        """UML's stale ``<uml_dir>/<umid>/`` (left by a killed linux), unless a live UML of this umid owns it."""
         instance = self.instance_dir(spec)
         try:
             owner = int((instance / "pid").read_text().split()[0])
@@ -212,12 +166,6 @@ class UmlBackend(Backend):
                 (instance / name).unlink()
         with contextlib.suppress(OSError):
             instance.rmdir()
-
-    def _require(self, spec: MachineSpec, allowed: tuple[State, ...], verb: str) -> MachineStatus:
-        current = self.status(spec)
-        if current.state not in allowed:
-            raise StateError(f"cannot {verb} machine {spec.name}: it is {current.state}", current.state)
-        return current
 
     # ---- start
 
@@ -306,156 +254,36 @@ class UmlBackend(Backend):
         kind = KernelFaultAtBoot if kernel_fault else RuntimeBackendError
         return kind(f"machine {spec.name} {what}; last console lines of {spec.console_log}:\n{said}{disk}")
 
-    def _ended(self, spec: MachineSpec) -> RuntimeBackendError | ConflictError | None:
+    # ---- stop, pause, sync
+
+    def power_off(self, spec: MachineSpec, current: MachineStatus, machine: ProcessRecord, timeout: float) -> None:
+        """Ctrl-alt-del through the mconsole (the guest's init shuts down), then ``halt``, then the process group."""
         run = RunDir(spec.run_dir)
-        if run.exit_record.exists():
-            record = run.read_json(run.exit_record)
-            if isinstance(record, dict) and record.get("conflict"):
-                return ConflictError(f"machine {spec.name} cannot start: {record.get('reason')}")
-            return self._failure(spec, self._last_exit(run).replace("last run", "ended while starting:"))
-        sup = ProcessRecord.read(run.supervisor_pid)
-        if sup is not None and not sup.alive():
-            return self._failure(spec, f"lost its console supervisor while starting (see {run.supervisor_log})")
-        return None
-
-    def _wait_for_machine(self, spec: MachineSpec, deadline: float) -> ProcessRecord:
-        run = RunDir(spec.run_dir)
-        while True:
-            record = ProcessRecord.read(run.machine_pid)
-            if record is not None:
-                return record
-            ended = self._ended(spec)
-            if ended is not None:
-                raise ended
-            if time.monotonic() > deadline:
-                raise self._failure(spec, "was not started by its supervisor in time")
-            time.sleep(0.02)
-
-    def _wait_until_ready(self, spec: MachineSpec, deadline: float) -> None:
-        run = RunDir(spec.run_dir)
-        while not run.ready.exists():
-            if run.guest_error.exists():
-                time.sleep(0.3)  # let the rest of the error line reach the log
-                lines = [line for line in console_tail(spec.console_log, 200).splitlines() if ERROR_MARKER in line]
-                reason = lines[-1].split(ERROR_MARKER, 1)[1].strip() if lines else "(see the console log)"
-                raise self._failure(spec, f"reported that it cannot become ready: {reason}")
-            ended = self._ended(spec)
-            if ended is not None:
-                raise ended
-            if time.monotonic() > deadline:
-                raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
-            time.sleep(0.05)
-
-    # ---- stop, kill
-
-    def _teardown(self, spec: MachineSpec, grace: float = 5.0) -> None:
-        """End everything of this machine that runs, by recorded PIDs, process group and command line, and clean its
-        run folder."""
-        run = RunDir(spec.run_dir)
-        linux = ProcessRecord.read(run.machine_pid)
-        sup = ProcessRecord.read(run.supervisor_pid)
-        end_processes(linux.pid if linux else None, run.machine_argv())
-        # The supervisor notices, records the exit and removes its files; if it does not, it goes too.
-        if sup is not None and not sup.wait_gone(grace):
-            sup.send(signal.SIGKILL)
-            sup.wait_gone(2.0)
-        end_processes(linux.pid if linux else None, run.machine_argv())
-        self._clean_after_crash(spec)
-
-    def _wait_supervisor(self, spec: MachineSpec, sup: ProcessRecord | None, timeout: float) -> None:
-        """Wait until ``sup``, the supervisor read when the stop or kill began, has exited; end it if it does not.
-
-        Its pid file is no guide by now: the supervisor removes it while cleaning up, before it exits, so a machine
-        would be reported stopped while its supervisor still ran (and could clean up after a new start's files).
-        """
-        if sup is not None and not sup.wait_gone(timeout):
-            self._teardown(spec)
-            sup.send(signal.SIGKILL)
-            sup.wait_gone(2.0)
-
-    @staticmethod
-    def _supervisor(spec: MachineSpec, current: MachineStatus) -> ProcessRecord | None:
-        sup = ProcessRecord.read(RunDir(spec.run_dir).supervisor_pid)
-        return sup if sup is not None and sup.pid == current.supervisor_pid else None
-
-    def stop(self, spec: MachineSpec, *, timeout: float = 30.0) -> MachineStatus:
-        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
-                                "stop")
-        run = RunDir(spec.run_dir)
-        sup = self._supervisor(spec, current)
-        linux = ProcessRecord.read(run.machine_pid)
-        if linux is not None and current.state != State.STOPPING:
-            with self.mconsole(spec) as console:
-                if current.state == State.PAUSED:
-                    with contextlib.suppress(MconsoleError):
-                        console.go()
-                    with contextlib.suppress(FileNotFoundError):
-                        run.paused.unlink()
-                asked = False
+        with self.mconsole(spec) as console:
+            if current.state == State.PAUSED:
                 with contextlib.suppress(MconsoleError):
-                    console.cad()
-                    asked = True
-                if not (asked and linux.wait_gone(timeout)):
-                    with contextlib.suppress(MconsoleError):
-                        console.halt()
-                    if not linux.wait_gone(5.0):
-                        end_processes(linux.pid, run.machine_argv())
-        self._wait_supervisor(spec, sup, 10.0)
-        return self.status(spec)
+                    console.go()
+                with contextlib.suppress(FileNotFoundError):
+                    run.paused.unlink()
+            asked = False
+            with contextlib.suppress(MconsoleError):
+                console.cad()
+                asked = True
+            if not (asked and machine.wait_gone(timeout)):
+                with contextlib.suppress(MconsoleError):
+                    console.halt()
+                if not machine.wait_gone(5.0):
+                    end_processes(machine.pid, run.machine_argv())
 
-    def kill(self, spec: MachineSpec) -> MachineStatus:
-        current = self._require(spec, (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING),
-                                "kill")
-        run = RunDir(spec.run_dir)
-        sup = self._supervisor(spec, current)
-        linux = ProcessRecord.read(run.machine_pid)
-        end_processes(linux.pid if linux else None, run.machine_argv())
-        self._wait_supervisor(spec, sup, 10.0)
-        return self.status(spec)
-
-    # ---- pause, resume, sync
-
-    def pause(self, spec: MachineSpec) -> MachineStatus:
-        self._require(spec, (State.RUNNING,), "pause")
+    def freeze(self, spec: MachineSpec) -> None:
         with self.mconsole(spec) as console:
             console.stop()
-        RunDir(spec.run_dir).paused.write_text(f"{time.time()}\n")
-        return self.status(spec)
 
-    def resume(self, spec: MachineSpec) -> MachineStatus:
-        self._require(spec, (State.PAUSED,), "resume")
+    def thaw(self, spec: MachineSpec) -> None:
         with self.mconsole(spec) as console:
             console.go()
-        with contextlib.suppress(FileNotFoundError):
-            RunDir(spec.run_dir).paused.unlink()
-        return self.status(spec)
 
     def sync(self, spec: MachineSpec) -> None:
         self._require(spec, (State.RUNNING,), "sync")
         with self.mconsole(spec) as console:
             console.sysrq("s")
-
-    # ---- endpoints
-
-    def console_socket(self, spec: MachineSpec) -> Path:
-        return RunDir(spec.run_dir).console_sock
-
-    def ssh_endpoint(self, spec: MachineSpec) -> tuple[str, int] | None:
-        current = self.status(spec)
-        if current.state == State.STOPPED:
-            return None
-        for forward in current.forwards:
-            if forward.guest_port == 22:
-                return ("127.0.0.1", forward.host_port)
-        return None
-
-    # ---- lab networks
-
-    def start_network(self, spec: NetworkSpec, *, timeout: float = 10.0) -> NetworkStatus:
-        return self.lab_networks.start(spec, timeout)
-
-    def stop_network(self, spec: NetworkSpec, *, timeout: float = 5.0) -> NetworkStatus:
-        return self.lab_networks.stop(spec, timeout)
-
-    def network_status(self, spec: NetworkSpec) -> NetworkStatus:
-        return self.lab_networks.status(spec)
