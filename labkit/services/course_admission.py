@@ -1,7 +1,9 @@
 """Admission: whether a class-wide start may boot its machines (the course's memory budget and per-student limit).
 
-A start is refused whole rather than half-done. Machines that run, and machines another start of the same course is
-booting right now (`labkit.services.starting`), count as used.
+A start is refused whole rather than half-done. Machines that run, and machines another start is booting right now
+(`labkit.services.starting`), count as used. Only the course's own machines are read from their processes for it
+(reconciled); the budget counts the other machines of the installation as their records say, so a click does not scan
+every machine (each of them is reconciled by its own actions and status reads).
 """
 
 from __future__ import annotations
@@ -49,16 +51,19 @@ def default_budget_mb() -> int:
     return host_memory_mb() * 3 // 4
 
 
-def admit(run_dir: Path, course: str, targets: list[Target], views: list[MachineView], limits: Limits) -> list[Target]:
+def admit(run_dir: Path, course: str, targets: list[Target], views: list[MachineView], limits: Limits,
+          elsewhere: dict[str, int]) -> list[Target]:
     """The targets to boot: those not live and not being booted by another start. Raises `AdmissionError` if they
-    would exceed the memory budget or a student's limit. ``views`` is the truth about the machines that count (call
-    it under the course lock, so no other start admits in between)."""
+    would exceed the memory budget or a student's limit. ``views`` is the truth about the course's machines,
+    ``elsewhere`` the memory (MB) of the installation's other machines that run or are being booted (call it under
+    the course lock, so no other start of the course admits in between)."""
     live = {s.value for s in LIVE}
     by_name = {view.name: view for view in views}
     booting = {m: mb for m, mb in starting.promised(run_dir, course).items()
                if m in by_name and by_name[m].state not in live}
     wanted = [t for t in targets if by_name[t.name].state not in live and t.name not in booting]
-    running = {v.name: v.memory_mb for v in by_name.values() if v.state in live} | booting
+    others = {m: mb for m, mb in elsewhere.items() if m not in by_name}
+    running = {v.name: v.memory_mb for v in by_name.values() if v.state in live} | booting | others
     used = sum(running.values())
     needed = sum(t.memory_mb for t in wanted)
     if used + needed > limits.budget_mb:

@@ -56,7 +56,7 @@ class CourseProvisioning(CourseRecords):
                 course = course_by_name(session, name)
                 plans = []
                 for course_lab in course.labs:
-                    lab = self._lab(course_lab)
+                    lab = self._lab(course_lab, fresh=True)
                     digest = lab_digest(Path(course_lab.path))
                     if course_lab.digest and course_lab.digest != digest and not upgrade:
                         changed = changed_files(Path(course_lab.path), course_lab.files) or ["lab.toml"]

@@ -25,12 +25,13 @@ from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab
 from labkit.labs.model import Lab
 from labkit.names import check_name
+from labkit.services import loaded_labs
 from labkit.services.audit import current_actor, record
 from labkit.services.course_admission import Target, default_budget_mb
 from labkit.services.db import Database
 from labkit.services.enrolments import held_students
 from labkit.services.lookup import course_by_name
-from labkit.services.machines import Machines
+from labkit.services.machines import Machines, MachineView
 from labkit.services.models import Assignment, ClassSession, Course, CourseLab, Machine, Student
 from labkit.services.roster import check_student_id, read_roster
 from labkit.services.submissions import student_folder
@@ -68,8 +69,11 @@ class CourseRecords:
     def _known_images(self) -> set[str]:
         return {record.name for record in ImageStore(self.settings).list()}
 
-    def _lab(self, course_lab: CourseLab) -> Lab:
-        return load_lab(Path(course_lab.path), self._known_images())
+    def _lab(self, course_lab: CourseLab, fresh: bool = False) -> Lab:
+        """The course lab, validated; loaded once per version (`loaded_labs`) unless ``fresh``."""
+        if fresh:
+            loaded_labs.forget(Path(course_lab.path))
+        return loaded_labs.course_lab(Path(course_lab.path), course_lab.version, self._known_images())
 
     # ---- courses -----------------------------------------------------------------------------------------------
     def create(self, name: str, labs: list[Path], memory_budget_mb: int | None = None,
@@ -233,7 +237,15 @@ class CourseRecords:
             targets = self.targets(name, student, machine, lab)
         except NotFoundError:
             return []
-        views = {view.name: view for view in self.machines.status()}
+        return self._rows(targets)
+
+    def _rows(self, targets: list[Target], read: dict[str, MachineView] | None = None) -> list[dict[str, object]]:
+        """`status` rows of ``targets``: the machines among ``read`` (views just read) are not read again, the others
+        are reconciled with their processes (only these: not every machine of the installation)."""
+        views = dict(read or {})
+        missing = [t.name for t in targets if t.name not in views]
+        if missing:
+            views.update({view.name: view for view in self.machines.status(names=missing)})
         return [{"student": t.student, "lab": t.lab, "machine": t.machine, "name": t.name,
                  "state": views[t.name].state, "forwards": views[t.name].forwards, "uptime": views[t.name].uptime,
                  "overlay_bytes": views[t.name].overlay_bytes, "memory_mb": t.memory_mb} for t in targets]

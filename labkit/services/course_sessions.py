@@ -48,7 +48,8 @@ class CourseSessions(CourseActions):
             targets = self.targets(name)
         except NotFoundError:
             targets = []
-        live = {v.name for v in self.machines.status() if v.state in {s.value for s in LIVE}}
+        live = {v.name for v in self.machines.status(names=[t.name for t in targets])
+                if v.state in {s.value for s in LIVE}}
         resets = [t for t in targets if policies[t.lab] == RESET_EACH_SESSION]
         return {"course": name, "machines": len(targets), "running": sum(1 for t in targets if t.name in live),
                 "reset": len(resets), "students": len({t.student for t in resets}),
