@@ -10,6 +10,7 @@ right after a load could keep the same key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -29,14 +30,16 @@ _guard = threading.Lock()
 
 def stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Every folder under ``folder`` (itself included: adding or removing a file changes a folder's time) and every
-    file, with its size and modification time; no file is read."""
+    file, with its size and modification time; no file is read. An entry removed while it is read is left out (the
+    load that follows says what is missing)."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in [".", *sorted(files)]:
             path = os.path.join(root, name)
-            info = os.lstat(path)
-            found.append((os.path.relpath(path, folder), info.st_size, info.st_mtime_ns))
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(path)
+                found.append((os.path.relpath(path, folder), info.st_size, info.st_mtime_ns))
     return tuple(found)
 
 
