@@ -200,9 +200,9 @@ def start(name: str) -> ResponseReturnValue:
         if is_live(before):
             return _already(progress, "start", owned, before)
         # through the course: its memory budget and per-student limit apply to students too
-        state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
-                                 progress=progress)
-        after = _state_of(state, who, owned.name)
+        rows = state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
+                                        progress=progress)
+        after = next(str(row["state"]) for row in rows if row["name"] == owned.name)
         progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}"))
         return {"machine": owned.name, "state": after}
 

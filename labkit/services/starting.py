@@ -23,11 +23,11 @@ def _folder(run_dir: Path, course: str) -> Path:
     return run_dir / f".course-{course}.starting"
 
 
-def promised(run_dir: Path, course: str) -> dict[str, int]:
-    """Machines promised by live starts of ``course``: machine name -> memory in MB."""
+def promised(run_dir: Path, course: str | None = None) -> dict[str, int]:
+    """Machines promised by live starts of ``course`` (of every course when None): machine name -> memory in MB."""
     found: dict[str, int] = {}
-    folder = _folder(run_dir, course)
-    for path in folder.glob("*.json") if folder.is_dir() else []:
+    folders = [_folder(run_dir, course)] if course is not None else sorted(run_dir.glob(_folder(run_dir, "*").name))
+    for path in (p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.json"))):
         try:
             data = json.loads(path.read_text())
             owner = ProcessRecord(int(data["pid"]), int(data["start_time"]))

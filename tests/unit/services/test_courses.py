@@ -13,10 +13,12 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+import labkit.labs.loader
 from labkit.config import Settings
 from labkit.errors import AdmissionError, BadNameError, ConflictError, LabFormatError, NotFoundError, RosterError
 from labkit.images.recipe import find_recipe
@@ -151,6 +153,48 @@ def test_changed_lab_is_reported_and_upgrade_keeps_overlays(courses: Courses, tm
     assert "A new line from the instructor." in seed_text(courses, name, "labkit/files/etc/motd")
 
 
+def test_a_course_lab_is_loaded_once_per_version_and_again_when_it_changes(
+        courses: Courses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, _ = alice_on_a_lab_copy(courses, tmp_path)
+    an_hour_ago = time.time() - 3600
+
+    def settle() -> None:
+        """Date the lab's files an hour back: a lab changed in the last seconds is loaded every time (racy)."""
+        for path in [lab, *lab.rglob("*")]:
+            os.utime(path, (an_hour_ago, an_hour_ago), follow_symlinks=False)
+
+    settle()
+    loads: list[object] = []
+    load = labkit.labs.loader._load
+
+    def counted(*args: Any, **kwargs: Any) -> Any:  # a counting wrapper: the real loader runs underneath
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(labkit.labs.loader, "_load", counted)
+    for _ in range(3):
+        assert [t.machine for t in courses.targets("c1")] == ["box"]
+    assert len(loads) == 1
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('reset_policy = "persist"', 'reset_policy = "each-session"'))
+    with pytest.raises(ConflictError, match="changed since"):
+        courses.provision("c1")  # a provisioning validates afresh
+    assert len(loads) == 2
+    settle()  # dated back, but lab.toml's size changed: loaded again, then kept
+    courses.targets("c1")
+    courses.targets("c1")
+    assert len(loads) == 3
+    toml.write_text(toml.read_text().replace("each-session", "persist"))  # the first size again, a new time
+    os.utime(toml, (an_hour_ago + 1, an_hour_ago + 1))
+    courses.targets("c1")
+    assert len(loads) == 4
+    # a lab edited within the last seconds is loaded every time (a clock tick may hide a same-size edit)
+    toml.touch()
+    courses.targets("c1")
+    courses.targets("c1")
+    assert len(loads) == 6
+
+
 def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: Path) -> None:
     courses.create("c1", [LABS / "two-hosts"], memory_budget_mb=100)
     courses.import_roster("c1", roster(tmp_path, "alice"))
@@ -180,6 +224,10 @@ def test_machines_another_start_is_booting_count_against_the_budget(courses: Cou
         assert courses.start("c3", student="erin") == courses.status("c3", student="erin")  # not booted twice
         assert courses.status("c3", student="erin")[0]["state"] == "stopped"
     assert starting.promised(courses.settings.run_dir, "c3") == {}
+    # what another course's start is booting counts against the budget too (it uses the same host)
+    with (starting.promise(courses.settings.run_dir, "other", {"c9s1l1-box": 64}),
+          pytest.raises(AdmissionError, match=r"needs 64 MB, but 64 MB .* \(by machine c9s1l1-box 64 MB\)")):
+        courses.start("c3", student="finn")
     # A promise left by a process that died is ignored and cleaned up.
     folder = courses.settings.run_dir / ".course-c3.starting"
     (folder / "1-dead.json").write_text(json.dumps({"pid": 1, "start_time": 1, "machines": {erin.name: 64}}))
