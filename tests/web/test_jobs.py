@@ -41,14 +41,20 @@ def runner(web_settings: Settings, db: Database) -> Iterator[JobRunner]:
 
 def test_progress_and_result_are_stored(runner: JobRunner) -> None:
     seen: list[tuple[int, int | None]] = []
+    submitted: list[int] = []
+    known = threading.Event()
 
     def work(report: Reporter) -> dict[str, object]:
         for n in range(1, 4):
             report(ProgressEvent("provision", n, 3, f"student {n}"))
-        seen.append((runner.jobs.get(job.id).done, runner.jobs.get(job.id).total))
+        assert known.wait(10)  # the worker may run before submit returns the job's id to this test
+        stored = runner.jobs.get(submitted[0])
+        seen.append((stored.done, stored.total))
         return {"created": 3}
 
     job = runner.submit("provision", "c1", work, owner_user_id=None)
+    submitted.append(job.id)
+    known.set()
     assert job.state in ("queued", "running")
     done = runner.wait(job.id, timeout=10)
     assert (done.state, done.done, done.total, done.message, done.result) == ("done", 3, 3, "student 3",
