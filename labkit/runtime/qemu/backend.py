@@ -103,6 +103,7 @@ class QemuBackend(Backend):
 
     kind = "qemu"
     overlay_kind = "qcow2"
+    min_memory_mb = MIN_MEMORY_MB
     console_kind = "socket"
     capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True)
 
