@@ -153,9 +153,9 @@ def test_lifecycle_contract(lk: Labkit, kind: str) -> None:
         assert served["exit_code"] == 0, served
         assert fetch(f"http://127.0.0.1:{host_port(view, 8080)}/") == page
         # guest -> host: the allowed host port answers at 10.0.2.2, another host port does not
-        reached = lk.sh(name, f"wget -q -T 20 -O - http://10.0.2.2:{allowed.port}/")
+        reached = lk.sh(name, f"timeout 30 wget -q -O - http://10.0.2.2:{allowed.port}/")
         assert (reached["exit_code"], reached["stdout"]) == (0, token), reached
-        refused = lk.sh(name, f"wget -q -T 5 -O - http://10.0.2.2:{other.port}/ 2>&1")
+        refused = lk.sh(name, f"timeout 10 wget -q -O - http://10.0.2.2:{other.port}/ 2>&1")
         assert refused["exit_code"] != 0 and token not in str(refused["stdout"]), refused
         # the default route leaves through the gateway (a QEMU guest's slirp answers ARP only for 10.0.2.2/.3)
         route = lk.sh(name, "ip route show default")
