@@ -54,32 +54,10 @@ apply_network() {
         ip link set "$ifname" up || log "cannot bring $ifname up"
     done
     if [ -n "$LABKIT_DEFAULT_ROUTE" ]; then
-        # "via 10.0.2.2 dev eth0": QEMU's user network answers ARP only for its own addresses, so the route names the
-        # gateway; UML's classic slirp is a SLIP-like link without ARP, where the gateway word changes nothing.
+        # Classic slirp is a SLIP-like link without ARP: the default route names the device, not a gateway.
         # shellcheck disable=SC2086 # the route is words like "dev eth0" or "via 10.0.0.1 dev eth1", checked by the host
         ip route replace default $LABKIT_DEFAULT_ROUTE || log "cannot add default route $LABKIT_DEFAULT_ROUTE"
-        announce
     fi
-}
-
-route_gateway() {
-    # The address after "via" in the default route, if any.
-    # shellcheck disable=SC2086 # split the checked route into its words
-    set -- $LABKIT_DEFAULT_ROUTE
-    while [ "$#" -ge 2 ]; do
-        [ "$1" = via ] && { echo "$2"; return 0; }
-        shift 2
-    done
-}
-
-announce() {
-    # QEMU's user network learns the guest's MAC address only from a packet the guest sends, and drops what comes for
-    # the guest before that: the first SYN of the first SSH connection, which the client sends again a second later.
-    # One ping to the gateway, in the background, sends that packet now (under UML it is one harmless packet).
-    gateway=$(route_gateway)
-    [ -n "$gateway" ] || return 0
-    command -v ping > /dev/null 2>&1 || return 0
-    ping -c 1 -W 1 "$gateway" > /dev/null 2>&1 &
 }
 
 apply_dns() {

@@ -207,7 +207,9 @@ class QemuBackend(Backend):
                 "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
                 "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
                 "-drive", f"file={_opt(spec.overlay.absolute())},if=none,id=root,format=qcow2,discard=unmap",
-                "-device", "virtio-blk-pci,drive=root"]
+                "-device", "virtio-blk-pci,drive=root",
+                # the host's randomness for the guest's pool from the start (else the first SSH connection waits)
+                "-device", "virtio-rng-pci"]
         if spec.seed is not None:
             argv += ["-drive", f"file={_opt(spec.seed.absolute())},if=none,id=seed,format=raw,readonly=on",
                      "-device", "virtio-blk-pci,drive=seed"]
