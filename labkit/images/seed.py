@@ -29,6 +29,7 @@ from labkit.images.guest_contract import (
     SEED_STARTUP,
     SLIRP_DNS,
     SLIRP_GUEST_ADDRESS,
+    SLIRP_HOST_ADDRESS,
 )
 from labkit.names import check_name
 
@@ -46,7 +47,8 @@ class SeedSpec:
 
     hostname: str
     interfaces: dict[str, str] = field(default_factory=_default_interfaces)
-    default_route: str | None = "dev eth0"
+    #: through the gateway: QEMU's user network answers ARP only for 10.0.2.2 and 10.0.2.3 (UML's slirp needs no ARP)
+    default_route: str | None = f"via {SLIRP_HOST_ADDRESS} dev eth0"
     dns: str | None = SLIRP_DNS
     authorized_keys: list[str] = field(default_factory=list)
     root_password: str | None = None

@@ -85,14 +85,18 @@ def host_port_problems(key: str, ports: Sequence[int]) -> Problems:
     return problems
 
 
-def backend_problems(machine: str, backend: str, networked: bool) -> Problems:
-    """Problems of machine ``machine`` naming ``backend``: a registered kind, and one that joins lab networks when the
-    machine is on one. Only the registry's list is read; a backend's module is loaded only for a networked machine."""
+def backend_problems(machine: str, backend: str, networked: bool, memory: int = DEFAULT_MEMORY) -> Problems:
+    """Problems of machine ``machine`` naming ``backend``: a registered kind, one that joins lab networks when the
+    machine is on one, and enough memory for it. Only the registry's list is read; a backend's module is loaded only
+    for a networked machine or one with less memory than the default."""
     kinds = backend_kinds()
     if backend not in kinds:
         return [("backend", f"unknown backend {backend!r} for machine {machine}; known backends: {', '.join(kinds)}")]
     if networked and not backend_class(backend).capabilities.lab_networks:
         return [("networks", f"machine {machine} runs on backend {backend}, which cannot join lab networks")]
+    if memory < DEFAULT_MEMORY and memory < (least := backend_class(backend).min_memory_mb):
+        return [("memory", f"memory {memory} MB is too little for machine {machine} on backend {backend}: it needs at "
+                           f"least {least} MB")]
     return []
 
 
@@ -196,7 +200,7 @@ class MachineDef:
                 problems.append((f"networks.{network}", f"write the address {address!r} without a /prefix; "
                                                         "the network's subnet gives it"))
         problems += host_port_problems("host_ports", self.host_ports)
-        problems += backend_problems(self.name, self.backend, bool(self.networks))
+        problems += backend_problems(self.name, self.backend, bool(self.networks), self.memory)
         if self.name in self.depends_on:
             problems.append(("depends_on", f"machine {self.name} depends on itself"))
         for script in self.startup:

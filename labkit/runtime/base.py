@@ -144,6 +144,8 @@ class Backend(ABC):
     #: eth0's address inside every guest (with its prefix): the backend's guest network, the way out to the host
     guest_address: str = GUEST_ADDRESS
     capabilities: Capabilities = Capabilities()
+    #: the least memory (MiB) its guests boot with; the services refuse a machine with less
+    min_memory_mb: int = 32
 
     @abstractmethod
     def check(self) -> list[str]:

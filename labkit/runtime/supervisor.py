@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import traceback
 import tty
@@ -107,6 +108,11 @@ class Supervisor:
                 return 126
         master, slave = os.openpty()
         tty.setraw(slave)  # UML sets raw mode itself, but not before it has started: no echo of early input
+        # No output translation either: a machine that turns output processing back on (QEMU's stdio chardev sets
+        # OPOST) would otherwise have every guest line end in CR CR LF, which console clients do not expect.
+        mode = termios.tcgetattr(slave)
+        mode[1] &= ~(termios.OPOST | termios.ONLCR | termios.OCRNL | termios.ONLRET)
+        termios.tcsetattr(slave, termios.TCSANOW, mode)
         os.set_blocking(master, False)
         self.master = master
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -51,11 +51,15 @@ class Machines(MachineDisks):
         none), ``outbound`` whether it reaches other addresses (docs/runtime.md, "Host reach"). ``backend`` is a
         registered backend kind (`labkit.runtime.backend_kinds`); the overlay kind follows from it."""
         check_name(name, "machine name")
-        overlay_kind = backend_class(backend).overlay_kind
+        kind = backend_class(backend)
+        overlay_kind = kind.overlay_kind
         overlay = get_overlay(overlay_kind)
         reach = sorted({check_host_port(port) for port in host_ports or ()})
         if not 32 <= memory_mb <= 16384:
             raise BadNameError(f"memory {memory_mb} MB is outside 32-16384 MB")
+        if memory_mb < kind.min_memory_mb:
+            raise BadNameError(f"memory {memory_mb} MB is too little for backend {backend}: its machines need at least "
+                               f"{kind.min_memory_mb} MB")
         wanted = list(forwards or [])
         hosts = [f.host_port for f in wanted if f.host_port]
         if len(hosts) != len(set(hosts)):

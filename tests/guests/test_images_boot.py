@@ -188,7 +188,7 @@ def test_tiny_boots_with_seed_and_accepts_ssh(tiny_image: ImageRecord, short_tmp
         assert run(client, "cat /etc/lab-motd") == "welcome to the lab\n"
         assert run(client, "cat /var/log/startup-mark") == "ran\n"
         assert "10.0.2.15/24" in run(client, "ip addr show eth0")
-        assert "default dev eth0" in run(client, "ip route")
+        assert "default via 10.0.2.2 dev eth0" in run(client, "ip route")
         assert run(client, "cat /etc/resolv.conf") == "nameserver 10.0.2.3\n"
         assert run(client, "grep -c '^root:\\$6\\$' /etc/shadow").strip() == "1"  # password from the seed
         assert "ubdb" not in run(client, "cat /proc/mounts")  # seed unmounted again

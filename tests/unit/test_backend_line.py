@@ -19,7 +19,7 @@ from sqlalchemy import select
 import labkit.overlays
 import labkit.runtime
 from labkit.config import Settings
-from labkit.errors import LabFormatError, StateError
+from labkit.errors import BadNameError, LabFormatError, StateError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.labs.loader import load_lab, validate_lab
@@ -170,3 +170,31 @@ def test_a_machine_gets_the_backend_its_lab_names(fake_registered: None, lk_sett
             courses.machines.pause(name)
     finally:
         db.close()
+
+
+def test_a_backend_s_least_memory_is_one_clear_error_in_the_lab_and_the_service(
+        fake_registered: None, monkeypatch: pytest.MonkeyPatch, lk_settings: Settings, tmp_path: Path) -> None:
+    """A backend whose guests need more memory (QEMU's kernel needs 128 MiB) says so; a lab or a ``vm create``
+    asking for less is refused with that figure instead of being raised silently."""
+    monkeypatch.setattr(FakeBackend, "min_memory_mb", 96)
+    lab = lab_naming(tmp_path, "fake")  # its machine asks for 64 MB
+    assert [(p.key, p.message) for p in validate_lab(lab)] == [
+        ("machines.box.memory", "memory 64 MB is too little for machine box on backend fake: it needs at least 96 MB")]
+
+    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
+    db = Database(lk_settings)
+    try:
+        machines = Courses(lk_settings, db, actor="teacher").machines
+        with pytest.raises(BadNameError, match="memory 64 MB is too little for backend fake: its machines need at "
+                                               "least 96 MB"):
+            machines.create("m1", "tiny", 64, backend="fake")
+        assert machines.status() == []
+        assert list(lk_settings.overlays.iterdir()) == [] and list(lk_settings.seeds.iterdir()) == []
+        assert machines.create("m1", "tiny", 96, backend="fake").memory_mb == 96
+    finally:
+        db.close()
+
+
+def test_every_backend_names_its_least_memory() -> None:
+    for kind in backend_kinds():
+        assert 16 <= get_backend(kind).min_memory_mb <= 128, kind

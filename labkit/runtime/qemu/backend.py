@@ -102,6 +102,7 @@ class QemuBackend(SupervisedBackend):
     #: the guest kernel runs with panic=-1 and QEMU with -no-reboot, but a panic is best caught at once
     watch_for_panic = True
     overlay_kind = "qcow2"
+    min_memory_mb = MIN_MEMORY_MB
     console_kind = "socket"
     capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True)
 
@@ -205,7 +206,9 @@ class QemuBackend(SupervisedBackend):
                 "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
                 "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
                 "-drive", f"file={_opt(spec.overlay.absolute())},if=none,id=root,format=qcow2,discard=unmap",
-                "-device", "virtio-blk-pci,drive=root"]
+                "-device", "virtio-blk-pci,drive=root",
+                # the host's randomness for the guest's pool from the start (else the first SSH connection waits)
+                "-device", "virtio-rng-pci"]
         if spec.seed is not None:
             argv += ["-drive", f"file={_opt(spec.seed.absolute())},if=none,id=seed,format=raw,readonly=on",
                      "-device", "virtio-blk-pci,drive=seed"]

@@ -35,8 +35,10 @@ from labkit.progress import ProgressEvent, Reporter, silent
 #: The Debian metapackage that depends on the current cloud kernel (virtio as modules, 8250 serial and ext4 built in).
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 #: Modules the initrd loads, in this order: block devices first (the root disk), then the network card.
+#: virtio-rng feeds the guest's random pool from the host at boot: without it the kernel's pool is ready only seconds
+#: later, and the first SSH connection waits for it (Dropbear asks getrandom() for its keys).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
-           "failover", "net_failover", "virtio_net")
+           "failover", "net_failover", "virtio_net", "virtio-rng")
 #: The devices QEMU guests get: root on the first virtio disk, the seed (read-only) on the second.
 ROOT_DEVICE = "/dev/vda"
 SEED_DEVICE = "/dev/vdb"

@@ -70,7 +70,7 @@ def test_seed_content_reads_back(tmp_path: Path) -> None:
     env = read(image, "labkit/seed.env")
     assert "LABKIT_HOSTNAME=web1" in env
     assert sourced(env, tmp_path, "LABKIT_INTERFACES") == "eth0=10.0.2.15/24 eth1=192.168.10.1/24"
-    assert sourced(env, tmp_path, "LABKIT_DEFAULT_ROUTE") == "dev eth0"
+    assert sourced(env, tmp_path, "LABKIT_DEFAULT_ROUTE") == "via 10.0.2.2 dev eth0"
     assert sourced(env, tmp_path, "LABKIT_DNS") == "10.0.2.3"
     assert sourced(env, tmp_path, "LABKIT_SEED_ID") == "abc123"
     assert read(image, "labkit/authorized_keys") == spec.authorized_keys[0] + "\n"

@@ -14,6 +14,7 @@ from labkit.errors import ConfigError
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
 from labkit.runtime.qemu.backend import ACCEL_CACHE, BootSet, QemuBackend, _snapshot_tags, check_tag
+from labkit.runtime.qemu.boot import MODULES
 
 BOOT = BootSet(Path("/boot/k"), Path("/boot/i"), ("console=ttyS0", "root=/dev/vda", "rw"))
 
@@ -43,6 +44,8 @@ def test_command_line(tmp_path: Path) -> None:
     # eth0: the SLIRP contract's addresses, forwards on the namespace's loopback only; eth1: the lab's VDE switch
     assert "user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,hostfwd=tcp:127.0.0.1:20000-:22" in line
     assert "-netdev vde,id=n1,sock=net-eth1" in line
+    # the guest's random pool is fed from the host at boot (its initrd loads the driver): no wait for the first SSH key
+    assert "-device virtio-rng-pci" in line and "virtio-rng" in MODULES
     assert "-loadvm" not in argv
     # no seed disk, no seed argument (and no second disk)
     bare = " ".join(QemuBackend(boot=lambda: BOOT).command_line(spec(tmp_path), "qemu", BOOT, "tcg", ()))
