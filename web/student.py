@@ -278,8 +278,9 @@ def snapshot(name: str) -> ResponseReturnValue:
     def run(progress: Reporter) -> dict[str, Any]:
         progress(ProgressEvent("snapshot", 0, 1, f"copying the disk of {owned.machine} to {wanted}"))
         state.machines(who).snapshot(owned.name, wanted)
-        progress(ProgressEvent("snapshot", 1, 1, f"snapshot {wanted} taken"))
-        return {"machine": owned.name, "snapshot": wanted}
+        kind = next((s["kind"] for s in state.machines(who).snapshots(owned.name) if s["name"] == wanted), "disk")
+        progress(ProgressEvent("snapshot", 1, 1, f"snapshot {wanted} taken ({kind})"))
+        return {"machine": owned.name, "snapshot": wanted, "kind": kind}
 
     _machine_job(owned, "snapshot", run, "A snapshot of")
     return _to_machine(owned)
@@ -317,9 +318,9 @@ def restore(name: str, snap: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         progress(ProgressEvent("restore", 0, 1, f"bringing back {snap}"))
-        state.machines(who).restore(owned.name, snap)
-        progress(ProgressEvent("restore", 1, 1, f"{owned.machine} is back at {snap}"))
-        return {"machine": owned.name, "snapshot": snap}
+        view = state.machines(who).restore(owned.name, snap)
+        progress(ProgressEvent("restore", 1, 1, f"{owned.machine} is back at {snap} ({view.state})"))
+        return {"machine": owned.name, "snapshot": snap, "state": view.state}
 
     _machine_job(owned, "restore", run, "Restoring")
     return _to_machine(owned)

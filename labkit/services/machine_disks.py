@@ -24,13 +24,16 @@ from labkit.services import images as image_service
 from labkit.services.audit import record
 from labkit.services.machine_guests import MachineGuests
 from labkit.services.machine_records import MachineView, SeedContent
-from labkit.services.machine_states import ACCEPTS
+from labkit.services.machine_states import ACCEPTS, RUNNING_STATE, snapshot_kind
 from labkit.services.models import Machine, Snapshot
 
 #: Seconds a guest's own ``sync`` may take before a copy of its disk; then the kernel's emergency sync is used,
 #: which only starts writing, so the copy waits this long for it.
 FLUSH_TIMEOUT = 20.0
 EMERGENCY_SYNC_WAIT = 1.0
+
+#: The name of the running state inside a snapshot's qcow2 file (each snapshot is a file of its own, so one name)
+STATE_TAG = "labkit-running"
 
 
 class MachineDisks(MachineGuests):
@@ -111,17 +114,43 @@ class MachineDisks(MachineGuests):
         return f"; the old one is kept as snapshot {keep}"
 
     def snapshot(self, name: str, snapshot: str) -> MachineView:
-        """Keep a named copy of the overlay. A running machine is synced and paused for the copy, then resumed."""
+        """Keep a named copy of the overlay. On a backend with running-state snapshots, a running or paused
+        machine's memory and devices are kept with it (kind "running state"); otherwise a running machine is synced
+        and paused for the copy, then resumed (kind "disk")."""
         check_name(snapshot, "snapshot name")
         with self._locked(name), self.db.transaction() as session:
             machine = self._get(session, name)
             if any(s.name == snapshot for s in machine.snapshots):
                 raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
             dest = self._snapshot_dir(name) / self._overlay(machine).file_name(snapshot)
-            size, how = self._copy_overlay(session, machine, dest, "snapshot")
-            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size))
+            status = self._reconcile(session, machine)
+            kind = snapshot_kind(self._backend(machine).capabilities.ram_snapshots, status.state)
+            if kind == RUNNING_STATE:
+                size, how = self._save_running_state(machine, status, dest), RUNNING_STATE
+            else:
+                size, how = self._copy_overlay(session, machine, dest, "snapshot")
+            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size, kind=kind))
             record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def _save_running_state(self, machine: Machine, status: MachineStatus, dest: Path) -> int:
+        """Keep the machine's running state under `STATE_TAG` in its overlay, copy the overlay (paused, so its file
+        is still) to ``dest``, and drop the state from the live overlay again: the snapshot file alone holds it."""
+        backend, spec = self._backend(machine), self.spec(machine)
+        backend.save_state(spec, STATE_TAG)
+        try:
+            was_running = status.state == State.RUNNING
+            if was_running:
+                backend.pause(spec)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                info = self._overlay(machine).snapshot(Path(machine.overlay_path), dest)
+            finally:
+                if was_running:
+                    backend.resume(spec)
+        finally:
+            backend.delete_state(spec, STATE_TAG)
+        return info.allocated_bytes
 
     def freeze(self, name: str, dest: Path) -> int:
         """Copy the overlay to ``dest`` the way a snapshot does, but outside the machine's own snapshots (a student
@@ -166,15 +195,41 @@ class MachineDisks(MachineGuests):
                 backend.resume(spec)
         return info.allocated_bytes, "live" if live else status.state.value
 
-    def restore(self, name: str, snapshot: str, discard: bool = False) -> MachineView:
-        """Bring a snapshot back as the overlay (explicit, recorded). The overlay it replaces is kept as snapshot
-        ``before-restore-<time>`` unless ``discard``."""
-        with self._stopped(name, "restore") as (session, machine):
-            chosen = self._snapshot(machine, snapshot)
-            kept = "" if discard else self._keep_before(session, machine, "restore")
-            self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
-            record(session, self.actor, "restore", name, snapshot + kept)
-            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+    def restore(self, name: str, snapshot: str, discard: bool = False, timeout: float = 120.0) -> MachineView:
+        """Bring a snapshot back as the stopped machine's overlay (explicit, recorded). The overlay it replaces is kept
+        as snapshot ``before-restore-<time>`` unless ``discard``. A "running state" snapshot also brings the machine
+        back running where it was (its processes, addresses and routes): it does not boot."""
+        with self._locked(name):
+            with self.db.transaction() as session:
+                machine = self._get(session, name)
+                status = self._reconcile(session, machine)
+                if status.state not in ACCEPTS["restore"]:
+                    raise StateError(f"cannot restore machine {name} while it is {status.state.value}; stop it "
+                                     "first", status.state)
+                chosen = self._snapshot(machine, snapshot)
+                kept = "" if discard else self._keep_before(session, machine, "restore")
+                self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
+                record(session, self.actor, "restore", name, snapshot + kept)
+                backend, spec = self._backend(machine), self.spec(machine)
+                if chosen.kind != RUNNING_STATE:
+                    return self._view(machine, backend.status(spec))
+            # the boot-like part runs outside any transaction, as a start's does, but under the machine's lock
+            return self._load_running_state(name, backend, spec, timeout)
+
+    def _load_running_state(self, name: str, backend: Backend, spec: MachineSpec, timeout: float) -> MachineView:
+        """Start the machine from the running state its (just restored) overlay holds, outside any transaction like
+        a boot, then drop the state from the live overlay (the snapshot file keeps it)."""
+        for attachment in spec.networks:
+            backend.start_network(attachment.network)
+        try:
+            status = backend.load_state(spec, STATE_TAG, timeout=timeout)
+            backend.delete_state(spec, STATE_TAG)
+        except LabkitError as err:
+            with self.db.transaction() as session:
+                record(session, self.actor, "start-failed", name, str(err)[:2000])
+            raise
+        return self._settle(name, backend.status(spec) if status.state == State.RUNNING else status, "start",
+                            "from a running state")
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         with self._locked(name), self.db.transaction() as session:
@@ -206,5 +261,5 @@ class MachineDisks(MachineGuests):
     def snapshots(self, name: str) -> list[dict[str, object]]:
         with self.db.transaction() as session:
             machine = self._get(session, name)
-            return [{"name": s.name, "created_at": s.created_at.isoformat(), "size": s.size, "path": s.path}
-                    for s in machine.snapshots]
+            return [{"name": s.name, "created_at": s.created_at.isoformat(), "size": s.size, "kind": s.kind,
+                     "path": s.path} for s in machine.snapshots]

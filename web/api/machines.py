@@ -35,7 +35,8 @@ def _machine_json(owned: OwnedMachine, view: Any) -> dict[str, Any]:
     return {"name": owned.name, "course": owned.course, "lab": owned.lab, "machine": owned.machine,
             "student": owned.student, "student_name": owned.student_name, "state": view.state,
             "forwards": view.forwards, "ssh": view.ssh, "uptime": view.uptime, "memory_mb": view.memory_mb,
-            "overlay_bytes": view.overlay_bytes, "snapshots": view.snapshots, "console_read_only": owned.read_only}
+            "overlay_bytes": view.overlay_bytes, "snapshots": view.snapshots, "snapshot_kind": view.snapshot_kind,
+            "console_read_only": owned.read_only}
 
 
 def _state_json(view: Any) -> dict[str, Any]:
@@ -93,8 +94,7 @@ def snapshot_take(name: str) -> ResponseReturnValue:
     service = services().machines(scope.user().username)
     if any(s["name"] == snapshot for s in service.snapshots(owned.name)):
         raise ConflictError(f"machine {owned.name} already has a snapshot named {snapshot!r}")
-    return machine_job("snapshot", owned, lambda progress: {"name": owned.name, "snapshot": snapshot,
-                                                            "state": service.snapshot(owned.name, snapshot).state},
+    return machine_job("snapshot", owned, lambda progress: _snapshot_json(service, owned.name, snapshot),
                        lambda state: None if accepts("snapshot", state) else f"it is {state}",
                        target=f"{owned.name}/{snapshot}")
 
@@ -119,6 +119,13 @@ def snapshot_delete(name: str, snapshot: str) -> ResponseReturnValue:
     _snapshot_or_404(service.snapshots(owned.name), owned.name, snapshot)
     service.delete_snapshot(owned.name, snapshot)
     return "", 204
+
+
+def _snapshot_json(service: Any, name: str, snapshot: str) -> dict[str, Any]:
+    """Take the snapshot; the job's result says the machine's state after it and the snapshot's kind."""
+    state = service.snapshot(name, snapshot).state
+    kind = next((s["kind"] for s in service.snapshots(name) if s["name"] == snapshot), "disk")
+    return {"name": name, "snapshot": snapshot, "state": state, "kind": kind}
 
 
 def _snapshot_or_404(listed: list[dict[str, object]], machine: str, snapshot: str) -> None:
