@@ -17,6 +17,7 @@ from labkit.guest.keys import public_key
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.names import check_name
 from labkit.overlays import get_overlay
+from labkit.progress import ProgressEvent, Reporter
 from labkit.runtime import DEFAULT_BACKEND, backend_class
 from labkit.runtime.base import Backend, MachineSpec, MachineStatus, State
 from labkit.runtime.network import check_host_port
@@ -195,41 +196,33 @@ class MachineDisks(MachineGuests):
                 backend.resume(spec)
         return info.allocated_bytes, "live" if live else status.state.value
 
-    def restore(self, name: str, snapshot: str, discard: bool = False, timeout: float = 120.0) -> MachineView:
+    def restore(self, name: str, snapshot: str, discard: bool = False, start: bool = True) -> MachineView:
         """Bring a snapshot back as the stopped machine's overlay (explicit, recorded). The overlay it replaces is kept
-        as snapshot ``before-restore-<time>`` unless ``discard``. A "running state" snapshot also brings the machine
-        back running where it was (its processes, addresses and routes): it does not boot."""
-        with self._locked(name):
-            with self.db.transaction() as session:
-                machine = self._get(session, name)
-                status = self._reconcile(session, machine)
-                if status.state not in ACCEPTS["restore"]:
-                    raise StateError(f"cannot restore machine {name} while it is {status.state.value}; stop it "
-                                     "first", status.state)
-                chosen = self._snapshot(machine, snapshot)
-                kept = "" if discard else self._keep_before(session, machine, "restore")
-                self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
-                record(session, self.actor, "restore", name, snapshot + kept)
-                backend, spec = self._backend(machine), self.spec(machine)
-                if chosen.kind != RUNNING_STATE:
-                    return self._view(machine, backend.status(spec))
-            # the boot-like part runs outside any transaction, as a start's does, but under the machine's lock
-            return self._load_running_state(name, backend, spec, timeout)
+        as snapshot ``before-restore-<time>`` unless ``discard``. A "running state" snapshot brings its state back
+        with the disk: the machine's next start goes on where it was (its processes, addresses and routes) instead of
+        booting; with ``start`` the restore starts it at once (the web starts it through its course instead, so the
+        course's memory budget applies)."""
+        with self._stopped(name, "restore") as (session, machine):
+            chosen = self._snapshot(machine, snapshot)
+            kept = "" if discard else self._keep_before(session, machine, "restore")
+            self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
+            record(session, self.actor, "restore", name, snapshot + kept)
+            resumes = chosen.kind == RUNNING_STATE
+            view = self._view(machine, self._backend(machine).status(self.spec(machine)))
+        if resumes and start:
+            return self.start(name)  # type: ignore[attr-defined,no-any-return]  # Machines.start
+        return view
 
-    def _load_running_state(self, name: str, backend: Backend, spec: MachineSpec, timeout: float) -> MachineView:
-        """Start the machine from the running state its (just restored) overlay holds, outside any transaction like
-        a boot, then drop the state from the live overlay (the snapshot file keeps it)."""
-        for attachment in spec.networks:
-            backend.start_network(attachment.network)
-        try:
-            status = backend.load_state(spec, STATE_TAG, timeout=timeout)
+    def _boot(self, backend: Backend, spec: MachineSpec, wait: bool, timeout: float,
+              progress: Reporter) -> MachineStatus:
+        """Start the machine: from the running state a restored snapshot left in its overlay (it goes on where it
+        was; the state is then dropped from the live overlay, the snapshot's file keeps it), else by booting."""
+        if backend.capabilities.ram_snapshots and STATE_TAG in backend.list_states(spec):
+            progress(ProgressEvent("boot", message=f"bringing back the running state of {spec.name}"))
+            backend.load_state(spec, STATE_TAG, timeout=max(timeout, 60.0))
             backend.delete_state(spec, STATE_TAG)
-        except LabkitError as err:
-            with self.db.transaction() as session:
-                record(session, self.actor, "start-failed", name, str(err)[:2000])
-            raise
-        return self._settle(name, backend.status(spec) if status.state == State.RUNNING else status, "start",
-                            "from a running state")
+            return backend.status(spec)
+        return backend.start(spec, wait=wait, timeout=timeout, progress=progress)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         with self._locked(name), self.db.transaction() as session:

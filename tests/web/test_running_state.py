@@ -136,6 +136,12 @@ def test_running_state_snapshot_brings_back_a_process(site: Site, alice: FlaskCl
     assert "192.0.2.77" in guest_out(site, "ip addr show dev lo")
     assert "198.51.100.0/24 via 10.0.2.2" in guest_out(site, "ip route")
 
+    # the services alone (as `labkit vm restore`): the restore starts the machine from the state at once
+    machines = site.state.machines("test")
+    machines.stop(name)
+    assert machines.restore(name, "live", discard=True).state == "running"
+    assert guest_out(site, "pidof sleep").split() == pid
+
     # the API says the same: the list holds the kind, and the machine what a snapshot now would be
     token = site.state.accounts("test").create_api_token("alice", "t")[1]
     headers = {"Authorization": f"Bearer {token}"}
@@ -145,3 +151,15 @@ def test_running_state_snapshot_brings_back_a_process(site: Site, alice: FlaskCl
     assert kinds["live"] == "running state"
     assert [kind for snap, kind in kinds.items() if snap.startswith("before-restore-")] == ["disk"]
     assert api.get(f"/api/v1/machines/{name}", headers=headers).get_json()["snapshot_kind"] == "running state"
+
+    def api_job(path: str) -> dict[str, object]:
+        answer = api.post(path, headers=headers, json={})
+        assert answer.status_code == 202, answer.get_json()
+        done = site.state.jobs.wait(answer.get_json()["id"], timeout=JOB_TIMEOUT).as_dict()
+        assert done["state"] == "done", done
+        return done
+
+    assert api_job(f"/api/v1/machines/{name}/stop")["result"]["state"] == "stopped"  # type: ignore[index]
+    restored = api_job(f"/api/v1/machines/{name}/snapshots/live/restore")["result"]
+    assert restored == {"name": name, "state": "running", "snapshot": "live"}
+    assert guest_out(site, "pidof sleep").split() == pid

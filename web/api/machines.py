@@ -8,8 +8,9 @@ from flask import abort, jsonify
 from flask.typing import ResponseReturnValue
 
 from labkit.errors import ConflictError, NotFoundError
+from labkit.progress import Reporter
 from labkit.services.accounts import OwnedMachine
-from labkit.services.machine_states import accepts, is_live
+from labkit.services.machine_states import RUNNING_STATE, accepts, is_live
 from web.api import bp, scope
 from web.api.jobs import machine_job
 from web.api_input import Field, json_body
@@ -105,9 +106,20 @@ def snapshot_restore(name: str, snapshot: str) -> ResponseReturnValue:
     owned = scope.machine(name)
     json_body({})
     service = services().machines(scope.user().username)
-    _snapshot_or_404(service.snapshots(owned.name), owned.name, snapshot)
-    return machine_job("restore", owned, lambda progress: {**_state_json(service.restore(owned.name, snapshot)),
-                                                           "snapshot": snapshot},
+    listed = service.snapshots(owned.name)
+    _snapshot_or_404(listed, owned.name, snapshot)
+    resumes = any(s["name"] == snapshot and s["kind"] == RUNNING_STATE for s in listed)
+    courses = services().courses(scope.user().username)
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        view = service.restore(owned.name, snapshot, start=False)
+        if resumes:  # it goes on where it was: started through the course, within its budget
+            courses.start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
+                          progress=progress)
+            view = service.status(owned.name)[0]
+        return {**_state_json(view), "snapshot": snapshot}
+
+    return machine_job("restore", owned, run,
                        lambda state: f"it is {state}; stop it first" if is_live(state) else None,
                        target=f"{owned.name}/{snapshot}")
 
