@@ -25,7 +25,7 @@ from labkit.services import images as image_service
 from labkit.services.audit import record
 from labkit.services.machine_guests import MachineGuests
 from labkit.services.machine_records import MachineView, SeedContent
-from labkit.services.machine_states import ACCEPTS, RUNNING_STATE, snapshot_kind
+from labkit.services.machine_states import ACCEPTS, DISK, LIVE, RUNNING_STATE, snapshot_kind
 from labkit.services.models import Machine, Snapshot
 
 #: Seconds a guest's own ``sync`` may take before a copy of its disk; then the kernel's emergency sync is used,
@@ -110,7 +110,7 @@ class MachineDisks(MachineGuests):
         keep = next((name for name in names if name not in taken), f"before-{action}-{secrets.token_hex(4)}")
         dest = self._snapshot_dir(machine.name) / self._overlay(machine).file_name(keep)
         size, _how = self._copy_overlay(session, machine, dest, action)
-        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size))
+        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size, kind=self._resting_kind(machine)))
         record(session, self.actor, "snapshot", machine.name, f"{keep} (kept before a {action})")
         return f"; the old one is kept as snapshot {keep}"
 
@@ -130,9 +130,24 @@ class MachineDisks(MachineGuests):
                 size, how = self._save_running_state(machine, status, dest), RUNNING_STATE
             else:
                 size, how = self._copy_overlay(session, machine, dest, "snapshot")
+                if status.state not in LIVE:
+                    kind = self._resting_kind(machine)
             machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size, kind=kind))
             record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def _resting_kind(self, machine: Machine) -> str:
+        """The kind of a copy of a stopped machine's overlay: "running state" when it still holds the state of a
+        restored snapshot that no start has taken up yet (the copy brings it back too), else "disk"."""
+        backend, spec = self._backend(machine), self.spec(machine)
+        return RUNNING_STATE if self._holds_state(backend, spec) else DISK
+
+    @staticmethod
+    def _holds_state(backend: Backend, spec: MachineSpec) -> bool:
+        """Whether the stopped machine's overlay holds a restored running state (read from the file: a machine in
+        any other state has none waiting)."""
+        return (backend.capabilities.ram_snapshots and backend.status(spec).state == State.STOPPED
+                and STATE_TAG in backend.list_states(spec))
 
     def _save_running_state(self, machine: Machine, status: MachineStatus, dest: Path) -> int:
         """Keep the machine's running state under `STATE_TAG` in its overlay, copy the overlay (paused, so its file
@@ -217,7 +232,7 @@ class MachineDisks(MachineGuests):
               progress: Reporter) -> MachineStatus:
         """Start the machine: from the running state a restored snapshot left in its overlay (it goes on where it
         was; the state is then dropped from the live overlay, the snapshot's file keeps it), else by booting."""
-        if backend.capabilities.ram_snapshots and STATE_TAG in backend.list_states(spec):
+        if self._holds_state(backend, spec):
             progress(ProgressEvent("boot", message=f"bringing back the running state of {spec.name}"))
             backend.load_state(spec, STATE_TAG, timeout=max(timeout, 60.0))
             backend.delete_state(spec, STATE_TAG)

@@ -141,6 +141,13 @@ def test_running_state_snapshot_brings_back_a_process(site: Site, alice: FlaskCl
     machines.stop(name)
     assert machines.restore(name, "live", discard=True).state == "running"
     assert guest_out(site, "pidof sleep").split() == pid
+    # restored but not started: the state waits in the overlay, a copy of it keeps it, and a plain start takes it up
+    machines.stop(name)
+    assert machines.restore(name, "live", discard=True, start=False).state == "stopped"
+    machines.snapshot(name, "waiting")
+    assert {s["name"]: s["kind"] for s in machines.snapshots(name)}["waiting"] == "running state"
+    assert machines.start(name).state == "running"
+    assert guest_out(site, "pidof sleep").split() == pid
 
     # the API says the same: the list holds the kind, and the machine what a snapshot now would be
     token = site.state.accounts("test").create_api_token("alice", "t")[1]
