@@ -203,10 +203,13 @@ def snapshot(app: App, name: str, snapshot: str) -> None:
 @pass_app
 def restore(app: App, name: str, snapshot: str, yes: bool, discard: bool) -> None:
     """Bring SNAPSHOT back as stopped machine NAME's overlay. The current one is kept as snapshot
-    before-restore-<time> (unless --discard). A "running state" snapshot also starts NAME where it was."""
+    before-restore-<time> (unless --discard). After a "running state" snapshot, NAME's next start goes on where it
+    was instead of booting."""
     _confirm(yes, f"Restore {name} to {snapshot}? " + ("Changes made since that snapshot are lost." if discard else
                                                        "The current disk is kept as a snapshot."))
     _show(app.machines.restore(name, snapshot, discard=discard))
+    if any(row["name"] == snapshot and row["kind"] == "running state" for row in app.machines.snapshots(name)):
+        click.echo(f"  {snapshot} keeps a running state: 'labkit vm start {name}' goes on where it was")
 
 
 @command.command("snapshots")

@@ -211,12 +211,12 @@ class MachineDisks(MachineGuests):
                 backend.resume(spec)
         return info.allocated_bytes, "live" if live else status.state.value
 
-    def restore(self, name: str, snapshot: str, discard: bool = False, start: bool = True) -> MachineView:
+    def restore(self, name: str, snapshot: str, discard: bool = False, start: bool = False) -> MachineView:
         """Bring a snapshot back as the stopped machine's overlay (explicit, recorded). The overlay it replaces is kept
         as snapshot ``before-restore-<time>`` unless ``discard``. A "running state" snapshot brings its state back
         with the disk: the machine's next start goes on where it was (its processes, addresses and routes) instead of
         booting; with ``start`` the restore starts it at once (the web starts it through its course instead, so the
-        course's memory budget applies)."""
+        course's memory budget applies). Without, the machine stays stopped, as after any restore."""
         with self._stopped(name, "restore") as (session, machine):
             chosen = self._snapshot(machine, snapshot)
             kept = "" if discard else self._keep_before(session, machine, "restore")

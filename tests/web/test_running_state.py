@@ -136,14 +136,15 @@ def test_running_state_snapshot_brings_back_a_process(site: Site, alice: FlaskCl
     assert "192.0.2.77" in guest_out(site, "ip addr show dev lo")
     assert "198.51.100.0/24 via 10.0.2.2" in guest_out(site, "ip route")
 
-    # the services alone (as `labkit vm restore`): the restore starts the machine from the state at once
+    # the services alone: restore(start=True) starts the machine from the state at once
     machines = site.state.machines("test")
     machines.stop(name)
-    assert machines.restore(name, "live", discard=True).state == "running"
+    assert machines.restore(name, "live", discard=True, start=True).state == "running"
     assert guest_out(site, "pidof sleep").split() == pid
-    # restored but not started: the state waits in the overlay, a copy of it keeps it, and a plain start takes it up
+    # as `labkit vm restore`: the machine stays stopped, the state waits in the overlay, a copy of it keeps it, and
+    # a plain start takes it up
     machines.stop(name)
-    assert machines.restore(name, "live", discard=True, start=False).state == "stopped"
+    assert machines.restore(name, "live", discard=True).state == "stopped"
     machines.snapshot(name, "waiting")
     assert {s["name"]: s["kind"] for s in machines.snapshots(name)}["waiting"] == "running state"
     assert machines.start(name).state == "running"
