@@ -105,9 +105,11 @@ SCHEMAS: dict[str, Schema] = {
                         "uptime": {"type": ["number", "null"]}, "memory_mb": {"type": "integer"},
                         "overlay_bytes": {"type": "integer"},
                         "snapshots": {"type": "array", "items": {"type": "string"}},
+                        "snapshot_kind": {"enum": ["disk", "running state"]},
                         "console_read_only": {"type": "boolean"}},
                        ("name", "course", "lab", "machine", "student", "state"), closed=False),
-    "Snapshot": _object({"name": _NAME, "created_at": {"type": "string"}, "size": {"type": "integer"}},
+    "Snapshot": _object({"name": _NAME, "created_at": {"type": "string"}, "size": {"type": "integer"},
+                         "kind": {"enum": ["disk", "running state"]}},
                         ("name", "created_at", "size"), closed=False),
     "Job": _object({"id": {"type": "integer"}, "kind": {"type": "string"}, "target": {"type": "string"},
                     "state": {"enum": ["queued", "running", "done", "failed"]}, "done": {"type": "integer"},
@@ -234,7 +236,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/v1/machines/{name}/snapshots": {
         "get": _op("The machine's snapshots", "snapshots",
                    {200: _json({"type": "array", "items": _ref("Snapshot")}, "Oldest first.")}, (404,)),
-        "post": _op("Take a snapshot (a running machine is paused for the copy)", "snapshots", _JOB,
+        "post": _op("Take a snapshot (a running machine is paused for the copy; a running QEMU machine's running "
+                    "state is kept too)", "snapshots", _JOB,
                     _MACHINE_ERRORS, body=_ref("NewSnapshot"), body_required=True)},
     "/api/v1/machines/{name}/snapshots/{snapshot}/restore": {"post": _op(
         "Restore a snapshot (the machine must be stopped; changes since are lost)", "snapshots", _JOB,

@@ -27,7 +27,7 @@ from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter
 from labkit.services.accounts import OwnedMachine, UserView
 from labkit.services.jobs import JobView
-from labkit.services.machine_states import is_live
+from labkit.services.machine_states import RUNNING_STATE, is_live
 from labkit.services.portal import Enrollment, Portal
 from web.access import actor, current_user, owned_machine_or_404, student_required
 from web.state import WebState, services
@@ -278,8 +278,9 @@ def snapshot(name: str) -> ResponseReturnValue:
     def run(progress: Reporter) -> dict[str, Any]:
         progress(ProgressEvent("snapshot", 0, 1, f"copying the disk of {owned.machine} to {wanted}"))
         state.machines(who).snapshot(owned.name, wanted)
-        progress(ProgressEvent("snapshot", 1, 1, f"snapshot {wanted} taken"))
-        return {"machine": owned.name, "snapshot": wanted}
+        kind = next((s["kind"] for s in state.machines(who).snapshots(owned.name) if s["name"] == wanted), "disk")
+        progress(ProgressEvent("snapshot", 1, 1, f"snapshot {wanted} taken ({kind})"))
+        return {"machine": owned.name, "snapshot": wanted, "kind": kind}
 
     _machine_job(owned, "snapshot", run, "A snapshot of")
     return _to_machine(owned)
@@ -306,7 +307,7 @@ def restore_confirm(name: str, snap: str) -> ResponseReturnValue:
 @student_required
 def restore(name: str, snap: str) -> ResponseReturnValue:
     owned = _mine(name)
-    _snapshot_or_404(owned, snap)
+    chosen = _snapshot_or_404(owned, snap)
     if request.form.get("confirm") != "yes":
         abort(400, "Restore needs the confirmation from the restore page: nothing was changed.")
     state, who = services(), actor()
@@ -317,9 +318,14 @@ def restore(name: str, snap: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         progress(ProgressEvent("restore", 0, 1, f"bringing back {snap}"))
-        state.machines(who).restore(owned.name, snap)
-        progress(ProgressEvent("restore", 1, 1, f"{owned.machine} is back at {snap}"))
-        return {"machine": owned.name, "snapshot": snap}
+        state.machines(who).restore(owned.name, snap, start=False)
+        if chosen["kind"] == RUNNING_STATE:  # it goes on where it was: started through the course, within its budget
+            progress(ProgressEvent("restore", 0, 1, f"starting {owned.machine} where it was at {snap}"))
+            state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
+                                     progress=progress)
+        after = _state_of(state, who, owned.name)
+        progress(ProgressEvent("restore", 1, 1, f"{owned.machine} is back at {snap} ({after})"))
+        return {"machine": owned.name, "snapshot": snap, "state": after}
 
     _machine_job(owned, "restore", run, "Restoring")
     return _to_machine(owned)

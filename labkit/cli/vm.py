@@ -36,6 +36,7 @@ def _show(view: MachineView) -> None:
         click.echo(f"  ssh: {view.ssh}")
     if view.snapshots:
         click.echo(f"  snapshots: {', '.join(view.snapshots)}")
+    click.echo(f"  a snapshot now keeps: {view.snapshot_kind}")
 
 
 @command.command("create")
@@ -185,8 +186,12 @@ def reset(app: App, name: str, yes: bool, discard: bool) -> None:
 @click.argument("snapshot")
 @pass_app
 def snapshot(app: App, name: str, snapshot: str) -> None:
-    """Keep a named copy of NAME's overlay (a running machine is synced and paused for the copy)."""
-    _show(app.machines.snapshot(name, snapshot))
+    """Keep a named copy of NAME's overlay. A running machine is synced and paused for the copy ("disk"), or, on a
+    backend that keeps running states (QEMU), its memory is kept too ("running state")."""
+    view = app.machines.snapshot(name, snapshot)
+    kind = next((row["kind"] for row in app.machines.snapshots(name) if row["name"] == snapshot), "disk")
+    click.echo(f"snapshot {snapshot} of {name}: {kind}")
+    _show(view)
 
 
 @command.command("restore")
@@ -198,10 +203,13 @@ def snapshot(app: App, name: str, snapshot: str) -> None:
 @pass_app
 def restore(app: App, name: str, snapshot: str, yes: bool, discard: bool) -> None:
     """Bring SNAPSHOT back as stopped machine NAME's overlay. The current one is kept as snapshot
-    before-restore-<time> (unless --discard)."""
+    before-restore-<time> (unless --discard). After a "running state" snapshot, NAME's next start goes on where it
+    was instead of booting."""
     _confirm(yes, f"Restore {name} to {snapshot}? " + ("Changes made since that snapshot are lost." if discard else
                                                        "The current disk is kept as a snapshot."))
     _show(app.machines.restore(name, snapshot, discard=discard))
+    if any(row["name"] == snapshot and row["kind"] == "running state" for row in app.machines.snapshots(name)):
+        click.echo(f"  {snapshot} keeps a running state: 'labkit vm start {name}' goes on where it was")
 
 
 @command.command("snapshots")
@@ -215,7 +223,7 @@ def snapshots(app: App, name: str, as_json: bool) -> None:
         echo_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['name']}\t{row['created_at']}\t{row['size'] / 1e6:.1f} MB")
+        click.echo(f"{row['name']}\t{row['created_at']}\t{row['size'] / 1e6:.1f} MB\t{row['kind']}")
 
 
 @command.command("rm")

@@ -17,6 +17,7 @@ from labkit.guest.keys import public_key
 from labkit.images.seed import SeedSpec, build_seed
 from labkit.names import check_name
 from labkit.overlays import get_overlay
+from labkit.progress import ProgressEvent, Reporter
 from labkit.runtime import DEFAULT_BACKEND, backend_class
 from labkit.runtime.base import Backend, MachineSpec, MachineStatus, State
 from labkit.runtime.network import check_host_port
@@ -24,13 +25,16 @@ from labkit.services import images as image_service
 from labkit.services.audit import record
 from labkit.services.machine_guests import MachineGuests
 from labkit.services.machine_records import MachineView, SeedContent
-from labkit.services.machine_states import ACCEPTS
+from labkit.services.machine_states import ACCEPTS, DISK, LIVE, RUNNING_STATE, snapshot_kind
 from labkit.services.models import Machine, Snapshot
 
 #: Seconds a guest's own ``sync`` may take before a copy of its disk; then the kernel's emergency sync is used,
 #: which only starts writing, so the copy waits this long for it.
 FLUSH_TIMEOUT = 20.0
 EMERGENCY_SYNC_WAIT = 1.0
+
+#: The name of the running state inside a snapshot's qcow2 file (each snapshot is a file of its own, so one name)
+STATE_TAG = "labkit-running"
 
 
 class MachineDisks(MachineGuests):
@@ -106,22 +110,63 @@ class MachineDisks(MachineGuests):
         keep = next((name for name in names if name not in taken), f"before-{action}-{secrets.token_hex(4)}")
         dest = self._snapshot_dir(machine.name) / self._overlay(machine).file_name(keep)
         size, _how = self._copy_overlay(session, machine, dest, action)
-        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size))
+        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size, kind=self._resting_kind(machine)))
         record(session, self.actor, "snapshot", machine.name, f"{keep} (kept before a {action})")
         return f"; the old one is kept as snapshot {keep}"
 
     def snapshot(self, name: str, snapshot: str) -> MachineView:
-        """Keep a named copy of the overlay. A running machine is synced and paused for the copy, then resumed."""
+        """Keep a named copy of the overlay. On a backend with running-state snapshots, a running or paused
+        machine's memory and devices are kept with it (kind "running state"); otherwise a running machine is synced
+        and paused for the copy, then resumed (kind "disk")."""
         check_name(snapshot, "snapshot name")
         with self._locked(name), self.db.transaction() as session:
             machine = self._get(session, name)
             if any(s.name == snapshot for s in machine.snapshots):
                 raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
             dest = self._snapshot_dir(name) / self._overlay(machine).file_name(snapshot)
-            size, how = self._copy_overlay(session, machine, dest, "snapshot")
-            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size))
+            status = self._reconcile(session, machine)
+            kind = snapshot_kind(self._backend(machine).capabilities.ram_snapshots, status.state)
+            if kind == RUNNING_STATE:
+                size, how = self._save_running_state(machine, status, dest), RUNNING_STATE
+            else:
+                size, how = self._copy_overlay(session, machine, dest, "snapshot")
+                if status.state not in LIVE:
+                    kind = self._resting_kind(machine)
+            machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size, kind=kind))
             record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
+
+    def _resting_kind(self, machine: Machine) -> str:
+        """The kind of a copy of a stopped machine's overlay: "running state" when it still holds the state of a
+        restored snapshot that no start has taken up yet (the copy brings it back too), else "disk"."""
+        backend, spec = self._backend(machine), self.spec(machine)
+        return RUNNING_STATE if self._holds_state(backend, spec) else DISK
+
+    @staticmethod
+    def _holds_state(backend: Backend, spec: MachineSpec) -> bool:
+        """Whether the stopped machine's overlay holds a restored running state (read from the file: a machine in
+        any other state has none waiting)."""
+        return (backend.capabilities.ram_snapshots and backend.status(spec).state == State.STOPPED
+                and STATE_TAG in backend.list_states(spec))
+
+    def _save_running_state(self, machine: Machine, status: MachineStatus, dest: Path) -> int:
+        """Keep the machine's running state under `STATE_TAG` in its overlay, copy the overlay (paused, so its file
+        is still) to ``dest``, and drop the state from the live overlay again: the snapshot file alone holds it."""
+        backend, spec = self._backend(machine), self.spec(machine)
+        backend.save_state(spec, STATE_TAG)
+        try:
+            was_running = status.state == State.RUNNING
+            if was_running:
+                backend.pause(spec)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                info = self._overlay(machine).snapshot(Path(machine.overlay_path), dest)
+            finally:
+                if was_running:
+                    backend.resume(spec)
+        finally:
+            backend.delete_state(spec, STATE_TAG)
+        return info.allocated_bytes
 
     def freeze(self, name: str, dest: Path) -> int:
         """Copy the overlay to ``dest`` the way a snapshot does, but outside the machine's own snapshots (a student
@@ -166,15 +211,33 @@ class MachineDisks(MachineGuests):
                 backend.resume(spec)
         return info.allocated_bytes, "live" if live else status.state.value
 
-    def restore(self, name: str, snapshot: str, discard: bool = False) -> MachineView:
-        """Bring a snapshot back as the overlay (explicit, recorded). The overlay it replaces is kept as snapshot
-        ``before-restore-<time>`` unless ``discard``."""
+    def restore(self, name: str, snapshot: str, discard: bool = False, start: bool = False) -> MachineView:
+        """Bring a snapshot back as the stopped machine's overlay (explicit, recorded). The overlay it replaces is kept
+        as snapshot ``before-restore-<time>`` unless ``discard``. A "running state" snapshot brings its state back
+        with the disk: the machine's next start goes on where it was (its processes, addresses and routes) instead of
+        booting; with ``start`` the restore starts it at once (the web starts it through its course instead, so the
+        course's memory budget applies). Without, the machine stays stopped, as after any restore."""
         with self._stopped(name, "restore") as (session, machine):
             chosen = self._snapshot(machine, snapshot)
             kept = "" if discard else self._keep_before(session, machine, "restore")
             self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
             record(session, self.actor, "restore", name, snapshot + kept)
-            return self._view(machine, self._backend(machine).status(self.spec(machine)))
+            resumes = chosen.kind == RUNNING_STATE
+            view = self._view(machine, self._backend(machine).status(self.spec(machine)))
+        if resumes and start:
+            return self.start(name)  # type: ignore[attr-defined,no-any-return]  # Machines.start
+        return view
+
+    def _boot(self, backend: Backend, spec: MachineSpec, wait: bool, timeout: float,
+              progress: Reporter) -> MachineStatus:
+        """Start the machine: from the running state a restored snapshot left in its overlay (it goes on where it
+        was; the state is then dropped from the live overlay, the snapshot's file keeps it), else by booting."""
+        if self._holds_state(backend, spec):
+            progress(ProgressEvent("boot", message=f"bringing back the running state of {spec.name}"))
+            backend.load_state(spec, STATE_TAG, timeout=max(timeout, 60.0))
+            backend.delete_state(spec, STATE_TAG)
+            return backend.status(spec)
+        return backend.start(spec, wait=wait, timeout=timeout, progress=progress)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         with self._locked(name), self.db.transaction() as session:
@@ -206,5 +269,5 @@ class MachineDisks(MachineGuests):
     def snapshots(self, name: str) -> list[dict[str, object]]:
         with self.db.transaction() as session:
             machine = self._get(session, name)
-            return [{"name": s.name, "created_at": s.created_at.isoformat(), "size": s.size, "path": s.path}
-                    for s in machine.snapshots]
+            return [{"name": s.name, "created_at": s.created_at.isoformat(), "size": s.size, "kind": s.kind,
+                     "path": s.path} for s in machine.snapshots]

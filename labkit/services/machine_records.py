@@ -22,11 +22,11 @@ from labkit.atomic import locked
 from labkit.config import Settings
 from labkit.errors import NotFoundError, OverlayError, StateError
 from labkit.overlays import Overlay, get_overlay
-from labkit.runtime import get_backend
+from labkit.runtime import backend_class, get_backend
 from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, NetworkAttachment, NetworkSpec, State
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
-from labkit.services.machine_states import AT_REST, LIVE
+from labkit.services.machine_states import AT_REST, LIVE, snapshot_kind
 from labkit.services.models import Machine
 
 SSH_PORT = 22
@@ -50,6 +50,8 @@ class MachineView:
     memory_mb: int
     mac: str
     console_log: str
+    #: the kind a snapshot taken now would be: "running state" (its backend keeps it, and it runs) or "disk"
+    snapshot_kind: str = "disk"
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class MachineRecords:
             ssh=f"ssh -p {ssh} -i {self.settings.keys / 'labkit_ed25519'} root@127.0.0.1" if ssh else None,
             uptime=uptime(status), overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
             memory_mb=machine.memory_mb, mac=machine.mac, console_log=str(self.spec(machine).console_log),
+            snapshot_kind=snapshot_kind(backend_class(machine.backend).capabilities.ram_snapshots, status.state),
         )
 
     def _settle(self, name: str, status: MachineStatus, action: str, detail: str = "") -> MachineView:

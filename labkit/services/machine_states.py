@@ -30,6 +30,19 @@ ACCEPTS: dict[str, tuple[State, ...]] = {
 }
 
 
+#: Snapshot kinds (``Snapshot.kind``): the disk only, or the disk with the running machine's memory and devices
+DISK = "disk"
+RUNNING_STATE = "running state"
+#: States in which a machine has a running state to keep (on a backend with running-state snapshots)
+RAM_STATES: tuple[State, ...] = (State.RUNNING, State.PAUSED)
+
+
+def snapshot_kind(ram_snapshots: bool, state: State) -> str:
+    """The kind of snapshot the machine service takes of a machine in ``state`` on a backend that does (or not)
+    keep running states."""
+    return RUNNING_STATE if ram_snapshots and state in RAM_STATES else DISK
+
+
 def is_live(state: str | State) -> bool:
     """Whether a machine in ``state`` (a `State` or its value, as records and views hold it) has running processes."""
     return str(state) in {s.value for s in LIVE}

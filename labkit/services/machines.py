@@ -127,13 +127,13 @@ class Machines(MachineDisks):
                 backend.start_network(attachment.network)
             try:
                 try:
-                    status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
+                    status = self._boot(backend, spec, wait, timeout, progress)
                 except ConflictError:
                     if all(f.host_port for f in spec.forwards):
                         raise
                     # A port picked for a "0" forward can be taken by a machine starting beside this one before
                     # the backend binds it: it stopped everything, so one more start picks new ports.
-                    status = backend.start(spec, wait=wait, timeout=timeout, progress=progress)
+                    status = self._boot(backend, spec, wait, timeout, progress)
             except LabkitError as err:
                 with self.db.transaction() as session:
                     record(session, self.actor, "start-failed", name, str(err)[:2000])

@@ -118,7 +118,8 @@ class Machine(Base):
 
 
 class Snapshot(Base):
-    """A named sparse copy of a machine's overlay."""
+    """A named sparse copy of a machine's overlay; ``kind`` says what it keeps: "disk" (the disk only) or "running
+    state" (also the memory and devices of the running machine, on a backend with running-state snapshots)."""
 
     __tablename__ = "snapshots"
     __table_args__ = (UniqueConstraint("machine_id", "name"),)
@@ -129,6 +130,7 @@ class Snapshot(Base):
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="disk", server_default="disk")
 
     machine: Mapped[Machine] = relationship(back_populates="snapshots")
 

@@ -77,6 +77,8 @@ class PortalMachine:
     ssh_port: int | None
     #: root's password on this machine (console logins and SSH); shown to the owning student only
     console_password: str
+    #: the kind a snapshot taken now would be ("disk" or "running state"; the machine page says which)
+    snapshot_kind: str = "disk"
 
     @property
     def live(self) -> bool:
@@ -179,7 +181,7 @@ class Portal:
     def snapshots(self, name: str) -> list[dict[str, object]]:
         """The machine's snapshots, oldest first, with their times and sizes (no paths: those are the server's)."""
         return [{"name": s["name"], "created_at": dt.datetime.fromisoformat(str(s["created_at"])),
-                 "size": s["size"]} for s in self.machines.snapshots(name)]
+                 "size": s["size"], "kind": s["kind"]} for s in self.machines.snapshots(name)]
 
     def instructions(self, course: str, student: str, lab: str) -> str:
         """The lab's instructions (Markdown) with the student's own values filled in."""
@@ -198,7 +200,8 @@ def _titled(path: str, enrollment: Enrollment) -> Enrollment:
 
 def _portal_machine(view: MachineView, machine: str, password: str) -> PortalMachine:
     return PortalMachine(name=view.name, machine=machine, image=view.image, state=view.state, uptime=view.uptime,
-                         forwards=view.forwards, ssh_port=_ssh_port(view.forwards), console_password=password)
+                         forwards=view.forwards, ssh_port=_ssh_port(view.forwards), console_password=password,
+                         snapshot_kind=view.snapshot_kind)
 
 
 def _observed(row: Row[Any], status: MachineStatus, machine: str) -> PortalMachine:

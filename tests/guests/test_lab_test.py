@@ -40,7 +40,8 @@ def assert_nothing_left(settings: Settings) -> None:
     assert list(settings.overlays.iterdir()) == []
 
 
-@pytest.mark.parametrize(("lab", "seeds"), [("intro-shell", 3), ("two-hosts", 2), ("web-server", 1)])
+@pytest.mark.parametrize(("lab", "seeds"), [("intro-shell", 3), ("two-hosts", 2), ("web-server", 1),
+                                            ("mixed-backends", 1)])  # one UML and one QEMU machine on one network
 def test_shipped_labs_pass(lk_settings: Settings, lab: str, seeds: int) -> None:
     recipe = "debian-bookworm" if lab == "web-server" else "tiny"
     ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, recipe))

@@ -145,8 +145,13 @@ def test_snapshot_change_restore(site: Site, alice: FlaskClient) -> None:
     name = site.machine
     if state_of(site) != "running":
         start(site, alice)
+    # UML keeps no running state: the page says a snapshot of the running machine keeps its disk only
+    assert 'class="snapshot-kind" data-kind="disk"' in alice.get(f"/my/machines/{name}").get_data(as_text=True)
     post(alice, f"/my/machines/{name}/snapshots", {"snapshot": "clean"})  # live: synced and paused for the copy
-    finish(site, "snapshot")
+    assert finish(site, "snapshot")["result"] == {"machine": name, "snapshot": "clean", "kind": "disk"}
+    row = re.search(r'<tr class="snapshot" id="snapshot-clean".*?</tr>', alice.get(f"/my/machines/{name}")
+                    .get_data(as_text=True), re.S)
+    assert row and '<td class="kind">disk</td>' in row.group(0)
     guest_run(site, "echo changed > /root/mark && sync")
 
     refused = post(alice, f"/my/machines/{name}/snapshots/clean/restore", {"confirm": "yes"})

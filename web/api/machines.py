@@ -8,8 +8,9 @@ from flask import abort, jsonify
 from flask.typing import ResponseReturnValue
 
 from labkit.errors import ConflictError, NotFoundError
+from labkit.progress import Reporter
 from labkit.services.accounts import OwnedMachine
-from labkit.services.machine_states import accepts, is_live
+from labkit.services.machine_states import RUNNING_STATE, accepts, is_live
 from web.api import bp, scope
 from web.api.jobs import machine_job
 from web.api_input import Field, json_body
@@ -35,7 +36,8 @@ def _machine_json(owned: OwnedMachine, view: Any) -> dict[str, Any]:
     return {"name": owned.name, "course": owned.course, "lab": owned.lab, "machine": owned.machine,
             "student": owned.student, "student_name": owned.student_name, "state": view.state,
             "forwards": view.forwards, "ssh": view.ssh, "uptime": view.uptime, "memory_mb": view.memory_mb,
-            "overlay_bytes": view.overlay_bytes, "snapshots": view.snapshots, "console_read_only": owned.read_only}
+            "overlay_bytes": view.overlay_bytes, "snapshots": view.snapshots, "snapshot_kind": view.snapshot_kind,
+            "console_read_only": owned.read_only}
 
 
 def _state_json(view: Any) -> dict[str, Any]:
@@ -93,8 +95,7 @@ def snapshot_take(name: str) -> ResponseReturnValue:
     service = services().machines(scope.user().username)
     if any(s["name"] == snapshot for s in service.snapshots(owned.name)):
         raise ConflictError(f"machine {owned.name} already has a snapshot named {snapshot!r}")
-    return machine_job("snapshot", owned, lambda progress: {"name": owned.name, "snapshot": snapshot,
-                                                            "state": service.snapshot(owned.name, snapshot).state},
+    return machine_job("snapshot", owned, lambda progress: _snapshot_json(service, owned.name, snapshot),
                        lambda state: None if accepts("snapshot", state) else f"it is {state}",
                        target=f"{owned.name}/{snapshot}")
 
@@ -105,9 +106,20 @@ def snapshot_restore(name: str, snapshot: str) -> ResponseReturnValue:
     owned = scope.machine(name)
     json_body({})
     service = services().machines(scope.user().username)
-    _snapshot_or_404(service.snapshots(owned.name), owned.name, snapshot)
-    return machine_job("restore", owned, lambda progress: {**_state_json(service.restore(owned.name, snapshot)),
-                                                           "snapshot": snapshot},
+    listed = service.snapshots(owned.name)
+    _snapshot_or_404(listed, owned.name, snapshot)
+    resumes = any(s["name"] == snapshot and s["kind"] == RUNNING_STATE for s in listed)
+    courses = services().courses(scope.user().username)
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        view = service.restore(owned.name, snapshot, start=False)
+        if resumes:  # it goes on where it was: started through the course, within its budget
+            courses.start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
+                          progress=progress)
+            view = service.status(owned.name)[0]
+        return {**_state_json(view), "snapshot": snapshot}
+
+    return machine_job("restore", owned, run,
                        lambda state: f"it is {state}; stop it first" if is_live(state) else None,
                        target=f"{owned.name}/{snapshot}")
 
@@ -119,6 +131,13 @@ def snapshot_delete(name: str, snapshot: str) -> ResponseReturnValue:
     _snapshot_or_404(service.snapshots(owned.name), owned.name, snapshot)
     service.delete_snapshot(owned.name, snapshot)
     return "", 204
+
+
+def _snapshot_json(service: Any, name: str, snapshot: str) -> dict[str, Any]:
+    """Take the snapshot; the job's result says the machine's state after it and the snapshot's kind."""
+    state = service.snapshot(name, snapshot).state
+    kind = next((s["kind"] for s in service.snapshots(name) if s["name"] == snapshot), "disk")
+    return {"name": name, "snapshot": snapshot, "state": state, "kind": kind}
 
 
 def _snapshot_or_404(listed: list[dict[str, object]], machine: str, snapshot: str) -> None:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from labkit.runtime.base import State
-from labkit.services.machine_states import ACCEPTS, AT_REST, LIVE, accepts, is_live
+from labkit.services.machine_states import (
+    ACCEPTS,
+    AT_REST,
+    DISK,
+    LIVE,
+    RUNNING_STATE,
+    accepts,
+    is_live,
+    snapshot_kind,
+)
 
 
 def test_every_state_is_live_or_at_rest_and_the_disk_is_replaced_only_at_rest() -> None:
@@ -19,3 +28,10 @@ def test_every_state_is_live_or_at_rest_and_the_disk_is_replaced_only_at_rest() 
 def test_records_and_views_are_asked_by_their_string_values() -> None:
     assert [s.value for s in State if is_live(s.value)] == [s.value for s in State if s in LIVE]
     assert not is_live("no-such-state") and not accepts("stop", "no-such-state")
+
+
+def test_a_running_state_is_kept_only_of_a_running_or_paused_machine_on_a_backend_that_can() -> None:
+    kept = {state for state in State if snapshot_kind(True, state) == RUNNING_STATE}
+    assert kept == {State.RUNNING, State.PAUSED}
+    assert all(snapshot_kind(False, state) == DISK for state in State)  # UML: disk snapshots only
+    assert kept <= set(ACCEPTS["snapshot"])  # every state a running state is kept in is one a snapshot is taken in
