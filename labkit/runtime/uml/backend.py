@@ -171,6 +171,18 @@ class UmlBackend(SupervisedBackend):
 
     def start(self, spec: MachineSpec, *, wait: bool = True, timeout: float = 60.0,
               progress: Reporter = silent) -> MachineStatus:
+        """Boot the machine. A boot that failed in the guest kernel itself (`KernelFaultAtBoot`: the disk is fine) is
+        started once more, from scratch, and the console log says so; every other failure is raised at once."""
+        deadline = time.monotonic() + timeout
+        try:
+            return self._start_once(spec, wait, timeout, progress)
+        except KernelFaultAtBoot:
+            with open(spec.console_log, "ab") as log:
+                log.write(b"\r\nlabkit: the guest kernel failed at boot, its disk is fine; starting it once more\r\n")
+            progress(ProgressEvent("boot", message=f"starting {spec.name} again (the guest kernel failed at boot)"))
+            return self._start_once(spec, wait, max(10.0, deadline - time.monotonic()), progress)
+
+    def _start_once(self, spec: MachineSpec, wait: bool, timeout: float, progress: Reporter) -> MachineStatus:
         self._check_spec(spec)
         current = self.status(spec)
         if current.state != State.STOPPED:
@@ -202,46 +214,27 @@ class UmlBackend(SupervisedBackend):
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
+        supervisor = None
         try:
-            record = self._boot(spec, deadline, wait, progress)
+            self._spawn_supervisor(spec)
+            supervisor = ProcessRecord.read(run.supervisor_pid)
+            record = self._wait_for_machine(spec, deadline)
             if not wait:
                 return self.status(spec)
+            self._wait_until_ready(spec, deadline)
             progress(ProgressEvent("network", message=f"checking the forwards of {spec.name}"))
             self.network.confirm(spec, plan, lambda: process_group_members(record.pid),
                                  timeout=min(10.0, max(2.0, deadline - time.monotonic())))
         except BaseException:
             self._teardown(spec)
+            if supervisor is not None:  # it cleans the run folder on its way out: never under a next start
+                supervisor.wait_gone(10.0)
             raise
         progress(ProgressEvent("ready", message=f"{spec.name} is ready"))
         return self.status(spec)
 
     def _spawn_supervisor(self, spec: MachineSpec) -> None:
         spawn_supervisor(spec.run_dir, spec.name, self.python)
-
-    def _boot(self, spec: MachineSpec, deadline: float, wait: bool, progress: Reporter) -> ProcessRecord:
-        """Start the supervisor and wait for linux (and, with ``wait``, for the ready marker). A boot that failed in
-        the guest kernel itself (`KernelFaultAtBoot`: the disk is fine) is tried once more, and the console log says
-        so; every other failure is raised at once."""
-        run = RunDir(spec.run_dir)
-        tries = 2
-        while True:
-            tries -= 1
-            self._spawn_supervisor(spec)
-            supervisor = ProcessRecord.read(run.supervisor_pid)
-            try:
-                record = self._wait_for_machine(spec, deadline)
-                if wait:
-                    self._wait_until_ready(spec, deadline)
-                return record
-            except KernelFaultAtBoot:
-                if not tries:
-                    raise
-            if supervisor is not None:  # it cleans the run folder on its way out: never under a new start
-                supervisor.wait_gone(10.0)
-            run.exit_record.unlink(missing_ok=True)
-            with open(spec.console_log, "ab") as log:
-                log.write(b"\r\nlabkit: the guest kernel failed at boot, its disk is fine; starting it once more\r\n")
-            progress(ProgressEvent("boot", message=f"starting {spec.name} again (the guest kernel failed at boot)"))
 
     def _failure(self, spec: MachineSpec, what: str) -> RuntimeBackendError:
         said = console_tail(spec.console_log)
