@@ -10,11 +10,14 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import BadNameError, ConflictError
-from labkit.runtime.base import Forward
+from labkit.errors import BadNameError, ConfigError, ConflictError
+from labkit.runtime.base import Forward, MachineSpec
 
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
@@ -156,3 +159,35 @@ def listening_ports(pids: list[int]) -> set[int]:
                     if len(fields) > 9 and fields[3] == "0A" and int(fields[9]) in inodes:
                         ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+#: the first port of the listeners a backend opens inside a machine's namespace (the supervisor relays to them)
+INNER_BASE = 20000
+
+
+@dataclass(frozen=True)
+class ReachPlan:
+    """What every backend behind the per-machine namespace decides first: the forwards with their host ports picked,
+    the host ports the guest may reach, and the slirp4netns to run for outbound traffic."""
+
+    forwards: tuple[Forward, ...]
+    host_ports: tuple[int, ...]
+    slirp4netns: str
+
+    def inner_ports(self) -> Iterator[int]:
+        """Free port numbers inside the namespace for the backend's own listeners: never a relayed host port."""
+        return (port for port in range(INNER_BASE, 65536) if port not in self.host_ports)
+
+
+def plan_reach(spec: MachineSpec, slirp4netns: str) -> ReachPlan:
+    """Resolve ``spec``'s forwards, check its host ports, and find ``slirp4netns`` when the machine goes outbound."""
+    forwards = resolve_forwards(spec.forwards)
+    for port in spec.host_ports:
+        check_host_port(port)
+    if spec.outbound:
+        found = shutil.which(slirp4netns)
+        if found is None:
+            raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
+                              f"machine with outbound traffic ({spec.name}) needs it")
+        slirp4netns = found
+    return ReachPlan(forwards, tuple(sorted(set(spec.host_ports))), slirp4netns)

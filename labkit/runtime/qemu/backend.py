@@ -39,7 +39,7 @@ from labkit.runtime.base import (
     State,
 )
 from labkit.runtime.netns import Isolation, isolation_problems
-from labkit.runtime.network import check_host_port, listening_ports, machine_mac, network_mac, resolve_forwards
+from labkit.runtime.network import listening_ports, machine_mac, network_mac, plan_reach
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.qemu.qmp import Qmp, QmpError
 from labkit.runtime.rundir import RunDir
@@ -54,8 +54,6 @@ PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "
 #: the guest's disks: root is the first virtio disk, the seed the second
 ROOT_DEVICE = "/dev/vda"
 SEED_DEVICE = "/dev/vdb"
-#: QEMU's hostfwd listeners inside the machine's namespace are numbered from here
-INNER_BASE = 20000
 FORWARDS_FILE = "forwards.json"
 QMP_SOCKET = "qmp.sock"
 #: where a KVM probe's answer is kept (KVM hangs on some hosts although /dev/kvm answers: docs/backends.md)
@@ -313,18 +311,9 @@ class QemuBackend(SupervisedBackend):
     def _plan_network(self, spec: MachineSpec) -> tuple[tuple[Forward, ...], tuple[Forward, ...], Isolation]:
         """Resolve the forwards' host ports, number QEMU's listeners inside the namespace, record the forwards and
         say what the namespace lets through."""
-        forwards = resolve_forwards(spec.forwards)
-        for port in spec.host_ports:
-            check_host_port(port)
-        slirp4netns = self.slirp4netns_binary
-        if spec.outbound:
-            found = shutil.which(slirp4netns)
-            if found is None:
-                raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
-                                  f"machine with outbound traffic ({spec.name}) needs it")
-            slirp4netns = found
-        host_ports = tuple(sorted(set(spec.host_ports)))
-        free = (port for port in range(INNER_BASE, 65536) if port not in host_ports)
+        reach = plan_reach(spec, self.slirp4netns_binary)
+        forwards, host_ports, slirp4netns = reach.forwards, reach.host_ports, reach.slirp4netns
+        free = reach.inner_ports()
         inner = tuple(Forward(next(free), f.guest_port) for f in forwards)
         record_forwards(spec.run_dir, forwards)
         isolation = Isolation(forwards=tuple((f.host_port, i.host_port) for f, i in zip(forwards, inner, strict=True)),

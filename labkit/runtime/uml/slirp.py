@@ -28,11 +28,9 @@ from labkit.atomic import write_atomic
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError
 from labkit.runtime.base import Forward, MachineSpec
 from labkit.runtime.netns import Isolation
-from labkit.runtime.network import check_host_port, listening_ports, machine_mac, resolve_forwards
+from labkit.runtime.network import listening_ports, machine_mac, plan_reach
 
 FORWARDS_FILE = "forwards.json"
-#: slirp's redir ports inside the namespace are numbered from here (the host's ports do not matter in there)
-INNER_BASE = 20000
 #: classic slirp 1.0.17 exits at once when it has no redir at all; a machine without forwards gets this one (to the
 #: guest's discard port), which nothing outside its namespace can reach
 IDLE_GUEST_PORT = 9
@@ -118,18 +116,9 @@ class SlirpNetwork(UmlNetwork):
 
     def prepare(self, spec: MachineSpec) -> NetworkPlan:
         binary = self.binary()
-        forwards = resolve_forwards(spec.forwards)
-        for port in spec.host_ports:
-            check_host_port(port)
-        slirp4netns = self.slirp4netns_binary
-        if spec.outbound:
-            found = shutil.which(slirp4netns)
-            if found is None:
-                raise ConfigError(f"the program {slirp4netns!r} is not installed (Debian package 'slirp4netns'); a "
-                                  f"machine with outbound traffic ({spec.name}) needs it")
-            slirp4netns = found
-        host_ports = tuple(sorted(set(spec.host_ports)))
-        free = (port for port in range(INNER_BASE, 65536) if port not in host_ports)
+        reach = plan_reach(spec, self.slirp4netns_binary)
+        forwards, host_ports, slirp4netns = reach.forwards, reach.host_ports, reach.slirp4netns
+        free = reach.inner_ports()
         inner = tuple(Forward(next(free), f.guest_port) for f in forwards) or (Forward(next(free), IDLE_GUEST_PORT),)
         wrapper = spec.run_dir / self.WRAPPER
         write_atomic(wrapper, self.wrapper_text(binary, inner))
