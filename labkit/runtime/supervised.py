@@ -9,6 +9,7 @@ start, how to ask its guest to power off, how to freeze and thaw it, and what it
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import time
 from abc import abstractmethod
@@ -17,6 +18,7 @@ from pathlib import Path
 from labkit.errors import ConflictError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER
 from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervisor import console_tail
@@ -77,6 +79,16 @@ class SupervisedBackend(Backend):
     @abstractmethod
     def thaw(self, spec: MachineSpec) -> None:
         """Let a frozen guest run on."""
+
+    def host_problems(self) -> list[str]:
+        """What every supervised backend needs of the host besides its own programs: the lab networks' switch and
+        the per-machine namespaces."""
+        missing = []
+        for binary, package in self.lab_networks.requirements().items():
+            if shutil.which(binary) is None:
+                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
+                               "cannot start")
+        return missing + isolation_problems()
 
     # ---- status
 

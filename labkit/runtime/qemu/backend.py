@@ -38,7 +38,7 @@ from labkit.runtime.base import (
     MachineStatus,
     State,
 )
-from labkit.runtime.netns import Isolation, isolation_problems
+from labkit.runtime.netns import Isolation
 from labkit.runtime.network import listening_ports, machine_mac, network_mac, plan_reach
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.qemu.qmp import Qmp, QmpError
@@ -143,11 +143,7 @@ class QemuBackend(SupervisedBackend):
                                 (self.slirp4netns_binary, PACKAGES["slirp4netns"])):
             if shutil.which(binary) is None:
                 missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH")
-        for binary, package in self.lab_networks.requirements().items():
-            if shutil.which(binary) is None:
-                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
-                               "cannot start")
-        missing += isolation_problems()
+        missing += self.host_problems()
         return missing
 
     def _check_spec(self, spec: MachineSpec) -> None:

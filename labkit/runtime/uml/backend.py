@@ -18,7 +18,6 @@ from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, SEED_DEVICE
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Capabilities, Forward, MachineSpec, MachineStatus, State
-from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervised import SupervisedBackend
@@ -101,11 +100,7 @@ class UmlBackend(SupervisedBackend):
         for binary, package in self.network.requirements().items():
             if shutil.which(binary) is None:
                 missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH")
-        for binary, package in self.lab_networks.requirements().items():
-            if shutil.which(binary) is None:
-                missing.append(f"{binary} (Debian package {package}) is not installed or not on PATH; lab networks "
-                               "cannot start")
-        missing += isolation_problems()
+        missing += self.host_problems()
         tmp = os.environ.get("TMPDIR") or "/tmp"
         if not os.access(tmp, os.W_OK) and not os.access("/dev/shm", os.W_OK):
             missing.append(f"neither {tmp} nor /dev/shm is writable: UML keeps guest memory in a file there")
