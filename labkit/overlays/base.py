@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import OverlayError
+from labkit.errors import LabkitError, OverlayError
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,18 @@ class Overlay(ABC):
     def flatten(self, path: Path, output: Path) -> None:
         """Write at ``output`` (which must not exist) a full raw image of the disk the guest sees: the base plus the
         overlay's changes, for reading a stopped machine offline. Overlay and base are only read."""
+
+
+def stat_backing(name: str, of: str = "", missing: type[LabkitError] = OverlayError) -> os.stat_result:
+    """Stat the base image ``name`` an overlay is (or is to be) made over, refusing one that is missing, unreadable
+    or not a regular file, in the same words for every overlay kind. ``of`` names the overlay kind in the message."""
+    where = f" of the {of}" if of else ""
+    try:
+        found = os.stat(name)
+    except FileNotFoundError as err:
+        raise missing(f"Backing file '{name}'{where} does not exist.") from err
+    except OSError as err:
+        raise OverlayError(f"Cannot read backing file '{name}'{where}: {err.strerror}.") from err
+    if not os.path.isfile(name):
+        raise OverlayError(f"Backing file '{name}'{where} is not a regular file.")
+    return found

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.errors import ConfigError, ConflictError, NotFoundError, OverlayError
-from labkit.overlays.base import Overlay, OverlayInfo
+from labkit.overlays.base import Overlay, OverlayInfo, stat_backing
 from labkit.overlays.sparse import sparse_copy
 from labkit.overlays.umlcow import absolutize
 from labkit.progress import ProgressEvent, Reporter, silent
@@ -99,14 +99,7 @@ def _round_up(value: int, to: int) -> int:
 def _check_base(base: Path) -> str:
     """The absolute name of a usable base image, or the error umlcow gives for the same fault."""
     name = _absolute(base)
-    try:
-        os.stat(name)
-    except FileNotFoundError as err:
-        raise NotFoundError(f"Backing file '{name}' does not exist.") from err
-    except OSError as err:
-        raise OverlayError(f"Cannot read backing file '{name}': {err.strerror}.") from err
-    if not os.path.isfile(name):
-        raise OverlayError(f"Backing file '{name}' is not a regular file.")
+    stat_backing(name, missing=NotFoundError)
     return name
 
 
@@ -205,14 +198,7 @@ def _read(path: Path) -> _Image:
     if not backing.startswith("/"):  # qemu reads a relative name from the overlay's folder
         backing = os.path.join(os.path.dirname(_absolute(path)), backing)
     size = int(header["virtual_size"])
-    try:
-        st = os.stat(backing)
-    except FileNotFoundError as err:
-        raise OverlayError(f"Backing file '{backing}' of the qcow2 file does not exist.") from err
-    except OSError as err:
-        raise OverlayError(f"Cannot read backing file '{backing}' of the qcow2 file: {err.strerror}.") from err
-    if not os.path.isfile(backing):
-        raise OverlayError(f"Backing file '{backing}' of the qcow2 file is not a regular file.")
+    st = stat_backing(backing, of="qcow2 file")
     if _round_up(st.st_size, _SECTOR) != size:
         raise OverlayError(f"Backing file '{backing}' changed: Size mismatch ({size} vs {st.st_size}) "
                            "of qcow2 header vs backing file.")

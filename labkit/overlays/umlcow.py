@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.errors import ConflictError, NotFoundError, OverlayError
-from labkit.overlays.base import Overlay, OverlayInfo
+from labkit.overlays.base import Overlay, OverlayInfo, stat_backing
 from labkit.overlays.sparse import atomic_file, copy_range, copy_sparse_fd, data_extents, sparse_copy
 from labkit.progress import ProgressEvent, Reporter, silent
 
@@ -206,14 +206,7 @@ def _new_header(backing: PathLike) -> tuple[CowHeader, bytes]:
     if len(raw_name) > PATH_LEN_V3 - 1:
         raise OverlayError(f"Backing file name \"{name}\" is too long - names are limited to {PATH_LEN_V3 - 1} "
                            "characters.")
-    try:
-        st = os.stat(name)
-    except FileNotFoundError as err:
-        raise NotFoundError(f"Backing file '{name}' does not exist.") from err
-    except OSError as err:
-        raise OverlayError(f"Cannot read backing file '{name}': {err.strerror}.") from err
-    if not os.path.isfile(name):
-        raise OverlayError(f"Backing file '{name}' is not a regular file.")
+    st = stat_backing(name, missing=NotFoundError)
     mtime = (st.st_mtime_ns // 1_000_000_000) & 0xFFFFFFFF
     raw = _V3.pack(COW_MAGIC, 3, mtime, st.st_size, SECTOR, ALIGNMENT, 0, raw_name)
     return parse_header(raw, name), raw

@@ -22,7 +22,7 @@ from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervisor import console_tail
-from labkit.runtime.uml.vde import VdeNetworks
+from labkit.runtime.vde import VdeNetworks
 
 #: states in which a machine has processes that stop and kill end
 LIVE = (State.STARTING, State.RUNNING, State.PAUSED, State.ERROR, State.STOPPING)

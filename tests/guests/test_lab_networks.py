@@ -30,7 +30,7 @@ from labkit.runtime.network import network_mac
 from labkit.runtime.process import ProcessRecord, end_processes, processes_running
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.vde import NetworkDir
+from labkit.runtime.vde import NetworkDir
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(240)]
 

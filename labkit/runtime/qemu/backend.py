@@ -39,13 +39,13 @@ from labkit.runtime.base import (
     State,
 )
 from labkit.runtime.netns import Isolation
-from labkit.runtime.network import listening_ports, machine_mac, network_mac, plan_reach
+from labkit.runtime.network import listening_ports, machine_mac, plan_reach
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.qemu.qmp import Qmp, QmpError
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervised import SupervisedBackend
 from labkit.runtime.supervisor import spawn_supervisor
-from labkit.runtime.uml.vde import LINK_PREFIX, VdeNetworks
+from labkit.runtime.vde import VdeNetworks, nic_links
 
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -209,11 +209,9 @@ class QemuBackend(SupervisedBackend):
         hostfwd = "".join(f",hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in inner)
         argv += ["-netdev", f"user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3{hostfwd}",
                  "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
-        for index, attachment in enumerate(spec.networks, start=1):
-            link = f"{LINK_PREFIX}{index}"
-            nic_mac = attachment.mac or network_mac(spec.name, attachment.network.name)
-            argv += ["-netdev", f"vde,id=n{index},sock={link}",
-                     "-device", f"virtio-net-pci,netdev=n{index},mac={nic_mac}"]
+        for nic in nic_links(spec):
+            argv += ["-netdev", f"vde,id=n{nic.index},sock={nic.link}",
+                     "-device", f"virtio-net-pci,netdev=n{nic.index},mac={nic.mac}"]
         if load_state is not None:
             argv += ["-loadvm", load_state]
         return argv

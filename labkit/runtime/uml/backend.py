@@ -25,7 +25,7 @@ from labkit.runtime.supervisor import console_tail, spawn_supervisor
 from labkit.runtime.uml.disk_check import ROOT_MOUNT_FAILED, KernelFaultAtBoot, kernel_fault_at_boot, root_disk_problems
 from labkit.runtime.uml.mconsole import MconsoleClient, MconsoleError
 from labkit.runtime.uml.slirp import SlirpNetwork, UmlNetwork
-from labkit.runtime.uml.vde import VdeNetworks
+from labkit.runtime.vde import NicLink, VdeNetworks
 
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -41,6 +41,11 @@ PACKAGES = {"linux": "user-mode-linux"}
 #: the LSM list; lab images do not use it). So a healthy console starts with the ready marker and the shell or login.
 FAST_BOOT_ARGS = ("quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
                   "initcall_blacklist=raid6_select_algo,mmapper_init")
+
+
+def vde_arguments(nics: list[NicLink]) -> list[str]:
+    """UML's kernel arguments that plug its NICs into lab networks: ``ethN=vde,LINK,MAC``."""
+    return [f"eth{nic.index}=vde,{nic.link},{nic.mac}" for nic in nics]
 
 
 class UmlBackend(SupervisedBackend):
@@ -194,7 +199,7 @@ class UmlBackend(SupervisedBackend):
         run = RunDir(spec.run_dir)
         progress(ProgressEvent("network", message=f"preparing the network of {spec.name}"))
         plan = self.network.prepare(spec)
-        net_args = [*plan.kernel_args, *self.lab_networks.attach(spec)]
+        net_args = [*plan.kernel_args, *vde_arguments(self.lab_networks.attach(spec))]
         with contextlib.suppress(FileNotFoundError):
             run.exit_record.unlink()
         run.write_json(run.supervisor_spec, {

@@ -18,8 +18,8 @@ from labkit.errors import BadNameError, ConfigError, RuntimeBackendError, StateE
 from labkit.runtime.base import MachineSpec, NetworkAttachment, NetworkSpec, State
 from labkit.runtime.network import check_mac, machine_mac, network_mac
 from labkit.runtime.process import ProcessRecord, processes_running
-from labkit.runtime.uml.backend import UmlBackend
-from labkit.runtime.uml.vde import NetworkDir, VdeNetworks
+from labkit.runtime.uml.backend import UmlBackend, vde_arguments
+from labkit.runtime.vde import NetworkDir, VdeNetworks
 
 needs_vde = pytest.mark.skipif(shutil.which("vde_switch") is None, reason="vde_switch (Debian package vde2) missing")
 
@@ -79,7 +79,7 @@ def test_attach_links_each_network_in_order(root: Path) -> None:
     spec = make_machine(root, networks=(NetworkAttachment(lan), NetworkAttachment(dmz, "02:00:00:00:00:09")))
     spec.run_dir.mkdir(parents=True)
     (spec.run_dir / "net-eth3").symlink_to(root / "old")  # left by an earlier run with three networks
-    args = VdeNetworks().attach(spec)
+    args = vde_arguments(VdeNetworks().attach(spec))
     assert args == [f"eth1=vde,net-eth1,{network_mac('a', 'lan')}", "eth2=vde,net-eth2,02:00:00:00:00:09"]
     assert os.readlink(spec.run_dir / "net-eth1") == str(root / "lan" / "switch")
     assert os.readlink(spec.run_dir / "net-eth2") == str(root / "dmz" / "switch")

@@ -1,4 +1,5 @@
-"""Lab networks: one unprivileged ``vde_switch`` per network, and the ``ethN=vde,...`` arguments that plug guests in.
+"""Lab networks: one unprivileged ``vde_switch`` per network, and the links in a machine's run folder that plug its
+NICs in (UML names them in ``ethN=vde,...`` kernel arguments, QEMU in ``-netdev vde``; one network may mix both).
 
 A network is its folder (`NetworkSpec.folder`) plus one switch process. labkit starts the switch in the foreground in a
 session of its own and records its PID and start time; it never daemonizes (``-d``), so the recorded PID is the switch
@@ -135,7 +136,7 @@ def _symlink_atomic(link: Path, target: Path) -> None:
 
 
 class VdeNetworks:
-    """Starts, stops and reports lab networks as ``vde_switch`` processes, and plugs UML machines into them."""
+    """Starts, stops and reports lab networks as ``vde_switch`` processes, and plugs machines into them."""
 
     def __init__(self, binary: str = "vde_switch", hub: bool = False) -> None:
         self.binary = binary
@@ -306,21 +307,34 @@ class VdeNetworks:
                                  f"(eth{index}) is {current.state}, no switch serves {switch_dir}; start the network "
                                  "first", current.state)
 
-    def attach(self, machine: MachineSpec, first: int = 1) -> list[str]:
-        """Point ``net-ethN`` links in the run folder at each network's switch folder and return the kernel arguments
-        ``ethN=vde,net-ethN,MAC``.
+    def attach(self, machine: MachineSpec) -> list[NicLink]:
+        """Point ``net-ethN`` links in the run folder at each network's switch folder; remove links of networks the
+        machine left.
 
-        UML splits the argument on commas, so the switch folder is named through a link relative to the run folder
-        (``linux`` runs there): short, and free of whatever characters the real path holds.
+        The guest side names a switch by its link, relative to the run folder where the guest process runs: short,
+        and free of whatever characters the real path holds (UML splits its argument on commas).
         """
-        args, wanted = [], set()
-        for index, attachment in enumerate(machine.networks, start=first):
-            link = f"{LINK_PREFIX}{index}"
-            _symlink_atomic(machine.run_dir / link, NetworkDir(attachment.network.folder.absolute()).switch_dir)
-            mac = attachment.mac or network_mac(machine.name, attachment.network.name)
-            args.append(f"eth{index}=vde,{link},{mac}")
-            wanted.add(link)
+        nics = nic_links(machine)
+        for nic, attachment in zip(nics, machine.networks, strict=True):
+            _symlink_atomic(machine.run_dir / nic.link, NetworkDir(attachment.network.folder.absolute()).switch_dir)
+        wanted = {nic.link for nic in nics}
         for old in machine.run_dir.glob(f"{LINK_PREFIX}*"):
             if old.name not in wanted and old.is_symlink():
                 old.unlink()
-        return args
+        return nics
+
+
+@dataclass(frozen=True)
+class NicLink:
+    """A machine's NIC on a lab network: ``ethN`` in the guest, the run folder's link to the switch, its MAC."""
+
+    index: int
+    link: str
+    mac: str
+
+
+def nic_links(machine: MachineSpec) -> list[NicLink]:
+    """The machine's lab-network NICs, eth1 onwards (eth0 is the backend's own way out)."""
+    return [NicLink(index, f"{LINK_PREFIX}{index}",
+                    attachment.mac or network_mac(machine.name, attachment.network.name))
+            for index, attachment in enumerate(machine.networks, start=1)]
