@@ -195,6 +195,18 @@ def test_a_course_lab_is_loaded_once_per_version_and_again_when_it_changes(
     assert len(loads) == 6
 
 
+def test_a_course_takes_a_lab_that_lab_validate_takes_pinning_an_image_version(
+        courses: Courses, tmp_path: Path) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\n', 'image = "tiny:1"\n', 1))
+    assert [entry["id"] for entry in courses.create("c1", [lab])["labs"]] == ["intro-shell"]  # type: ignore[union-attr]
+    with pytest.raises(LabFormatError, match="image tiny:2 is not built"):
+        toml.write_text(toml.read_text().replace('image = "tiny:1"\n', 'image = "tiny:2"\n', 1))
+        courses.create("c2", [lab])
+
+
 def test_a_course_takes_a_lab_pinning_a_version_on_the_backend_that_version_names(
         courses: Courses, tmp_path: Path, qemu_recipes: Path) -> None:
     """``lab validate`` accepts a lab pinning ``tiny:2``, so a course does too; its machine names no backend, so it
