@@ -224,6 +224,22 @@ def test_a_course_takes_a_lab_pinning_a_version_on_the_backend_that_version_name
         assert [(m.image.label, m.backend) for m in session.scalars(select(Machine))] == [("tiny:2", "qemu")]
 
 
+def test_a_new_image_version_on_another_backend_does_not_move_existing_machines(
+        courses: Courses, tmp_path: Path, qemu_recipes: Path) -> None:
+    """alice's machine was made on tiny:1 (UML). tiny:2 says QEMU: an upgrade of her lab (which names the bare image
+    and no backend) is refused with what to do, and naming the backend in lab.toml lets it through."""
+    lab, machine = alice_on_a_lab_copy(courses, tmp_path)
+    ImageStore(courses.settings).build(find_recipe(qemu_recipes, "tiny"))
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\nmemory = 64', 'image = "tiny"\nmemory = 128', 1))
+    with pytest.raises(ConflictError, match=f"machine {machine} runs on backend uml but its lab now puts it on qemu"):
+        courses.provision("c1", upgrade=True)
+    toml.write_text(toml.read_text().replace('image = "tiny"\n', 'image = "tiny"\nbackend = "uml"\n', 1))
+    assert courses.provision("c1", upgrade=True).upgraded == 1
+    with courses.db.transaction() as session:
+        assert [(m.name, m.backend) for m in session.scalars(select(Machine))] == [(machine, "uml")]
+
+
 def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: Path) -> None:
     courses.create("c1", [LABS / "two-hosts"], memory_budget_mb=100)
     courses.import_roster("c1", roster(tmp_path, "alice"))
