@@ -54,7 +54,7 @@ class Machines(MachineDisks):
         overlay kind follows from it."""
         check_name(name, "machine name")
         image_record = ImageStore(self.settings).get(*image_service.parse_ref(image))
-        backend = backend or image_record.backend
+        backend = image_record.backend if backend is None else backend
         kind = backend_class(backend)
         overlay_kind = kind.overlay_kind
         overlay = get_overlay(overlay_kind)
