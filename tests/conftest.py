@@ -117,6 +117,18 @@ def settings_factory(short_tmp: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
+def qemu_recipes(tmp_path: Path) -> Path:
+    """A recipes folder whose tiny says ``backend = "qemu"``: built like tiny, but its machines default to QEMU."""
+    folder = tmp_path / "recipes"
+    shutil.copytree(RECIPES / "tiny", folder / "tiny")
+    recipe = folder / "tiny" / "recipe.toml"
+    text = recipe.read_text()
+    assert 'builder = "busybox"\n' in text
+    recipe.write_text(text.replace('builder = "busybox"\n', 'builder = "busybox"\nbackend = "qemu"\n', 1))
+    return folder
+
+
+@pytest.fixture
 def cli_env(lk_settings: Settings) -> dict[str, str]:
     """Environment for click's CliRunner so the CLI uses ``lk_settings``."""
     return settings_env(lk_settings)

@@ -44,12 +44,12 @@ def list_images(app: App, as_json: bool) -> None:
     if not rows:
         click.echo("no images; build one with 'labkit image build tiny'")
         return
-    click.echo(f"{'IMAGE':<28} {'SIZE':>8}  {'BUILT':<25} {'BUILDER':<11} {'STATUS':<8} MACHINES")
+    click.echo(f"{'IMAGE':<28} {'SIZE':>8}  {'BUILT':<25} {'BUILDER':<11} {'BACKEND':<8} {'STATUS':<8} MACHINES")
     for row in rows:
         size = f"{int(str(row['size'])) // (1 << 20)}M"
         status = "ok" if row["ok"] else "CHANGED"
-        click.echo(f"{row['ref']!s:<28} {size:>8}  {row['built_at']!s:<25} {row['builder']!s:<11} {status:<8} "
-                   f"{len(row['machines'])}")  # type: ignore[arg-type]
+        click.echo(f"{row['ref']!s:<28} {size:>8}  {row['built_at']!s:<25} {row['builder']!s:<11} "
+                   f"{row['backend']!s:<8} {status:<8} {len(row['machines'])}")  # type: ignore[arg-type]
 
 
 @command.command("show")
@@ -62,7 +62,8 @@ def show(app: App, ref: str, as_json: bool) -> None:
     if as_json:
         echo_json(row)
         return
-    for key in ("ref", "path", "size", "sha256", "recipe_digest", "builder", "built_at", "mtime_ns", "ctime_ns"):
+    for key in ("ref", "path", "size", "sha256", "recipe_digest", "builder", "backend", "built_at", "mtime_ns",
+                "ctime_ns"):
         click.echo(f"{key + ':':<15} {row[key]}")
     click.echo(f"{'machines:':<15} {', '.join(row['machines']) or '-'}")  # type: ignore[arg-type]
     click.echo(f"{'status:':<15} {'ok' if row['ok'] else '; '.join(map(str, row['problems']))}")  # type: ignore[arg-type]

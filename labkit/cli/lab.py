@@ -40,14 +40,12 @@ def command() -> None:
     """Check, inspect and preview lab folders (labs/<lab>/lab.toml)."""
 
 
-def _known_images(app: App) -> set[str] | None:
-    """Names and ``name:version`` refs of the built images; None when none is built (the image check is skipped)."""
+def _known_images(app: App) -> dict[str, str] | None:
+    """Names and ``name:version`` refs of the built images, each with its backend; None when none is built (the
+    image check is skipped, and machines that name no backend get labkit's default)."""
     from labkit.images.store import ImageStore
 
-    records = ImageStore(app.settings).list()
-    if not records:
-        return None
-    return {record.name for record in records} | {f"{record.name}:{record.version}" for record in records}
+    return ImageStore(app.settings).known_refs() or None
 
 
 def _problem_json(problem: LabProblem) -> dict[str, object]:

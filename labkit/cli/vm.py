@@ -49,12 +49,13 @@ def _show(view: MachineView) -> None:
               help="A port of this host's 127.0.0.1 the guest may reach as 10.0.2.2:PORT (by default: none).")
 @click.option("--outbound/--no-outbound", default=True, show_default=True,
               help="Whether the guest reaches addresses beyond this host.")
-@click.option("--backend", type=click.Choice(backend_kinds()), default=DEFAULT_BACKEND, show_default=True,
-              help="The machine's backend; its overlay kind follows from it (labkit doctor checks each).")
+@click.option("--backend", type=click.Choice(backend_kinds()), default=None,
+              help=f"The machine's backend (default: the one its image names, else {DEFAULT_BACKEND}); its overlay "
+                   "kind follows from it (labkit doctor checks each).")
 @json_option
 @pass_app
 def create(app: App, name: str, image: str, memory: int, forwards: tuple[str, ...], host_ports: tuple[int, ...],
-           outbound: bool, backend: str, as_json: bool) -> None:
+           outbound: bool, backend: str | None, as_json: bool) -> None:
     """Create machine NAME with its own copy-on-write overlay of a base image."""
     view = app.machines.create(name, image, memory, [parse_forward(f) for f in forwards],
                                host_ports=list(host_ports), outbound=outbound, backend=backend)

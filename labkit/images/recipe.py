@@ -17,6 +17,7 @@ from typing import Any
 
 from labkit.errors import BadNameError, ImageError, NotFoundError
 from labkit.names import check_name
+from labkit.runtime import DEFAULT_BACKEND, backend_kinds
 
 RECIPE_FILE = "recipe.toml"
 FILES_DIR = "files"
@@ -25,7 +26,7 @@ FILES_DIR = "files"
 BOOT_HOOK_SOURCE = Path(__file__).resolve().parent / "guest" / "boot-hook.sh"
 
 #: Keys every recipe may have, and the keys only one builder understands.
-_COMMON_KEYS = {"name", "description", "builder", "size", "modes"}
+_COMMON_KEYS = {"name", "description", "builder", "size", "modes", "backend"}
 _BUILDER_KEYS = {
     "busybox": {"binaries"},
     "mmdebstrap": {"suite", "variant", "packages", "mirror", "hooks"},
@@ -68,6 +69,8 @@ class Recipe:
     size_bytes: int
     folder: Path
     modes: dict[str, int] = field(default_factory=dict)
+    #: the backend a lab machine (or ``vm create``) on this image gets when it names none
+    backend: str = DEFAULT_BACKEND
     # busybox
     binaries: tuple[str, ...] = ()
     # mmdebstrap
@@ -227,6 +230,9 @@ def load_recipe(folder: Path) -> Recipe:
     if name != folder.name:
         raise _fail(file, "name", f"{name!r} must match its folder name {folder.name!r}")
     size = _get_str(data, file, "size")
+    backend = _get_str(data, file, "backend", DEFAULT_BACKEND)
+    if backend not in backend_kinds():
+        raise _fail(file, "backend", f"{backend!r} is not a known backend (known: {', '.join(backend_kinds())})")
     files_dir = folder / FILES_DIR
     if files_dir.exists() and not files_dir.is_dir():
         raise ImageError(f"{files_dir}: must be a folder")
@@ -239,6 +245,7 @@ def load_recipe(folder: Path) -> Recipe:
         size_bytes=parse_size(size, file),
         folder=folder,
         modes=_parse_modes(data, file, files_dir),
+        backend=backend,
         binaries=_get_list(data, file, "binaries"),
         suite=_get_str(data, file, "suite", "bookworm"),
         variant=_get_str(data, file, "variant", "minbase"),

@@ -34,6 +34,7 @@ from labkit.images.build import BUILDERS, BuildContext
 from labkit.images.recipe import Recipe
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
+from labkit.runtime import DEFAULT_BACKEND
 
 DISK = "disk.img"
 META = "meta.json"
@@ -56,6 +57,8 @@ class ImageRecord:
     recipe_digest: str
     built_at: str
     builder: str
+    #: the backend its machines get when their lab (or ``vm create``) names none; from the recipe
+    backend: str = DEFAULT_BACKEND
 
     @property
     def folder(self) -> Path:
@@ -79,6 +82,7 @@ class ImageRecord:
                 sha256=str(data["sha256"]), size=int(data["size"]), mtime_ns=int(data["mtime_ns"]),
                 ctime_ns=int(data["ctime_ns"]), recipe_digest=str(data["recipe_digest"]),
                 built_at=str(data["built_at"]), builder=str(data["builder"]),
+                backend=str(data.get("backend", DEFAULT_BACKEND)),  # records made before images named one
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ImageError(f"{where}: not a valid image record ({err})") from err
@@ -195,7 +199,7 @@ class ImageStore:
         return ImageRecord(
             name=recipe.name, version=0, path=disk, sha256=sha256, size=info.st_size, mtime_ns=info.st_mtime_ns,
             ctime_ns=info.st_ctime_ns, recipe_digest=digest, built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            builder=recipe.builder,
+            builder=recipe.builder, backend=recipe.backend,
         )
 
     def _from_cache(self, ctx: BuildContext, cached: Path) -> str | None:
@@ -263,6 +267,14 @@ class ImageStore:
             raise NotFoundError(f"image {name} has no version {version} (versions: {have})")
         available = ", ".join(sorted({r.name for r in self.list()})) or "none"
         raise NotFoundError(f"there is no image {name!r} (images: {available}); build it with 'labkit image build'")
+
+    def known_refs(self) -> dict[str, str]:
+        """What a lab may name, with the backend its machines get by default: every stored image's bare name (->
+        the backend of its newest version) and every ``name:version`` ref (-> that version's backend)."""
+        refs: dict[str, str] = {}
+        for record in self.list():  # by name, then version: a bare name ends on its newest version
+            refs[record.name] = refs[record.ref] = record.backend
+        return refs
 
     def remove(self, record: ImageRecord) -> None:
         """Delete one stored version (the caller has checked that no overlay uses it)."""

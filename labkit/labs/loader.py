@@ -59,6 +59,7 @@ from labkit.labs.schema import (
     TableSpec,
 )
 from labkit.labs.topology import topology_problems
+from labkit.runtime import DEFAULT_BACKEND
 
 GRADER_FILE = "grader.py"
 #: how many sample students every template is rendered for during validation
@@ -157,7 +158,9 @@ def _build(report: _Report, path: KeyPath, factory: type, **fields: object) -> o
         return None
 
 
-def _machine(name: str, raw: object, report: _Report) -> MachineDef | None:
+def _machine(name: str, raw: object, report: _Report, known_images: Mapping[str, str] | None) -> MachineDef | None:
+    """The machine, on the backend its lab.toml names, else its image's when ``known_images`` knows the image, else
+    labkit's default; resolved here so MachineDef checks networks and memory against the backend it will run on."""
     path: KeyPath = ("machines", name)
     values = _table(raw, path, MACHINE_TABLE, report)
     if values is None:
@@ -177,6 +180,8 @@ def _machine(name: str, raw: object, report: _Report) -> MachineDef | None:
     for key in ("forwards", "depends_on", "startup", "host_ports"):
         if key in values:
             values[key] = tuple(values[key])  # type: ignore[call-overload]
+    if "backend" not in values:
+        values["backend"] = (known_images or {}).get(str(image), DEFAULT_BACKEND)
     machine = _build(report, path, MachineDef, name=name, image=image, networks=nets, **values)
     return machine if ok and isinstance(machine, MachineDef) else None
 
@@ -211,7 +216,8 @@ class _Parts:
     lab: Lab | None
 
 
-def _structure(data: dict[str, object], root: Path, report: _Report) -> _Parts:
+def _structure(data: dict[str, object], root: Path, report: _Report,
+               known_images: Mapping[str, str] | None) -> _Parts:
     """Keys, types, values and references. The Lab is built only when all of them are sound."""
     top = _table(data, (), LAB_TABLE, report) or {}
     sections: dict[str, dict[str, object]] = {}
@@ -220,7 +226,7 @@ def _structure(data: dict[str, object], root: Path, report: _Report) -> _Parts:
         sections[section] = value if isinstance(value, dict) else {}
     machine_names = list(sections["machines"])
     machines: dict[str, MachineDef | None] = {
-        name: _machine(name, raw, report) for name, raw in sections["machines"].items()
+        name: _machine(name, raw, report, known_images) for name, raw in sections["machines"].items()
     }
     networks: dict[str, NetworkDef | None] = {}
     for name, raw in sections["networks"].items():
@@ -374,7 +380,7 @@ def _grader(parts: _Parts, root: Path, report: _Report) -> None:
             report.file(grader, node.lineno, f"function {name} must take two arguments: (guests, params)")
 
 
-def _images(parts: _Parts, known_images: set[str], report: _Report) -> None:
+def _images(parts: _Parts, known_images: Mapping[str, str], report: _Report) -> None:
     """``known_images`` holds names and ``name:version`` refs: a bare name needs the name, a pinned one its ref."""
     for machine in parts.machines.values():
         ref = machine.image
@@ -487,7 +493,7 @@ def _lab_file(path: Path) -> Path:
     return path / LAB_FILE if path.is_dir() else path
 
 
-def _load(path: Path | str, known_images: set[str] | None) -> tuple[Lab | None, list[LabProblem]]:
+def _load(path: Path | str, known_images: Mapping[str, str] | None) -> tuple[Lab | None, list[LabProblem]]:
     toml_file = _lab_file(Path(path))
     root = toml_file.parent
     report = _Report(toml_file)
@@ -507,7 +513,7 @@ def _load(path: Path | str, known_images: set[str] | None) -> tuple[Lab | None, 
         report.file(toml_file, line, f"malformed TOML: {_TOML_POSITION.sub('', str(err)).strip()}")
         return None, report.items
     report.locator = KeyLocator(text)
-    parts = _structure(data, root, report)
+    parts = _structure(data, root, report, known_images)
     known = parts.param_names | RESERVED_VARIABLES
     templates: list[_Template] = []
     _files(parts, root, report, known, templates)
@@ -521,13 +527,14 @@ def _load(path: Path | str, known_images: set[str] | None) -> tuple[Lab | None, 
     return (parts.lab if not problems else None), problems
 
 
-def validate_lab(path: Path | str, known_images: set[str] | None = None) -> list[LabProblem]:
+def validate_lab(path: Path | str, known_images: Mapping[str, str] | None = None) -> list[LabProblem]:
     """Every problem of the lab at ``path`` (its folder or its lab.toml); empty when it is sound. ``known_images``
-    holds built image names and ``name:version`` refs; None skips the image check."""
+    maps built image names and ``name:version`` refs to their backends; None skips the image check (and machines
+    that name no backend get labkit's default)."""
     return _load(path, known_images)[1]
 
 
-def load_lab(path: Path | str, known_images: set[str] | None = None) -> Lab:
+def load_lab(path: Path | str, known_images: Mapping[str, str] | None = None) -> Lab:
     """The validated `Lab` at ``path``, or a `LabFormatError` at the first problem's file and line listing them all."""
     lab, problems = _load(path, known_images)
     if problems or lab is None:
@@ -537,7 +544,7 @@ def load_lab(path: Path | str, known_images: set[str] | None = None) -> Lab:
     return lab
 
 
-def lab_warnings(path: Path | str, known_images: set[str] | None = None) -> list[LabProblem]:
+def lab_warnings(path: Path | str, known_images: Mapping[str, str] | None = None) -> list[LabProblem]:
     """What a sound lab allows but its author probably did not mean (``lab validate`` prints them, exit code 0).
     Empty when the lab has problems: those come first.
 

@@ -164,7 +164,8 @@ class MachineDef:
     """One machine of a lab. ``networks`` maps a network name to a host number or an address (template allowed);
     ``forwards`` are guest ports reachable from the host; ``files`` is the folder copied into the guest.
     ``host_ports`` are added to the lab's (`Lab.reach`); ``outbound`` None means: as the lab says. ``backend`` is a
-    registered backend kind (`labkit.runtime.backend_kinds`); base images name none, so the default is labkit's."""
+    registered backend kind (`labkit.runtime.backend_kinds`); the loader fills in the image's (or labkit's default)
+    when lab.toml names none."""
 
     name: str
     image: ImageRef

@@ -66,8 +66,9 @@ class CourseRecords:
         with locked(self.settings.home / f".course-{name}.lock"):
             yield
 
-    def _known_images(self) -> set[str]:
-        return {record.name for record in ImageStore(self.settings).list()}
+    def _known_images(self) -> dict[str, str]:
+        """The built images' names and ``name:version`` refs (a lab may pin a version), each with its backend."""
+        return ImageStore(self.settings).known_refs()
 
     def _lab(self, course_lab: CourseLab, fresh: bool = False) -> Lab:
         """The course lab, validated; loaded once per version (`loaded_labs`) unless ``fresh``."""

@@ -205,7 +205,7 @@ class Grading:
 
     def _plan(self, course: str, kind: str, lab: str | None,
               student: str | None) -> tuple[list[_Job], list[str]]:
-        known = {image.name for image in ImageStore(self.settings).list()}
+        known = ImageStore(self.settings).known_refs()
         jobs: list[_Job] = []
         missing: list[str] = []
         with self.db.transaction() as session:

@@ -76,7 +76,7 @@ class LabTester:
     def test(self, path: Path, seeds: int = 3, progress: Reporter = silent) -> LabTestReport:
         if not 1 <= seeds <= 20:
             raise LabFormatError(f"--seeds must be between 1 and 20, not {seeds}")
-        lab = load_lab(path, {record.name for record in ImageStore(self.settings).list()})
+        lab = load_lab(path, ImageStore(self.settings).known_refs())
         course = f"labtest-{secrets.token_hex(4)}"
         students = [f"seed-{n}" for n in range(1, seeds + 1)]
         self.courses.create(course, [path])

@@ -1,11 +1,11 @@
 """Loaded labs, kept per course lab version: loading and validating a lab takes tens of milliseconds, and a student's
 Start click, a class start and a status page each need the lab's start order.
 
-The key is the lab's folder, the version the course provisioned, the known images (the lab is validated against
-them) and the size and modification time of every file and folder under it, so an edited lab is loaded again; a
-provisioning forgets the folder's entries (`forget`), so an upgrade always validates afresh. A lab whose files
-changed in the last `RACY_SECONDS` is not kept: a file timestamp is only as fine as the kernel's clock tick, so an edit
-right after a load could keep the same key.
+The key is the lab's folder, the version the course provisioned, the known images with their backends (the lab is
+validated against them, and a machine naming no backend gets its image's) and the size and modification time of every
+file and folder under it, so an edited lab is loaded again; a provisioning forgets the folder's entries (`forget`), so
+an upgrade always validates afresh. A lab whose files changed in the last `RACY_SECONDS` is not kept: a file timestamp
+is only as fine as the kernel's clock tick, so an edit right after a load could keep the same key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from labkit.labs.loader import load_lab
@@ -43,10 +44,11 @@ def stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(found)
 
 
-def course_lab(folder: Path, version: int, known_images: set[str]) -> Lab:
-    """The validated lab in ``folder`` (provisioned at ``version``), loaded once per version and file stamp."""
+def course_lab(folder: Path, version: int, known_images: Mapping[str, str]) -> Lab:
+    """The validated lab in ``folder`` (provisioned at ``version``), loaded once per version, file stamp and set of
+    known images with their backends (an image's backend is its machines' default)."""
     files = stamp(folder)
-    key = (str(folder), version, frozenset(known_images), files)
+    key = (str(folder), version, frozenset(known_images.items()), files)
     with _guard:
         lab = _kept.get(key)
     if lab is not None:

@@ -78,9 +78,11 @@ class MachineDisks(MachineGuests):
         with self._stopped(name, "rewrite the seed of") as (session, machine):
             if backend is not None and backend != machine.backend:
                 raise ConflictError(
-                    f"machine {name} runs on backend {machine.backend} but its lab now names {backend}; a machine "
-                    f"keeps the backend it was made with (its disk is a {machine.overlay_kind} overlay): rename the "
-                    "machine in the lab to make a new one, or remove this one first")
+                    f"machine {name} runs on backend {machine.backend} but its lab now puts it on {backend} (named "
+                    "in lab.toml, or by its image's recipe when lab.toml names none); a machine keeps the backend it "
+                    f"was made with (its disk is a {machine.overlay_kind} overlay): name backend = "
+                    f"\"{machine.backend}\" or pin the image version in the lab, rename the machine in the lab to "
+                    "make a new one, or remove this one first")
             self._write_seed(machine, content)
             if reach is not None:
                 machine.host_ports = sorted({check_host_port(port) for port in reach[0]})

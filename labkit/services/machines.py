@@ -17,10 +17,11 @@ from sqlalchemy.exc import IntegrityError
 
 from labkit.errors import BadNameError, ConflictError, LabkitError, NotFoundError, StateError
 from labkit.guest.keys import ensure_key
+from labkit.images.store import ImageStore
 from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import Reporter, silent
-from labkit.runtime import DEFAULT_BACKEND, backend_class
+from labkit.runtime import backend_class
 from labkit.runtime.base import Backend, Forward, MachineSpec
 from labkit.runtime.network import check_host_port, machine_mac
 from labkit.services import images as image_service
@@ -46,11 +47,14 @@ class Machines(MachineDisks):
     def create(self, name: str, image: str, memory_mb: int = 128, forwards: list[Forward] | None = None,
                content: SeedContent | None = None, networks: list[list[str]] | None = None,
                host_ports: list[int] | None = None, outbound: bool = True,
-               backend: str = DEFAULT_BACKEND) -> MachineView:
+               backend: str | None = None) -> MachineView:
         """``host_ports`` are the ports of this host's loopback the guest may reach (as 10.0.2.2:PORT; by default
         none), ``outbound`` whether it reaches other addresses (docs/runtime.md, "Host reach"). ``backend`` is a
-        registered backend kind (`labkit.runtime.backend_kinds`); the overlay kind follows from it."""
+        registered backend kind (`labkit.runtime.backend_kinds`), None for the one the image's recipe names; the
+        overlay kind follows from it."""
         check_name(name, "machine name")
+        image_record = ImageStore(self.settings).get(*image_service.parse_ref(image))
+        backend = image_record.backend if backend is None else backend
         kind = backend_class(backend)
         overlay_kind = kind.overlay_kind
         overlay = get_overlay(overlay_kind)
@@ -70,7 +74,7 @@ class Machines(MachineDisks):
         with self.db.transaction() as session:
             if session.scalar(select(Machine).where(Machine.name == name)) is not None:
                 raise ConflictError(f"a machine named {name!r} already exists")
-            image_row = image_service.resolve(session, self.settings, image)
+            image_row = image_service.mirror(session, image_record)
             image_service.require_intact(session, self.settings, image_row)
             for leftover in (overlay_path, seed_path):
                 if leftover.exists():

@@ -42,6 +42,14 @@ def test_good_recipe_loads(tmp_path: Path) -> None:
     assert modes == {"etc": 0o755, "etc/motd": 0o644, "etc/secret": 0o600}
 
 
+def test_a_recipe_may_name_its_machines_backend(tmp_path: Path) -> None:
+    """``backend`` is what a machine on the image runs on when its lab names none; it is part of the digest."""
+    plain = load_recipe(make_recipe(tmp_path / "a"))
+    qemu = load_recipe(make_recipe(tmp_path / "b", 'backend = "qemu"\n' + GOOD))
+    assert (plain.backend, qemu.backend) == ("uml", "qemu")
+    assert plain.digest != qemu.digest
+
+
 def test_shipped_recipes_load() -> None:
     assert {"tiny", "debian-bookworm"} <= set(list_recipe_names(REPO_RECIPES))
     tiny = find_recipe(REPO_RECIPES, "tiny")
@@ -69,6 +77,8 @@ def test_shipped_recipes_load() -> None:
         ('suite = "bookworm"\n' + GOOD, ["'suite'", "busybox"]),
         (GOOD.replace('"0600"', '"rw-------"'), ["'modes.etc/secret'", "octal"]),
         (GOOD.replace('"etc/secret"', '"etc/missing"'), ["'modes.etc/missing'", "does not exist"]),
+        ('backend = "vbox"\n' + GOOD, ["'backend'", "'vbox' is not a known backend (known: qemu, uml)"]),
+        ("backend = 2\n" + GOOD, ["'backend'", "must be a string"]),
     ],
 )
 def test_mistakes_name_file_and_key(tmp_path: Path, text: str, words: list[str]) -> None:

@@ -210,3 +210,25 @@ def test_stale_build_folder_is_ignored_then_removed(lk_settings: Settings) -> No
     record = build_tiny(lk_settings)
     assert record.version == 1
     assert not stale.exists()
+
+
+def test_an_image_records_the_backend_its_recipe_names(lk_settings: Settings, qemu_recipes: Path) -> None:
+    """tiny:1 from the shipped recipe (no backend: labkit's default), tiny:2 from one saying qemu: each version keeps
+    its own in meta.json, and `known_refs` gives a bare name its newest version's."""
+    store = ImageStore(lk_settings)
+    first = build_tiny(lk_settings)
+    second = store.build(find_recipe(qemu_recipes, "tiny"))
+    assert (first.backend, second.backend) == ("uml", "qemu")
+    assert json.loads((second.folder / "meta.json").read_text())["backend"] == "qemu"
+    assert store.get("tiny", 2).backend == "qemu"
+    assert store.known_refs() == {"tiny": "qemu", "tiny:1": "uml", "tiny:2": "qemu"}
+
+
+def test_a_record_from_before_backends_reads_as_the_default(lk_settings: Settings) -> None:
+    record = build_tiny(lk_settings)
+    meta = record.folder / "meta.json"
+    data = json.loads(meta.read_text())
+    del data["backend"]
+    meta.write_text(json.dumps(data))
+    assert ImageStore(lk_settings).get("tiny").backend == "uml"
+    assert ImageStore(lk_settings).known_refs() == {"tiny": "uml", "tiny:1": "uml"}

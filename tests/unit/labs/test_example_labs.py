@@ -17,7 +17,7 @@ from labkit.labs.topology import plan_topology
 REPO = Path(__file__).resolve().parents[3]
 LABS = REPO / "labs"
 EXAMPLES = ("intro-shell", "web-server", "two-hosts", "mixed-backends")
-IMAGES = {"tiny", "debian-bookworm"}
+IMAGES = {"tiny": "uml", "debian-bookworm": "uml"}
 SECRET = "example-labs-test-secret"
 
 

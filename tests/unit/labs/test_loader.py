@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -11,9 +11,12 @@ import pytest
 from labkit.errors import LabFormatError
 from labkit.labs.loader import LabProblem, load_lab, validate_lab
 from labkit.labs.locate import KeyLocator
+from labkit.runtime import BACKENDS
+from labkit.runtime.base import Capabilities
+from labkit.runtime.uml.backend import UmlBackend
 
 MakeLab = Callable[..., Path]
-IMAGES = {"tiny", "tiny:1", "debian-bookworm"}
+IMAGES = {"tiny": "uml", "tiny:1": "uml", "debian-bookworm": "uml"}
 
 
 def line_of(toml: str, text: str) -> int:
@@ -21,7 +24,7 @@ def line_of(toml: str, text: str) -> int:
     return max(i for i, line in enumerate(toml.splitlines(), start=1) if text in line)
 
 
-def problems_of(lab: Path, images: set[str] | None = IMAGES) -> list[LabProblem]:
+def problems_of(lab: Path, images: Mapping[str, str] | None = IMAGES) -> list[LabProblem]:
     return validate_lab(lab, images)
 
 
@@ -190,10 +193,10 @@ def test_not_utf8_and_missing_file(make_lab: MakeLab, tmp_path: Path) -> None:
 
 def test_missing_images(make_lab: MakeLab) -> None:
     folder = make_lab()
-    problems = problems_of(folder, {"debian-bookworm"})
+    problems = problems_of(folder, {"debian-bookworm": "uml"})
     assert {p.key for p in problems} == {"machines.a.image", "machines.b.image"}
     # a pinned version needs that version; a bare name is happy with any
-    problems = problems_of(folder, {"tiny:2"})
+    problems = problems_of(folder, {"tiny:2": "uml"})
     assert [p.key for p in problems] == ["machines.b.image"] and "tiny:1" in problems[0].message
     assert problems_of(folder, None) == []
 
@@ -387,7 +390,7 @@ def test_every_problem_is_reported_at_once(make_lab: MakeLab) -> None:
                  "networks = { lan = 1 }": "networks = { lan = 2 }", 'regex = "^{{ secret }}$"': 'regex = "["'},
         files={"instructions.md": "{{ oops }}\n", "files/a/etc/motd.j2": "{% for %}\n", "grader.py": None},
     )
-    problems = problems_of(folder, {"debian-bookworm"})
+    problems = problems_of(folder, {"debian-bookworm": "uml"})
     keys = {p.key for p in problems}
     assert {"machines.a.memory", "checks[0].points", "params.user.kind", "checks[2].regex",
             "checks[4].function", "machines.b.image"} <= keys
@@ -429,3 +432,43 @@ def test_locator_finds_keys() -> None:
     assert locator.line(("checks", 1)) == 15
     assert locator.line(("checks", 1, "opt", "sub")) == 17
     assert locator.line(("checks", 1, "missing")) == 15
+
+
+# ---------------------------------------------------------------- a machine's backend: lab.toml, else its image's
+
+
+class Standalone(UmlBackend):
+    """A kind registered for these tests only (UML underneath) whose machines cannot join lab networks."""
+
+    kind = "standalone"
+    capabilities = Capabilities(pause=True, lab_networks=False)
+
+
+def backends(lab: Path, images: Mapping[str, str] | None) -> dict[str, str]:
+    return {name: machine.backend for name, machine in load_lab(lab, images).machines.items()}
+
+
+def test_a_machine_naming_no_backend_runs_on_its_image_s(make_lab: MakeLab) -> None:
+    """a runs on image tiny (the newest version), b on the pinned tiny:1: each gets the backend its image names."""
+    folder = make_lab(replace={"memory = 64": "memory = 128"})
+    assert backends(folder, {"tiny": "qemu", "tiny:1": "uml"}) == {"a": "qemu", "b": "uml"}
+    assert backends(folder, {"tiny": "uml", "tiny:1": "qemu", "tiny:2": "uml"}) == {"a": "uml", "b": "qemu"}
+    assert backends(folder, None) == {"a": "uml", "b": "uml"}  # no images known: labkit's default
+    # the lab's own word wins over the image's
+    folder = make_lab(replace={"memory = 64": 'backend = "uml"'})
+    assert backends(folder, {"tiny": "qemu", "tiny:1": "qemu"}) == {"a": "uml", "b": "qemu"}
+
+
+def test_backend_checks_run_on_the_backend_the_image_gives(make_lab: MakeLab,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machine a asks for 64 MB and sits on network lan: fine on UML, too little memory on QEMU (128 MB at least),
+    and refused on a backend that cannot join lab networks, though its lab.toml names no backend."""
+    monkeypatch.setitem(BACKENDS, "standalone", f"{__name__}:Standalone")
+    folder = make_lab()
+    assert problems_of(folder, {"tiny": "uml", "tiny:1": "uml"}) == []
+    assert [(p.key, p.message) for p in problems_of(folder, {"tiny": "qemu", "tiny:1": "uml"})] == [
+        ("machines.a.memory", "memory 64 MB is too little for machine a on backend qemu: it needs at least 128 MB")]
+    assert [(p.key, p.message) for p in problems_of(folder, {"tiny": "standalone", "tiny:1": "uml"})] == [
+        ("machines.a.networks", "machine a runs on backend standalone, which cannot join lab networks")]
+    explicit = make_lab(replace={"memory = 64": 'memory = 64\nbackend = "uml"'})
+    assert problems_of(explicit, {"tiny": "standalone", "tiny:1": "uml"}) == []

@@ -145,7 +145,7 @@ def load_everything(lab: Path, raw: bytes) -> None:
     """Write ``raw`` as the lab's lab.toml, then load and validate it: a Lab, or LabFormatError, and no writes."""
     (lab / "lab.toml").write_bytes(raw)
     before = folder_state(lab.parent)
-    problems = validate_lab(lab, known_images={"tiny", "tiny:1"})
+    problems = validate_lab(lab, known_images={"tiny": "uml", "tiny:1": "uml"})
     assert all(str(problem) for problem in problems)
     try:
         load_lab(lab)

@@ -195,6 +195,51 @@ def test_a_course_lab_is_loaded_once_per_version_and_again_when_it_changes(
     assert len(loads) == 6
 
 
+def test_a_course_takes_a_lab_that_lab_validate_takes_pinning_an_image_version(
+        courses: Courses, tmp_path: Path) -> None:
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\n', 'image = "tiny:1"\n', 1))
+    assert [entry["id"] for entry in courses.create("c1", [lab])["labs"]] == ["intro-shell"]  # type: ignore[union-attr]
+    with pytest.raises(LabFormatError, match="image tiny:2 is not built"):
+        toml.write_text(toml.read_text().replace('image = "tiny:1"\n', 'image = "tiny:2"\n', 1))
+        courses.create("c2", [lab])
+
+
+def test_a_course_takes_a_lab_pinning_a_version_on_the_backend_that_version_names(
+        courses: Courses, tmp_path: Path, qemu_recipes: Path) -> None:
+    """``lab validate`` accepts a lab pinning ``tiny:2``, so a course does too; its machine names no backend, so it
+    gets tiny:2's (QEMU), not the newest tiny's nor labkit's default."""
+    ImageStore(courses.settings).build(find_recipe(qemu_recipes, "tiny"))  # tiny:2 says backend = "qemu"
+    ImageStore(courses.settings).build(find_recipe(courses.settings.recipes, "tiny"))  # tiny:3 says none
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\nmemory = 64', 'image = "tiny:2"\nmemory = 128', 1))
+    courses.create("c1", [lab])
+    courses.import_roster("c1", roster(tmp_path, "alice"))
+    courses.provision("c1")
+    with courses.db.transaction() as session:
+        assert [(m.image.label, m.backend) for m in session.scalars(select(Machine))] == [("tiny:2", "qemu")]
+
+
+def test_a_new_image_version_on_another_backend_does_not_move_existing_machines(
+        courses: Courses, tmp_path: Path, qemu_recipes: Path) -> None:
+    """alice's machine was made on tiny:1 (UML). tiny:2 says QEMU: an upgrade of her lab (which names the bare image
+    and no backend) is refused with what to do, and naming the backend in lab.toml lets it through."""
+    lab, machine = alice_on_a_lab_copy(courses, tmp_path)
+    ImageStore(courses.settings).build(find_recipe(qemu_recipes, "tiny"))
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\nmemory = 64', 'image = "tiny"\nmemory = 128', 1))
+    with pytest.raises(ConflictError, match=f"machine {machine} runs on backend uml but its lab now puts it on qemu"):
+        courses.provision("c1", upgrade=True)
+    toml.write_text(toml.read_text().replace('image = "tiny"\n', 'image = "tiny"\nbackend = "uml"\n', 1))
+    assert courses.provision("c1", upgrade=True).upgraded == 1
+    with courses.db.transaction() as session:
+        assert [(m.name, m.backend) for m in session.scalars(select(Machine))] == [(machine, "uml")]
+
+
 def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: Path) -> None:
     courses.create("c1", [LABS / "two-hosts"], memory_budget_mb=100)
     courses.import_roster("c1", roster(tmp_path, "alice"))

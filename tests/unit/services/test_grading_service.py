@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import LABS, make_course
@@ -55,6 +57,21 @@ def test_never_started_machines_are_not_graded_and_kept_as_runs(course: tuple[Co
     hidden_free = grading.latest("c1", "bob", include_hidden=False)[0]
     assert {r.check_id for r in hidden_free.results} == {r.check_id for r in latest[0].results} - latest[0].hidden
     assert grading.pass_rates("c1") == []  # nothing was graded
+
+
+def test_a_lab_pinning_an_image_version_is_graded(lk_settings: Settings, tmp_path: Path) -> None:
+    """The course took the lab naming ``tiny:1``; grading loads it against the same images and gets as far."""
+    lab = tmp_path / "intro-shell"
+    shutil.copytree(LABS / "intro-shell", lab)
+    toml = lab / "lab.toml"
+    toml.write_text(toml.read_text().replace('image = "tiny"\n', 'image = "tiny:1"\n', 1))
+    courses = make_course(lk_settings, "c1", [lab], [("alice", "Alice", "a@x.org")])
+    try:
+        report = Grading(lk_settings, courses.db, actor="teacher").grade("c1")
+        assert [g.student for g in report.grades] == ["alice"]
+        assert "machine box was never started" in report.grades[0].why_not_graded
+    finally:
+        courses.db.close()
 
 
 def test_the_policy_chooses_among_complete_grades_only(course: tuple[Courses, Grading]) -> None:
