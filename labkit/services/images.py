@@ -42,11 +42,6 @@ def mirror(session: Session, record: ImageRecord) -> Image:
     return row
 
 
-def resolve(session: Session, settings: Settings, ref: str) -> Image:
-    name, version = parse_ref(ref)
-    return mirror(session, ImageStore(settings).get(name, version))
-
-
 def dependents(session: Session, image: Image) -> list[str]:
     return list(session.scalars(select(Machine.name).where(Machine.image_id == image.id).order_by(Machine.name)))
 
