@@ -13,9 +13,12 @@ guards this.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -56,6 +59,13 @@ class LabkitGroup(click.Group):
             module, attribute = COMMANDS[cmd_name]
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return self.commands.get(cmd_name)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # At exit Python's finalization would walk every object left (SQLAlchemy and the models alone are tens of
+        # thousands): about 100 ms of a 400 ms ``labkit vm status`` here. A command has finished by then and cleans up
+        # what it opened itself (`App.close`), so the heap goes to the permanent generation, which no collection visits.
+        atexit.register(gc.freeze)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
