@@ -155,24 +155,31 @@ How: `.venv/bin/python bench/cli.py --write` ({runs} rounds over the commands; C
 time, which other work on the machine changes less than the wall time). The installation is private and holds the
 `tiny` image and a course of {students} students on `intro-shell`, provisioned, no guest running.
 
-What the CLI did before (commit fbad21a, measured with `-X importtime` on 2026-12-07 on this machine while other work
-ran): every command, `labkit --help` too, imported every command module, and through them SQLAlchemy and the 18
-mapped models (`labkit user`'s module imported the accounts service for its role names), werkzeug (password hashing),
-Jinja2 and the lab loader (`labkit.grading`'s package imported its checks, which import the labs; `labkit lab`'s module
-imported the renderer): 0.6 to 0.8 s of imports before any command ran, SQLAlchemy alone 0.2 to 0.5 s of it. `labkit
-course status` then validated and rendered the course's lab again only to compute a start order it does not print
-(80 to 90 ms). The database was already opened without Alembic when at head (one `SELECT version_num`); that stays.
-Also: with `PYTHONDONTWRITEBYTECODE=1` in the environment (as in some sandboxes) Python compiles labkit's own modules
-at every start, 150 to 200 ms more on every command; an installed labkit writes its bytecode cache once.
+What the CLI did before (commit fbad21a; measured by hand on 2026-12-07 on this machine while other work ran, load
+about 2.9, with the bytecode cache; medians of 9): `labkit --help` 662 ms, `labkit vm status` 814 ms, `labkit course
+status --json` 805 ms, `labkit gradebook` 989 ms, `labkit lab validate` 939 ms, against 17 ms for `python -c pass`.
+Every command, `--help` too, imported every command module, and through them SQLAlchemy and the 18 mapped models
+(`labkit user`'s module imported the accounts service for its two role names), werkzeug (password hashing), Jinja2
+and the lab loader (`labkit.grading`'s package imported its checks, which import the labs; `labkit lab`'s module
+imported the renderer). `-X importtime` of `course status --json` then: 561 ms of imports, SQLAlchemy 260, labkit's
+own modules 141 (the models 63 of them), werkzeug 24, Jinja2 17, asyncio (from SQLAlchemy) 10. `course status` then
+validated and rendered the course's lab again only for a start order it does not print (80 to 90 ms), and at exit
+Python's finalization walked the whole heap (about 100 ms once SQLAlchemy is loaded). The database was already opened
+without Alembic when at head (one `SELECT version_num`); that stays. Also: with `PYTHONDONTWRITEBYTECODE=1` in the
+environment (as in some sandboxes) Python compiles labkit's own modules at every start, 150 to 200 ms more on every
+command; an installed labkit writes its bytecode cache once.
 
 What changed: the root group (`labkit/cli/__init__.py`, `COMMANDS`) imports a command's module only when that command
 runs or `--help` lists it, and the command modules import the layers below inside their verbs (through `App`, as
 before for the services); `labkit.grading` loads its names on first use, like `labkit`; the role names live in
-`labkit/services/roles.py`; `course status` asks `targets(..., order=False)`, which loads no lab. So `labkit --help`
+`labkit/services/roles.py`; `course status` asks `targets(..., order=False)`, which loads no lab; the root group
+freezes the heap (`gc.freeze()`) at exit, so finalization does not walk it. So `labkit --help`
 and `labkit lab validate` import no SQLAlchemy, and no command imports paramiko, pexpect, Flask or werkzeug unless it
 uses them (tests/unit/core/test_cli_imports.py). What is left in a command that reads the database is mostly
 SQLAlchemy's own import, then the declaration of the mapped models and their configuration at the first query, which
-is why the second baseline row is there: on this machine kind that floor is most of the 250 ms target by itself.
+is why the second baseline row is there: where that floor alone is near or above 250 ms, as on this machine kind, a
+command that opens the database cannot meet the target while it uses SQLAlchemy's ORM. What could (status views read
+through plain `sqlite3`, or a running labkit to ask) is a design decision, left open.
 """
 
 
