@@ -44,14 +44,16 @@ def machine_description() -> str:
             f"UML kernel {linux}, Python {platform.python_version()}")
 
 
-def write_report(section: str, script: str, rows: list[Row]) -> None:
-    """Replace ``section`` (e.g. "## Engine") of docs/benchmarks.md with ``rows``, or append it if it is new."""
+def write_report(section: str, script: str, rows: list[Row], notes: str = "") -> None:
+    """Replace ``section`` (e.g. "## Engine") of docs/benchmarks.md with ``rows`` and then ``notes`` (Markdown), or
+    append it if it is new."""
     table = ["| what | target | measured | result |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     body = "\n".join([
         section, "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `{script}` on: {machine_description()}.", "",
         *table, "",
+        *([notes.strip(), ""] if notes.strip() else []),
     ])
     text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\nEach section is rewritten by its script.\n\n"
     if section in text:

@@ -9,22 +9,18 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import click
 
 from labkit.atomic import write_atomic
 from labkit.cli.app import App, echo_json, json_option
 from labkit.errors import ConflictError
-from labkit.labs import Lab, LabProblem, load_lab, validate_lab
-from labkit.labs.render import (
-    render_check,
-    render_forwards,
-    render_instructions,
-    render_machine_files,
-    render_startup,
-)
-from labkit.labs.student import SOLUTION_FOLDER, for_student, render_solutions
 from labkit.names import check_name
+
+if TYPE_CHECKING:
+    # The verbs import labkit.labs (and so Jinja2) themselves: ``labkit --help`` stays light (labkit/cli/__init__.py).
+    from labkit.labs import Lab, LabProblem
 
 pass_app = click.make_pass_decorator(App)
 
@@ -60,7 +56,7 @@ def _problem_json(problem: LabProblem) -> dict[str, object]:
 def validate(app: App, path: Path, as_json: bool) -> None:
     """Report every problem of the lab at PATH (a folder or its lab.toml) as FILE:LINE: message; exit 1 if any.
     Warnings (a visible check that depends on a hidden one) go to stderr and do not change the exit code."""
-    from labkit.labs.loader import lab_warnings
+    from labkit.labs.loader import lab_warnings, validate_lab
 
     known = _known_images(app)
     problems = validate_lab(path, known_images=known)
@@ -121,6 +117,8 @@ def _words(values: object) -> str:
 @pass_app
 def show(app: App, path: Path, as_json: bool) -> None:
     """Show the machines, networks, parameters and checks of the lab at PATH."""
+    from labkit.labs import load_lab
+
     summary = _summary(load_lab(path))
     if as_json:
         echo_json(summary)
@@ -159,6 +157,15 @@ def _write(dest: Path, text: str, mode: int = 0o644) -> None:
 def render_preview(lab: Lab, course: str, student: str, secret: str,
                    outdir: Path) -> tuple[list[str], dict[str, object]]:
     """Write everything one student gets into the new folder ``outdir``; return the files written and the values."""
+    from labkit.labs.render import (
+        render_check,
+        render_forwards,
+        render_instructions,
+        render_machine_files,
+        render_startup,
+    )
+    from labkit.labs.student import SOLUTION_FOLDER, for_student, render_solutions
+
     mine = for_student(lab, course, student, secret)
     params, context = mine.params, mine.context
     written = ["instructions.md"]
@@ -201,6 +208,8 @@ def render_preview(lab: Lab, course: str, student: str, secret: str,
 def render(app: App, path: Path, outdir: Path, student: str, course: str, secret: str | None, as_json: bool) -> None:
     """Render the lab at PATH for one student into OUTDIR (absent or empty): instructions, every machine's files and
     startup scripts, the solution, the values (values.json) and the checks with their expected values (checks.json)."""
+    from labkit.labs import load_lab
+
     check_name(student, "student id")
     check_name(course, "course id")
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):

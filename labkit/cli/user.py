@@ -6,17 +6,23 @@ import csv
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from labkit.atomic import write_atomic
 from labkit.cli.app import App, echo_json, json_option
-from labkit.services.accounts import ROLES, Accounts
+from labkit.services.roles import ROLES
+
+if TYPE_CHECKING:
+    from labkit.services.accounts import Accounts
 
 pass_app = click.make_pass_decorator(App)
 
 
 def accounts(app: App) -> Accounts:
+    from labkit.services.accounts import Accounts
+
     return Accounts(app.settings, app.db)
 
 

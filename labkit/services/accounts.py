@@ -37,8 +37,8 @@ from labkit.services.models import (
     User,
     WebSession,
 )
+from labkit.services.roles import ROLES
 
-ROLES = ("instructor", "student")
 LINK_LIFETIME = dt.timedelta(days=7)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024

@@ -207,7 +207,9 @@ class CourseRecords:
 
     # ---- class-wide targets ------------------------------------------------------------------------------------
     def targets(self, name: str, student: str | None = None, machine: str | None = None,
-                lab: str | None = None) -> list[Target]:
+                lab: str | None = None, order: bool = True) -> list[Target]:
+        """The provisioned machines selected; ``order=False`` leaves every `Target.wave` 0 and loads no lab (a
+        status view needs no start order, and loading a lab validates and renders it: most of a status query)."""
         if student is not None:
             check_student_id(student)
         with self.db.transaction() as session:
@@ -216,7 +218,8 @@ class CourseRecords:
             for course_lab in course.labs:
                 if lab and course_lab.lab_id != lab:
                     continue
-                waves = {m: i for i, wave in enumerate(self._lab(course_lab).start_order()) for m in wave}
+                waves = ({m: i for i, wave in enumerate(self._lab(course_lab).start_order()) for m in wave}
+                         if order else {})
                 for s in course.students:
                     if s.archived_at is not None or (student and s.sid != student):
                         continue
@@ -235,7 +238,7 @@ class CourseRecords:
                lab: str | None = None) -> list[dict[str, object]]:
         """Per student and machine: state, forwards, uptime, overlay size (reconciled with the processes)."""
         try:
-            targets = self.targets(name, student, machine, lab)
+            targets = self.targets(name, student, machine, lab, order=False)
         except NotFoundError:
             return []
         return self._rows(targets)

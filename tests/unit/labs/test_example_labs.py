@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit.cli.lab import render_solutions
 from labkit.labs import Lab, load_lab, student_params, validate_lab
 from labkit.labs.render import render_check, render_instructions, render_machine_files, template_context
+from labkit.labs.student import render_solutions
 from labkit.labs.topology import plan_topology
 
 REPO = Path(__file__).resolve().parents[3]

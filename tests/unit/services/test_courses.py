@@ -24,7 +24,7 @@ from labkit.errors import AdmissionError, BadNameError, ConflictError, LabFormat
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.overlays.umlcow import count_allocated
-from labkit.services import starting
+from labkit.services import loaded_labs, starting
 from labkit.services.courses import Courses
 from labkit.services.db import Database
 from labkit.services.models import Machine
@@ -238,6 +238,26 @@ def test_a_new_image_version_on_another_backend_does_not_move_existing_machines(
     assert courses.provision("c1", upgrade=True).upgraded == 1
     with courses.db.transaction() as session:
         assert [(m.name, m.backend) for m in session.scalars(select(Machine))] == [(machine, "uml")]
+
+
+def test_status_loads_no_lab_but_a_start_does(courses: Courses, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status needs no start order, so it does not validate and render the lab (``labkit course status``)."""
+    lab, name = alice_on_a_lab_copy(courses, tmp_path)
+    monkeypatch.setattr(loaded_labs, "_kept", {})  # nothing kept from the provisioning
+    loads: list[object] = []
+    load = labkit.labs.loader._load
+
+    def counted(*args: Any, **kwargs: Any) -> Any:  # a counting wrapper: the real loader runs underneath
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(labkit.labs.loader, "_load", counted)
+    rows = courses.status("c1")
+    assert [(r["student"], r["machine"], r["name"], r["state"]) for r in rows] == [("alice", "box", name, "stopped")]
+    assert loads == []
+    assert [t.wave for t in courses.targets("c1")] == [0]
+    assert loads == [lab]
 
 
 def test_admission_control_refuses_the_whole_start(courses: Courses, tmp_path: Path) -> None:
