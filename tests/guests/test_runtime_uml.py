@@ -6,17 +6,14 @@ prints the readiness marker once dropbear listens and keeps a root shell on the 
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,56 +22,18 @@ from guest_console import console_run, read_until
 
 from labkit.errors import ConfigError, ConflictError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import READY_MARKER
-from labkit.images.seed import SeedSpec, build_seed
-from labkit.images.store import ImageRecord
 from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.console import connect
-from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.process import ProcessRecord, process_group_members, processes_running
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 from labkit.runtime.uml.disk_check import KernelFaultAtBoot
 
+from .backend_helpers import ssh_banner, wait_state
+from .backend_helpers import uml_spec as make_spec
+
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
-
-@pytest.fixture(scope="session")
-def guest_image(tiny_image: ImageRecord) -> Path:
-    """The tiny BusyBox + Dropbear image (tests/conftest.py), used read-only as every test machine's backing file."""
-    return tiny_image.path
-
-
-@pytest.fixture(scope="session")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seed disk giving eth0 the classic slirp address and route."""
-    return build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
-
-
-def _end_by_pid(run_dir: Path) -> None:
-    """Teardown: end whatever the machine in ``run_dir`` still runs, by its recorded PIDs (linux's process group and
-    the processes running its exact command line, then the supervisor)."""
-    run = RunDir(run_dir)
-    linux = ProcessRecord.read(run.machine_pid)
-    sup = ProcessRecord.read(run.supervisor_pid)
-    assert end_processes(linux.pid if linux else None, run.machine_argv()) == []
-    if sup is not None:
-        sup.send(signal.SIGKILL)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    """A short run root (UNIX socket paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
-    yield path
-    for run_dir in path.iterdir():
-        if run_dir.is_dir():
-            _end_by_pid(run_dir)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def make_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1",
-              forwards: tuple[Forward, ...] = ()) -> MachineSpec:
-    return MachineSpec(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / name,
-                       console_log=root / f"{name}.log", memory_mb=64, seed=seed, forwards=forwards)
 
 
 @pytest.fixture
@@ -91,19 +50,6 @@ def running(backend: UmlBackend, root: Path, guest_image: Path, seed: Path) -> M
     status = backend.start(spec, timeout=60)
     assert status.state == State.RUNNING and status.ready
     return spec
-
-
-def ssh_banner(port: int, timeout: float = 10.0) -> bytes:
-    """The first line the guest's SSH server sends through the forward (raises on timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        return read_until(sock, b"\n", timeout).strip()
-
-
-def wait_state(backend: UmlBackend, spec: MachineSpec, state: State, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while backend.status(spec).state != state:
-        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
-        time.sleep(0.1)
 
 
 def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> None:
@@ -147,33 +93,6 @@ def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: Mach
     assert not backend.mconsole_path(spec).exists()
     with pytest.raises(StateError, match="stopped"):
         backend.stop(spec)
-
-
-def test_guest_reaches_an_allowed_host_service(backend: UmlBackend, root: Path, guest_image: Path,
-                                              seed: Path) -> None:
-    """The guest reaches a host port its spec allows, as 10.0.2.2 (tests/guests/test_host_reach.py: and only that)."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello-from-host")
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        spec = replace(make_spec(root, guest_image, seed), host_ports=(server.server_port,))
-        assert backend.start(spec, timeout=60).state == State.RUNNING
-        with connect(backend.console_socket(spec)) as sock:
-            out = console_run(sock, f"wget -q -O - http://10.0.2.2:{server.server_port}/", timeout=20)
-        assert "hello-from-host" in out
-        backend.kill(spec)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec, guest_image: Path) -> None:
@@ -292,8 +211,7 @@ def test_missing_linux_binary_is_a_clear_error(root: Path, guest_image: Path) ->
 
 
 def test_boot_failure_raises_with_console_tail(backend: UmlBackend, root: Path, guest_image: Path) -> None:
-    spec = MachineSpec(name="bad", image=guest_image, overlay=root / "bad.cow", run_dir=root / "bad",
-                       console_log=root / "bad.log", memory_mb=64, kernel_args=("init=/nonexistent",))
+    spec = make_spec(root, guest_image, name="bad", kernel_args=("init=/nonexistent",))
     with pytest.raises(Exception, match="last console lines") as info:
         backend.start(spec, timeout=30)
     assert "nonexistent" in str(info.value) or "panic" in str(info.value).lower()

@@ -1,0 +1,154 @@
+"""Helpers of the tests that drive a runtime backend (UML or QEMU) directly, below the services: a short run root
+cleaned up by PID, machine specs for each backend, and the host-side probes (SSH banner, console command, host
+services, the machine's network namespace) that the UML, QEMU and host-reach tests all use.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import make_short_dir
+from guest_console import console_run, read_until
+
+from labkit.overlays import get_overlay
+from labkit.runtime.base import Backend, Forward, MachineSpec, State
+from labkit.runtime.console import connect
+from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.qemu.backend import QemuBackend
+from labkit.runtime.rundir import RunDir
+
+
+def end_by_pid(run_dir: Path) -> list[int]:
+    """Teardown: end whatever the machine in ``run_dir`` still runs, by its recorded PIDs (the machine's process
+    group and the processes running its exact command line, then the supervisor and its helpers); return the PIDs
+    that outlived the machine's SIGKILL (empty when all went)."""
+    run = RunDir(run_dir)
+    machine = ProcessRecord.read(run.machine_pid)
+    left = end_processes(machine.pid if machine else None, run.machine_argv())
+    for pid_file in (run.supervisor_pid, *run.helper_pid_files()):
+        record = ProcessRecord.read(pid_file)
+        if record is not None:
+            record.send(signal.SIGKILL)
+    return left
+
+
+@contextmanager
+def run_root(prefix: str) -> Iterator[Path]:
+    """A short run root (UNIX socket paths must stay under 108 bytes); afterwards every machine left in it is ended
+    by PID (AssertionError if one outlives it) and the folder removed."""
+    path = make_short_dir(prefix)
+    try:
+        yield path
+    finally:
+        left = [pid for run_dir in path.iterdir() if run_dir.is_dir() for pid in end_by_pid(run_dir)]
+        shutil.rmtree(path, ignore_errors=True)
+    assert left == [], f"processes outlived their machine's teardown: {left}"
+
+
+def uml_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1", forwards: tuple[Forward, ...] = (),
+             **fields: object) -> MachineSpec:
+    """A UML machine ``name`` in ``root`` (64 MiB, the COW overlay made by the backend at the first start)."""
+    return MachineSpec(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / name,  # type: ignore[arg-type]
+                       console_log=root / f"{name}.log", memory_mb=64, seed=seed, forwards=forwards, **fields)
+
+
+def qemu_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1", forwards: tuple[Forward, ...] = (),
+              **fields: object) -> MachineSpec:
+    """A QEMU machine ``name`` in ``root`` (128 MiB, which labkit's QEMU kernel needs) on a new qcow2 overlay."""
+    overlay = get_overlay(QemuBackend.overlay_kind).create(image, root / f"{name}.qcow2")
+    return MachineSpec(name=name, image=image, overlay=overlay, run_dir=root / name,  # type: ignore[arg-type]
+                       console_log=root / f"{name}.log", memory_mb=128, seed=seed, forwards=forwards, **fields)
+
+
+def ssh_banner(port: int, timeout: float = 20.0) -> bytes:
+    """The first line the guest's SSH server sends through the forward on ``port`` (AssertionError on timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        return read_until(sock, b"\n", timeout).strip()
+
+
+def wait_state(backend: Backend, spec: MachineSpec, state: State, timeout: float = 30.0) -> None:
+    """Wait until the backend reports ``state`` for ``spec`` (an outcome, not a duration: the wait is generous)."""
+    deadline = time.monotonic() + timeout
+    while backend.status(spec).state != state:
+        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
+        time.sleep(0.1)
+
+
+def on_console(backend: Backend, spec: MachineSpec, command: str, timeout: float = 60.0) -> str:
+    """Run a shell command on the machine's console and return its output."""
+    with connect(backend.console_socket(spec)) as sock:
+        return console_run(sock, command, timeout)
+
+
+class HostWebService:
+    """A tiny HTTP server on the host's 127.0.0.1 that answers every GET with ``body``."""
+
+    def __init__(self, body: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BannerServer:
+    """A TCP listener on the host's 127.0.0.1 that greets every connection with one line, then closes it."""
+
+    def __init__(self, banner: bytes) -> None:
+        self.banner = banner
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.banner + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def namespace_links(pid: int) -> tuple[set[str], bool]:
+    """The interfaces of the network namespace ``pid`` lives in, and whether it has a default route (read from
+    /proc: nothing is sent anywhere)."""
+    interfaces = {line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]}
+    routes = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
+    return interfaces, any(line.split()[1] == "00000000" for line in routes)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (as /proc/net/tcp* writes them) of the host's sockets listening on ``port``."""
+    bound = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                bound.add(address)
+    return bound
