@@ -11,17 +11,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from conftest import make_short_dir
 from guest_console import console_run, read_until
 
+from labkit.errors import ConflictError, StateError
+from labkit.images.guest_contract import READY_MARKER
 from labkit.overlays import get_overlay
 from labkit.runtime.base import Backend, Forward, MachineSpec, State
 from labkit.runtime.console import connect
-from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.qemu.backend import QemuBackend
 from labkit.runtime.rundir import RunDir
 
@@ -152,3 +155,77 @@ def listening_addresses(port: int) -> set[str]:
             if fields[3] == "0A" and int(hex_port, 16) == port:
                 bound.add(address)
     return bound
+
+
+# ---- checks every backend must pass, called by each backend's own test (which adds what is its own)
+
+
+def check_console_forward_and_clean_stop(backend: Backend, spec: MachineSpec, control: Path, timeout: float) -> None:
+    """A running machine ``spec`` (forward 0:22) reports its PIDs and forward, serves two console clients at once
+    (input from one, output to both), answers SSH on the forward ssh_endpoint names, and stops cleanly: the guest's
+    init powers off on ctrl-alt-del, the machine exits 0, and its process group, console socket and ``control``
+    socket (UML's mconsole, QEMU's QMP) are gone; a second stop is a StateError."""
+    assert READY_MARKER in spec.console_log.read_text(errors="replace")
+    status = backend.status(spec)
+    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
+    group = status.pid
+
+    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
+    with first, second:
+        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))", timeout)
+        read_until(second, b"labkit-test-42", timeout)
+
+    endpoint = backend.ssh_endpoint(spec)
+    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
+    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
+
+    stopped = backend.stop(spec, timeout=timeout)
+    assert stopped.state == State.STOPPED
+    assert "code 0" in stopped.detail
+    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
+    assert process_group_members(group) == []
+    assert not backend.console_socket(spec).exists()
+    assert not control.exists()
+    with pytest.raises(StateError, match="stopped"):
+        backend.stop(spec)
+
+
+def check_pause_resume_and_state_errors(backend: Backend, spec: MachineSpec, timeout: float) -> None:
+    """A running machine ``spec`` (forward 0:22) refuses a second start and a resume; paused, it refuses a second
+    pause and its guest answers nothing (slirp accepts the connection, no SSH banner comes); resumed, it answers and
+    syncs; a paused machine still stops cleanly (resumed first, so ctrl-alt-del works); a stopped one refuses kill."""
+    with pytest.raises(StateError, match="already running"):
+        backend.start(spec)
+    with pytest.raises(StateError, match="running"):
+        backend.resume(spec)
+    assert backend.pause(spec).state == State.PAUSED
+    assert backend.status(spec).state == State.PAUSED
+    with pytest.raises(StateError, match="paused"):
+        backend.pause(spec)
+    port = backend.status(spec).forwards[0].host_port
+    with pytest.raises(AssertionError, match="did not arrive"):
+        ssh_banner(port, timeout=3)
+    assert backend.resume(spec).state == State.RUNNING
+    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    backend.sync(spec)
+    backend.pause(spec)
+    assert backend.stop(spec, timeout=timeout).state == State.STOPPED
+    with pytest.raises(StateError, match="stopped"):
+        backend.kill(spec)
+
+
+def check_busy_forward_port_is_a_conflict(backend: Backend, spec_with: Callable[[tuple[Forward, ...]], MachineSpec],
+                                          ) -> None:
+    """A forward from a host port another process holds is a ConflictError naming the port, and nothing is left
+    running or recorded (``spec_with(forwards)``: the machine to start)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        spec = spec_with((Forward(port, 22),))
+        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
+            backend.start(spec)
+    run = RunDir(spec.run_dir)
+    assert ProcessRecord.read(run.supervisor_pid) is None
+    assert ProcessRecord.read(run.machine_pid) is None
+    assert backend.status(spec).state == State.STOPPED

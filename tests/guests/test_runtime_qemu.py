@@ -18,13 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from guest_console import console_run, read_until
+from guest_console import read_until
 
-from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
-from labkit.images.guest_contract import READY_MARKER
+from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, StateError
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
-from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, process_group_members, processes_running
 from labkit.runtime.qemu.backend import BootSet, QemuBackend, default_boot
 from labkit.runtime.rundir import RunDir
@@ -32,6 +30,9 @@ from labkit.runtime.uml.backend import UmlBackend
 
 from .backend_helpers import (
     BannerServer,
+    check_busy_forward_port_is_a_conflict,
+    check_console_forward_and_clean_stop,
+    check_pause_resume_and_state_errors,
     listening_addresses,
     namespace_links,
     on_console,
@@ -77,72 +78,29 @@ def test_qemu_is_a_registered_backend_with_ram_snapshots() -> None:
 
 def test_start_console_forward_and_clean_stop(backend: QemuBackend, running: MachineSpec) -> None:
     spec = running
-    assert READY_MARKER in spec.console_log.read_text(errors="replace")
-    status = backend.status(spec)
-    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
-    group = status.pid
     argv = RunDir(spec.run_dir).machine_argv() or []
     assert "-accel" in argv and argv[argv.index("-accel") + 1] in ("tcg", "kvm")
-
-    # Two console clients at once through the supervisor: input from one, output to both.
-    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
-    with first, second:
-        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))", timeout=60)
-        read_until(second, b"labkit-test-42")
-        # the guest sees its root on virtio and the SLIRP contract's address on eth0
-        out = console_run(first, "grep ' / ' /proc/mounts; ip -4 addr show eth0", timeout=60)
-        assert "/dev/vda / " in out and "10.0.2.15/24" in out
-
-    endpoint = backend.ssh_endpoint(spec)
-    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
-    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
-
-    # Clean stop: BusyBox init powers off on ctrl-alt-del; QEMU exits 0, the supervisor cleans up.
-    stopped = backend.stop(spec, timeout=60)
-    assert stopped.state == State.STOPPED
-    assert "code 0" in stopped.detail
-    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
-    assert process_group_members(group) == []
-    assert not backend.console_socket(spec).exists() and not backend.qmp_path(spec).exists()
-    with pytest.raises(StateError, match="stopped"):
-        backend.stop(spec)
+    # the guest sees its root on virtio and the SLIRP contract's address on eth0
+    out = on_console(backend, spec, "grep ' / ' /proc/mounts; ip -4 addr show eth0")
+    assert "/dev/vda / " in out and "10.0.2.15/24" in out
+    # the console through the supervisor, the SSH forward, a clean stop: BusyBox init powers off on ctrl-alt-del
+    check_console_forward_and_clean_stop(backend, spec, backend.qmp_path(spec), timeout=60)
 
 
 def test_pause_resume_and_state_errors(backend: QemuBackend, running: MachineSpec) -> None:
     spec = running
-    with pytest.raises(StateError, match="already running"):
-        backend.start(spec)
-    with pytest.raises(StateError, match="running"):
-        backend.resume(spec)
+    # paused, QEMU itself says so, not only labkit's mark
     assert backend.pause(spec).state == State.PAUSED
-    # QEMU itself says so, not only labkit's mark
     RunDir(spec.run_dir).paused.unlink()
     assert backend.status(spec).state == State.PAUSED
     with pytest.raises(StateError, match="paused"):
         backend.pause(spec)
-    port = backend.status(spec).forwards[0].host_port
-    with pytest.raises(AssertionError, match="did not arrive"):
-        ssh_banner(port, timeout=3)
     assert backend.resume(spec).state == State.RUNNING
-    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
-    backend.sync(spec)
-    backend.pause(spec)
-    assert backend.stop(spec, timeout=60).state == State.STOPPED
-    with pytest.raises(StateError, match="stopped"):
-        backend.kill(spec)
+    check_pause_resume_and_state_errors(backend, spec, timeout=60)
 
 
 def test_busy_forward_port_is_a_conflict(backend: QemuBackend, root: Path, guest_image: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
-        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
-            backend.start(spec)
-    run = RunDir(spec.run_dir)
-    assert ProcessRecord.read(run.supervisor_pid) is None and ProcessRecord.read(run.machine_pid) is None
-    assert backend.status(spec).state == State.STOPPED
+    check_busy_forward_port_is_a_conflict(backend, lambda forwards: make_spec(root, guest_image, forwards=forwards))
 
 
 def test_kill_9_of_qemu_leaves_nothing(backend: QemuBackend, running: MachineSpec) -> None:

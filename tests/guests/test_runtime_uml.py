@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,19 +17,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from guest_console import console_run, read_until
 
-from labkit.errors import ConfigError, ConflictError, RuntimeBackendError, StateError
+from labkit.errors import ConfigError, RuntimeBackendError
 from labkit.images.guest_contract import READY_MARKER
 from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
-from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, process_group_members, processes_running
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 from labkit.runtime.uml.disk_check import KernelFaultAtBoot
 
-from .backend_helpers import ssh_banner, wait_state
+from .backend_helpers import (
+    check_busy_forward_port_is_a_conflict,
+    check_console_forward_and_clean_stop,
+    check_pause_resume_and_state_errors,
+    wait_state,
+)
 from .backend_helpers import uml_spec as make_spec
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
@@ -66,71 +68,15 @@ def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> N
 
 
 def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: MachineSpec) -> None:
-    spec = running
-    assert READY_MARKER in spec.console_log.read_text(errors="replace")
-    status = backend.status(spec)
-    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
-    group = status.pid
-
-    # Two console clients at once: input from one, output to both.
-    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
-    with first, second:
-        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))")
-        read_until(second, b"labkit-test-42")
-
-    # A host port forwarded to the guest's SSH server, as ssh_endpoint reports it.
-    endpoint = backend.ssh_endpoint(spec)
-    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
-    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
-
-    # Clean stop via ctrl-alt-del: the guest's init powers off, the supervisor records exit 0 and cleans up.
-    stopped = backend.stop(spec, timeout=30)
-    assert stopped.state == State.STOPPED
-    assert "code 0" in stopped.detail
-    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
-    assert process_group_members(group) == []
-    assert not backend.console_socket(spec).exists()
-    assert not backend.mconsole_path(spec).exists()
-    with pytest.raises(StateError, match="stopped"):
-        backend.stop(spec)
+    check_console_forward_and_clean_stop(backend, running, backend.mconsole_path(running), timeout=30)
 
 
-def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec, guest_image: Path) -> None:
-    spec = running
-    with pytest.raises(StateError, match="already running"):
-        backend.start(spec)
-    with pytest.raises(StateError, match="running"):
-        backend.resume(spec)
-    assert backend.pause(spec).state == State.PAUSED
-    assert backend.status(spec).state == State.PAUSED
-    with pytest.raises(StateError, match="paused"):
-        backend.pause(spec)
-    port = backend.status(spec).forwards[0].host_port
-    # While paused the guest answers nothing: slirp accepts the connection, but no SSH banner comes.
-    with pytest.raises(AssertionError, match="did not arrive"):
-        ssh_banner(port, timeout=2)
-    assert backend.resume(spec).state == State.RUNNING
-    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
-    backend.sync(spec)
-    # Stopping a paused machine resumes it first, so ctrl-alt-del still works.
-    backend.pause(spec)
-    assert backend.stop(spec, timeout=30).state == State.STOPPED
-    with pytest.raises(StateError, match="stopped"):
-        backend.kill(spec)
+def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec) -> None:
+    check_pause_resume_and_state_errors(backend, running, timeout=30)
 
 
 def test_busy_forward_port_is_a_conflict(backend: UmlBackend, root: Path, guest_image: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
-        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
-            backend.start(spec)
-    run = RunDir(spec.run_dir)
-    assert ProcessRecord.read(run.supervisor_pid) is None
-    assert ProcessRecord.read(run.machine_pid) is None
-    assert backend.status(spec).state == State.STOPPED
+    check_busy_forward_port_is_a_conflict(backend, lambda forwards: make_spec(root, guest_image, forwards=forwards))
 
 
 def test_kill_9_of_linux_leaves_nothing(backend: UmlBackend, running: MachineSpec) -> None:
