@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import make_short_dir
@@ -27,6 +28,16 @@ from labkit.runtime.console import connect
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.qemu.backend import QemuBackend
 from labkit.runtime.rundir import RunDir
+
+B = TypeVar("B", bound=Backend)
+
+
+def usable(backend: B) -> B:
+    """``backend``, or the test skipped with what this host lacks for it (its `check`)."""
+    missing = backend.check()
+    if missing:
+        pytest.skip("; ".join(missing))
+    return backend
 
 
 def end_by_pid(run_dir: Path) -> list[int]:

@@ -29,7 +29,14 @@ from labkit.runtime.process import ProcessRecord
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 
-from .backend_helpers import BannerServer, HostWebService, end_by_pid, listening_addresses, namespace_links
+from .backend_helpers import (
+    BannerServer,
+    HostWebService,
+    end_by_pid,
+    listening_addresses,
+    namespace_links,
+    usable,
+)
 from .backend_helpers import uml_spec as make_spec
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
@@ -61,9 +68,7 @@ def probe(console: socket.socket, port: int) -> str:
 def world(tiny_image: ImageRecord, seed: Path) -> Iterator[dict[str, object]]:
     """Host services on 127.0.0.1, another student's running machine with its SSH forward, and this student's
     machine, which may reach exactly one host port."""
-    backend = UmlBackend()
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
+    backend = usable(UmlBackend())
     root = make_short_dir("lkr")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, root, True)

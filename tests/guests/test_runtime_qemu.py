@@ -38,6 +38,7 @@ from .backend_helpers import (
     on_console,
     ssh_banner,
     uml_spec,
+    usable,
     wait_state,
 )
 from .backend_helpers import qemu_spec as make_spec
@@ -55,10 +56,7 @@ def qemu_boot() -> BootSet:
 
 @pytest.fixture
 def backend(qemu_boot: BootSet) -> QemuBackend:
-    backend = QemuBackend(boot=lambda: qemu_boot)
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
-    return backend
+    return usable(QemuBackend(boot=lambda: qemu_boot))
 
 
 @pytest.fixture
@@ -264,9 +262,7 @@ def test_a_guest_reaches_only_the_host_ports_its_lab_allows(backend: QemuBackend
 
 def test_a_uml_and_a_qemu_machine_on_one_lab_network_reach_each_other(backend: QemuBackend, root: Path,
                                                                      guest_image: Path, seed: Path) -> None:
-    uml = UmlBackend()
-    if uml.check():
-        pytest.skip("; ".join(uml.check()))
+    uml = usable(UmlBackend())
     lan = NetworkSpec("lan", root / "lan")
     try:
         assert backend.start_network(lan).state == State.RUNNING

@@ -31,6 +31,7 @@ from .backend_helpers import (
     check_busy_forward_port_is_a_conflict,
     check_console_forward_and_clean_stop,
     check_pause_resume_and_state_errors,
+    usable,
     wait_state,
 )
 from .backend_helpers import uml_spec as make_spec
@@ -40,10 +41,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
 
 @pytest.fixture
 def backend() -> UmlBackend:
-    backend = UmlBackend()
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
-    return backend
+    return usable(UmlBackend())
 
 
 @pytest.fixture
