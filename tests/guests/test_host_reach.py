@@ -29,14 +29,7 @@ from labkit.runtime.process import ProcessRecord
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 
-from .backend_helpers import (
-    BannerServer,
-    HostWebService,
-    end_by_pid,
-    listening_addresses,
-    namespace_links,
-    usable,
-)
+from .backend_helpers import BannerServer, HostWebService, end_by_pid, listening_addresses, namespace_links, usable
 from .backend_helpers import uml_spec as make_spec
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
