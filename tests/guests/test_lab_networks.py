@@ -32,8 +32,6 @@ from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 from labkit.runtime.uml.vde import NetworkDir
 
-from .backend_helpers import usable
-
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(240)]
 
 ADDRESSES = {"a": "192.168.50.1/24", "b": "192.168.50.2/24"}
@@ -81,7 +79,10 @@ def end_by_pid(backend: UmlBackend, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def backend() -> UmlBackend:
-    return usable(UmlBackend())
+    backend = UmlBackend()
+    if backend.check():
+        pytest.skip("; ".join(backend.check()))
+    return backend
 
 
 @pytest.fixture(scope="module")
