@@ -59,11 +59,15 @@ def run_root(prefix: str) -> Iterator[Path]:
     """A short run root (UNIX socket paths must stay under 108 bytes); afterwards every machine left in it is ended
     by PID (AssertionError if one outlives it) and the folder removed."""
     path = make_short_dir(prefix)
+    left: list[int] = []
     try:
         yield path
     finally:
-        left = [pid for run_dir in path.iterdir() if run_dir.is_dir() for pid in end_by_pid(run_dir)]
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            for run_dir in (p for p in path.iterdir() if p.is_dir()):
+                left += end_by_pid(run_dir)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
     assert left == [], f"processes outlived their machine's teardown: {left}"
 
 
