@@ -81,7 +81,8 @@ def uml_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1"
 def qemu_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1", forwards: tuple[Forward, ...] = (),
               **fields: object) -> MachineSpec:
     """A QEMU machine ``name`` in ``root`` (128 MiB, which labkit's QEMU kernel needs) on a new qcow2 overlay."""
-    overlay = get_overlay(QemuBackend.overlay_kind).create(image, root / f"{name}.qcow2")
+    overlay = root / f"{name}.qcow2"
+    get_overlay(QemuBackend.overlay_kind).create(image, overlay)
     return MachineSpec(name=name, image=image, overlay=overlay, run_dir=root / name,  # type: ignore[arg-type]
                        console_log=root / f"{name}.log", memory_mb=128, seed=seed, forwards=forwards, **fields)
 
