@@ -206,10 +206,11 @@ def check_console_forward_and_clean_stop(backend: Backend, spec: MachineSpec, co
         backend.stop(spec)
 
 
-def check_pause_resume_and_state_errors(backend: Backend, spec: MachineSpec, timeout: float) -> None:
+def check_pause_resume_and_state_errors(backend: Backend, spec: MachineSpec, timeout: float, silent: float) -> None:
     """A running machine ``spec`` (forward 0:22) refuses a second start and a resume; paused, it refuses a second
-    pause and its guest answers nothing (slirp accepts the connection, no SSH banner comes); resumed, it answers and
-    syncs; a paused machine still stops cleanly (resumed first, so ctrl-alt-del works); a stopped one refuses kill."""
+    pause and its guest answers nothing for ``silent`` seconds (slirp accepts the connection, no SSH banner comes);
+    resumed, it answers and syncs; a paused machine still stops cleanly (resumed first, so ctrl-alt-del works); a
+    stopped one refuses kill."""
     with pytest.raises(StateError, match="already running"):
         backend.start(spec)
     with pytest.raises(StateError, match="running"):
@@ -220,7 +221,7 @@ def check_pause_resume_and_state_errors(backend: Backend, spec: MachineSpec, tim
         backend.pause(spec)
     port = backend.status(spec).forwards[0].host_port
     with pytest.raises(AssertionError, match="did not arrive"):
-        ssh_banner(port, timeout=3)
+        ssh_banner(port, timeout=silent)
     assert backend.resume(spec).state == State.RUNNING
     assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
     backend.sync(spec)

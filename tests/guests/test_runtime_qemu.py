@@ -94,7 +94,7 @@ def test_pause_resume_and_state_errors(backend: QemuBackend, running: MachineSpe
     with pytest.raises(StateError, match="paused"):
         backend.pause(spec)
     assert backend.resume(spec).state == State.RUNNING
-    check_pause_resume_and_state_errors(backend, spec, timeout=60)
+    check_pause_resume_and_state_errors(backend, spec, timeout=60, silent=3)
 
 
 def test_busy_forward_port_is_a_conflict(backend: QemuBackend, root: Path, guest_image: Path) -> None:

@@ -70,7 +70,7 @@ def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: Mach
 
 
 def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec) -> None:
-    check_pause_resume_and_state_errors(backend, running, timeout=30)
+    check_pause_resume_and_state_errors(backend, running, timeout=30, silent=2)
 
 
 def test_busy_forward_port_is_a_conflict(backend: UmlBackend, root: Path, guest_image: Path) -> None:
