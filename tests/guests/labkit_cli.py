@@ -50,12 +50,14 @@ class Labkit:
 
 
 @contextmanager
-def labkit_home(prefix: str, exec_timeout: float | None = None) -> Iterator[Labkit]:
+def labkit_home(prefix: str, exec_timeout: float | None = None, private_cache: bool = False) -> Iterator[Labkit]:
     """A new installation in a short home with the tiny image built, and a `Labkit` on it; afterwards whatever a
-    failed test left running is stopped by PID (the CLI's kill) and the home removed."""
+    failed test left running is stopped by PID (the CLI's kill) and the home removed. The build cache is the
+    suite's shared one unless ``private_cache`` (then a new one in the home: the image is built from nothing)."""
     home = make_short_dir(prefix)
     try:
-        labkit = Labkit(settings_env(make_settings(home)), exec_timeout)
+        settings = make_settings(home, cache=home / "cache" if private_cache else None)
+        labkit = Labkit(settings_env(settings), exec_timeout)
         labkit("image", "build", "tiny")
         yield labkit
         for view in labkit.json("vm", "status"):  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.guest
 
 @pytest.fixture(scope="module")
 def lk() -> Iterator[Labkit]:
-    with labkit_home("lkl") as labkit:
+    with labkit_home("lkl", private_cache=True) as labkit:
         yield labkit
 
 
