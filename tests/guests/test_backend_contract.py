@@ -8,117 +8,27 @@ backend. QEMU runs on TCG here, slow under load: waits are generous, assertions 
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
-import shutil
 import signal
-import socketserver
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir, settings_env
 
 from labkit.runtime import backend_kinds, get_backend
 
+from .backend_helpers import HostWebService
+from .labkit_cli import Labkit, fetch, host_port, labkit_home, wait_state
+
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
-LABKIT = str(Path(sys.executable).with_name("labkit"))
 #: Enough for every backend (QEMU's kernel needs 128 MiB).
 MEMORY = "128"
 
 
-class Labkit:
-    """Runs the real CLI against one private LABKIT_HOME."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, **env}
-        self.env.pop("LABKIT_DEBUG", None)
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([LABKIT, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"labkit {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        return done
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout)
-
-    def status(self, name: str) -> dict[str, object]:
-        return self.json("vm", "status", name)[0]  # type: ignore[index]
-
-    def sh(self, name: str, command: str, *extra: str) -> dict[str, object]:
-        done = self("vm", "exec", name, *extra, "--json", "--timeout", "120", "--", command, check=False)
-        assert done.stdout, done.stderr
-        return json.loads(done.stdout)
-
-
 @pytest.fixture
 def lk() -> Iterator[Labkit]:
-    home = make_short_dir("lkc")
-    labkit = Labkit(settings_env(make_settings(home)))
-    labkit("image", "build", "tiny")
-    yield labkit
-    # Stop by PID (the CLI's kill) whatever a failed run left running.
-    for view in labkit.json("vm", "status"):  # type: ignore[union-attr]
-        if view["state"] != "stopped":
-            labkit("vm", "kill", view["name"], check=False)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-class HostService:
-    """A tiny HTTP server on the host's 127.0.0.1 answering ``token``."""
-
-    def __init__(self, token: str) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(token.encode())
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def host_port(view: dict[str, object], guest: int) -> int:
-    for forward in view["forwards"]:  # type: ignore[union-attr]
-        host, to = str(forward).split(":")
-        if int(to) == guest:
-            return int(host)
-    raise AssertionError(f"no forward to guest port {guest} in {view}")
-
-
-def fetch(url: str, seconds: float = 30.0) -> str:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.read().decode().strip()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
-def wait_state(lk: Labkit, name: str, state: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while (now := lk.status(name)["state"]) != state:
-        assert time.monotonic() < deadline, f"{name} is {now}, not {state}"
-        time.sleep(0.3)
+    with labkit_home("lkc", exec_timeout=120) as labkit:
+        yield labkit
 
 
 @pytest.mark.parametrize("kind", backend_kinds())
@@ -128,7 +38,7 @@ def test_lifecycle_contract(lk: Labkit, kind: str) -> None:
         pytest.skip(f"backend {kind} cannot run here: {'; '.join(missing)}")
     name = f"c{kind}{os.getpid() % 1000}"
     token = f"host-{name}"
-    allowed, other = HostService(token), HostService(token)
+    allowed, other = HostWebService(token), HostWebService(token)
     try:
         created = lk.json("vm", "create", name, "--image", "tiny", "--memory", MEMORY, "--backend", kind,
                           "--forward", "0:8080", "--host-port", str(allowed.port))

@@ -7,24 +7,17 @@ from collections.abc import Iterator
 import pytest
 
 from labkit.config import Settings
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.db import Database
 from labkit.services.machines import Machines
+
+from .conftest import machines_on
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
 
 @pytest.fixture
 def machines(lk_settings: Settings) -> Iterator[Machines]:
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "debian-bookworm"))
-    db = Database(lk_settings)
-    service = Machines(lk_settings, db, actor="tester")
-    yield service
-    for view in service.status():
-        if view.state != "stopped":
-            service.kill(view.name)
-    db.close()
+    with machines_on(lk_settings, "debian-bookworm", actor="tester") as service:
+        yield service
 
 
 def test_debian_boots_to_ssh_and_console_login(machines: Machines) -> None:

@@ -25,20 +25,16 @@ from labkit.services.courses import Courses
 from labkit.services.db import Database
 from labkit.services.machines import Machines
 
+from .conftest import machines_on
+
 pytestmark = pytest.mark.guest
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
 
 @pytest.fixture
 def machines(lk_settings: Settings) -> Iterator[Machines]:
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
-    db = Database(lk_settings)
-    service = Machines(lk_settings, db, actor="teacher")
-    yield service
-    for view in service.status():  # stop by PID whatever a failed test left running
-        if view.state != "stopped":
-            service.kill(view.name)
-    db.close()
+    with machines_on(lk_settings, "tiny", actor="teacher") as service:
+        yield service
 
 
 def fingerprint(path: Path) -> tuple[str, int]:

@@ -9,12 +9,10 @@ the refusals are not a broken probe. Nothing here talks to an address outside 12
 
 from __future__ import annotations
 
-import http.server
 import secrets
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,53 +22,19 @@ import pytest
 from conftest import make_short_dir
 from guest_console import console_run
 
-from labkit.images.seed import SeedSpec, build_seed
 from labkit.images.store import ImageRecord
 from labkit.runtime.base import Forward, MachineSpec, State
 from labkit.runtime.console import connect
-from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.process import ProcessRecord
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
+
+from .backend_helpers import BannerServer, HostWebService, end_by_pid, listening_addresses, namespace_links, usable
+from .backend_helpers import uml_spec as make_spec
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
 
 TOKEN = secrets.token_hex(4)
-
-
-class BannerServer:
-    """A TCP listener on the host's 127.0.0.1 that greets every connection with one line, then closes it."""
-
-    def __init__(self, banner: bytes) -> None:
-        self.banner = banner
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self.banner + b"\n")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Portal(http.server.BaseHTTPRequestHandler):
-    """Stands in for labkit's web app on the host's loopback."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(f"portal-{TOKEN}".encode())
-
-    def log_message(self, *_args: object) -> None:
-        pass
 
 
 def from_host(port: int) -> bytes:
@@ -93,48 +57,20 @@ def probe(console: socket.socket, port: int) -> str:
     return out.strip()
 
 
-def make_spec(root: Path, image: Path, seed: Path, name: str, **fields: object) -> MachineSpec:
-    return MachineSpec(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / name,
-                       console_log=root / f"{name}.log", memory_mb=64, seed=seed, **fields)  # type: ignore[arg-type]
-
-
-def end_by_pid(run_dir: Path) -> None:
-    run = RunDir(run_dir)
-    linux = ProcessRecord.read(run.machine_pid)
-    end_processes(linux.pid if linux else None, run.machine_argv())
-    for pid_file in (run.supervisor_pid, *run.helper_pid_files()):
-        record = ProcessRecord.read(pid_file)
-        if record is not None:
-            record.send(signal.SIGKILL)
-
-
-def namespace_links(pid: int) -> tuple[set[str], bool]:
-    """The interfaces of the network namespace ``pid`` lives in, and whether it has a default route (read from
-    /proc: nothing is sent anywhere)."""
-    interfaces = {line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]}
-    routes = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
-    return interfaces, any(line.split()[1] == "00000000" for line in routes)
-
-
 @pytest.fixture(scope="module")
-def world(tiny_image: ImageRecord, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def world(tiny_image: ImageRecord, seed: Path) -> Iterator[dict[str, object]]:
     """Host services on 127.0.0.1, another student's running machine with its SSH forward, and this student's
     machine, which may reach exactly one host port."""
-    backend = UmlBackend()
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
+    backend = usable(UmlBackend())
     root = make_short_dir("lkr")
-    seed = build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, root, True)
         listener = BannerServer(f"listener-{TOKEN}".encode())
         stack.callback(listener.close)
         allowed = BannerServer(f"allowed-{TOKEN}".encode())
         stack.callback(allowed.close)
-        portal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
-        threading.Thread(target=portal.serve_forever, daemon=True).start()
-        stack.callback(portal.server_close)
-        stack.callback(portal.shutdown)
+        portal = HostWebService(f"portal-{TOKEN}")  # stands in for labkit's web app on the host's loopback
+        stack.callback(portal.close)
         specs = {"other": make_spec(root, tiny_image.path, seed, "other", forwards=(Forward(0, 22),)),
                  "mine": make_spec(root, tiny_image.path, seed, "mine", forwards=(Forward(0, 22),),
                                    host_ports=(allowed.port,))}
@@ -153,7 +89,7 @@ def ssh_port(backend: UmlBackend, spec: MachineSpec) -> int:
 
 def test_a_guest_reaches_only_the_host_ports_its_lab_allows(world: dict) -> None:
     backend, specs = world["backend"], world["specs"]
-    refused = {"listener": world["listener"].port, "portal": world["portal"].server_port,
+    refused = {"listener": world["listener"].port, "portal": world["portal"].port,
                "other student's SSH forward": ssh_port(backend, specs["other"])}
     # Each of them answers on the host: a refusal from the guest is the namespace's doing, not a dead service.
     assert f"listener-{TOKEN}".encode() in from_host(refused["listener"])
@@ -172,13 +108,7 @@ def test_the_guests_own_forwards_work_and_listen_only_on_loopback(world: dict) -
     backend, spec = world["backend"], world["specs"]["mine"]
     port = ssh_port(backend, spec)
     assert from_host(port).startswith(b"SSH-2.0-dropbear")
-    bound = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            address, hex_port = fields[1].rsplit(":", 1)
-            if fields[3] == "0A" and int(hex_port, 16) == port:
-                bound.add(address)
+    bound = listening_addresses(port)
     assert bound == {"0100007F"}, f"host port {port} is bound on {bound}, not only on 127.0.0.1"
 
 

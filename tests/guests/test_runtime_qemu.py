@@ -9,34 +9,39 @@ generous and every assertion is about an outcome, never a duration.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import secrets
-import shutil
 import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_short_dir
-from guest_console import console_run, read_until
+from guest_console import read_until
 
-from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
-from labkit.images.guest_contract import READY_MARKER
-from labkit.images.seed import SeedSpec, build_seed
-from labkit.images.store import ImageRecord
-from labkit.overlays import get_overlay
+from labkit.errors import ConfigError, NotFoundError, RuntimeBackendError, StateError
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
-from labkit.runtime.console import connect
-from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.process import ProcessRecord, process_group_members, processes_running
 from labkit.runtime.qemu.backend import BootSet, QemuBackend, default_boot
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
+
+from .backend_helpers import (
+    BannerServer,
+    check_busy_forward_port_is_a_conflict,
+    check_console_forward_and_clean_stop,
+    check_pause_resume_and_state_errors,
+    listening_addresses,
+    namespace_links,
+    on_console,
+    ssh_banner,
+    uml_spec,
+    usable,
+    wait_state,
+)
+from .backend_helpers import qemu_spec as make_spec
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(300)]
 
@@ -49,56 +54,9 @@ def qemu_boot() -> BootSet:
     return default_boot()
 
 
-@pytest.fixture(scope="session")
-def guest_image(tiny_image: ImageRecord) -> Path:
-    return tiny_image.path
-
-
-@pytest.fixture(scope="session")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seed disk giving eth0 the SLIRP contract's address and route (the same seed as under UML)."""
-    return build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
-
-
-def end_by_pid(run_dir: Path) -> None:
-    """Teardown: whatever the machine in ``run_dir`` still runs, by its recorded PIDs."""
-    run = RunDir(run_dir)
-    machine = ProcessRecord.read(run.machine_pid)
-    end_processes(machine.pid if machine else None, run.machine_argv())
-    for pid_file in (run.supervisor_pid, *run.helper_pid_files()):
-        record = ProcessRecord.read(pid_file)
-        if record is not None:
-            record.send(signal.SIGKILL)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = make_short_dir("lkq")
-    yield path
-    for run_dir in path.iterdir():
-        if run_dir.is_dir():
-            end_by_pid(run_dir)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def qcow2_over(image: Path, overlay: Path) -> Path:
-    get_overlay(QemuBackend.overlay_kind).create(image, overlay)
-    return overlay
-
-
-def make_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1",
-              forwards: tuple[Forward, ...] = (), **fields: object) -> MachineSpec:
-    overlay = qcow2_over(image, root / f"{name}.qcow2")
-    return MachineSpec(name=name, image=image, overlay=overlay, run_dir=root / name,  # type: ignore[arg-type]
-                       console_log=root / f"{name}.log", memory_mb=128, seed=seed, forwards=forwards, **fields)
-
-
 @pytest.fixture
 def backend(qemu_boot: BootSet) -> QemuBackend:
-    backend = QemuBackend(boot=lambda: qemu_boot)
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
-    return backend
+    return usable(QemuBackend(boot=lambda: qemu_boot))
 
 
 @pytest.fixture
@@ -107,23 +65,6 @@ def running(backend: QemuBackend, root: Path, guest_image: Path, seed: Path) -> 
     status = backend.start(spec, timeout=180)
     assert status.state == State.RUNNING and status.ready
     return spec
-
-
-def ssh_banner(port: int, timeout: float = 20.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        return read_until(sock, b"\n", timeout).strip()
-
-
-def wait_state(backend: QemuBackend, spec: MachineSpec, state: State, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while backend.status(spec).state != state:
-        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
-        time.sleep(0.1)
-
-
-def on_console(backend: QemuBackend | UmlBackend, spec: MachineSpec, command: str, timeout: float = 60.0) -> str:
-    with connect(backend.console_socket(spec)) as sock:
-        return console_run(sock, command, timeout)
 
 
 def test_qemu_is_a_registered_backend_with_ram_snapshots() -> None:
@@ -135,72 +76,29 @@ def test_qemu_is_a_registered_backend_with_ram_snapshots() -> None:
 
 def test_start_console_forward_and_clean_stop(backend: QemuBackend, running: MachineSpec) -> None:
     spec = running
-    assert READY_MARKER in spec.console_log.read_text(errors="replace")
-    status = backend.status(spec)
-    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
-    group = status.pid
     argv = RunDir(spec.run_dir).machine_argv() or []
     assert "-accel" in argv and argv[argv.index("-accel") + 1] in ("tcg", "kvm")
-
-    # Two console clients at once through the supervisor: input from one, output to both.
-    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
-    with first, second:
-        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))", timeout=60)
-        read_until(second, b"labkit-test-42")
-        # the guest sees its root on virtio and the SLIRP contract's address on eth0
-        out = console_run(first, "grep ' / ' /proc/mounts; ip -4 addr show eth0", timeout=60)
-        assert "/dev/vda / " in out and "10.0.2.15/24" in out
-
-    endpoint = backend.ssh_endpoint(spec)
-    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
-    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
-
-    # Clean stop: BusyBox init powers off on ctrl-alt-del; QEMU exits 0, the supervisor cleans up.
-    stopped = backend.stop(spec, timeout=60)
-    assert stopped.state == State.STOPPED
-    assert "code 0" in stopped.detail
-    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
-    assert process_group_members(group) == []
-    assert not backend.console_socket(spec).exists() and not backend.qmp_path(spec).exists()
-    with pytest.raises(StateError, match="stopped"):
-        backend.stop(spec)
+    # the guest sees its root on virtio and the SLIRP contract's address on eth0
+    out = on_console(backend, spec, "grep ' / ' /proc/mounts; ip -4 addr show eth0")
+    assert "/dev/vda / " in out and "10.0.2.15/24" in out
+    # the console through the supervisor, the SSH forward, a clean stop: BusyBox init powers off on ctrl-alt-del
+    check_console_forward_and_clean_stop(backend, spec, backend.qmp_path(spec), timeout=60)
 
 
 def test_pause_resume_and_state_errors(backend: QemuBackend, running: MachineSpec) -> None:
     spec = running
-    with pytest.raises(StateError, match="already running"):
-        backend.start(spec)
-    with pytest.raises(StateError, match="running"):
-        backend.resume(spec)
+    # paused, QEMU itself says so, not only labkit's mark
     assert backend.pause(spec).state == State.PAUSED
-    # QEMU itself says so, not only labkit's mark
     RunDir(spec.run_dir).paused.unlink()
     assert backend.status(spec).state == State.PAUSED
     with pytest.raises(StateError, match="paused"):
         backend.pause(spec)
-    port = backend.status(spec).forwards[0].host_port
-    with pytest.raises(AssertionError, match="did not arrive"):
-        ssh_banner(port, timeout=3)
     assert backend.resume(spec).state == State.RUNNING
-    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
-    backend.sync(spec)
-    backend.pause(spec)
-    assert backend.stop(spec, timeout=60).state == State.STOPPED
-    with pytest.raises(StateError, match="stopped"):
-        backend.kill(spec)
+    check_pause_resume_and_state_errors(backend, spec, timeout=60, silent=3)
 
 
 def test_busy_forward_port_is_a_conflict(backend: QemuBackend, root: Path, guest_image: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
-        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
-            backend.start(spec)
-    run = RunDir(spec.run_dir)
-    assert ProcessRecord.read(run.supervisor_pid) is None and ProcessRecord.read(run.machine_pid) is None
-    assert backend.status(spec).state == State.STOPPED
+    check_busy_forward_port_is_a_conflict(backend, lambda forwards: make_spec(root, guest_image, forwards=forwards))
 
 
 def test_kill_9_of_qemu_leaves_nothing(backend: QemuBackend, running: MachineSpec) -> None:
@@ -320,50 +218,9 @@ def test_a_saved_running_state_brings_back_processes_addresses_and_routes(backen
 # ---- host reach (issue 11, section 5): the same policy as UML machines
 
 
-class BannerServer:
-    """A TCP listener on the host's 127.0.0.1 that greets every connection with one line."""
-
-    def __init__(self, banner: bytes) -> None:
-        self.banner = banner
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self.banner + b"\n")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def probe(backend: QemuBackend, spec: MachineSpec, port: int) -> str:
     """From inside the guest: connect to the host (10.0.2.2) on ``port`` and show the answer."""
     return on_console(backend, spec, f"timeout 8 nc 10.0.2.2 {port} </dev/null 2>&1 | head -c 300; echo").strip()
-
-
-def namespace_links(pid: int) -> tuple[set[str], bool]:
-    interfaces = {line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]}
-    routes = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
-    return interfaces, any(line.split()[1] == "00000000" for line in routes)
-
-
-def listening_addresses(port: int) -> set[str]:
-    bound = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            address, hex_port = fields[1].rsplit(":", 1)
-            if fields[3] == "0A" and int(hex_port, 16) == port:
-                bound.add(address)
-    return bound
 
 
 @pytest.mark.parametrize("outbound", [True, False], ids=["outbound", "no-outbound"])
@@ -400,45 +257,18 @@ def test_a_guest_reaches_only_the_host_ports_its_lab_allows(backend: QemuBackend
         allowed.close()
 
 
-def test_guest_reaches_an_allowed_host_web_service(backend: QemuBackend, root: Path, guest_image: Path,
-                                                  seed: Path) -> None:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello-from-host")
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        spec = replace(make_spec(root, guest_image, seed), host_ports=(server.server_port,))
-        assert backend.start(spec, timeout=180).state == State.RUNNING
-        out = on_console(backend, spec, f"wget -q -O - http://10.0.2.2:{server.server_port}/")
-        assert "hello-from-host" in out
-        backend.kill(spec)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 # ---- a lab network shared by a UML machine and a QEMU machine
 
 
 def test_a_uml_and_a_qemu_machine_on_one_lab_network_reach_each_other(backend: QemuBackend, root: Path,
                                                                      guest_image: Path, seed: Path) -> None:
-    uml = UmlBackend()
-    if uml.check():
-        pytest.skip("; ".join(uml.check()))
+    uml = usable(UmlBackend())
     lan = NetworkSpec("lan", root / "lan")
     try:
         assert backend.start_network(lan).state == State.RUNNING
         assert uml.network_status(lan).state == State.RUNNING  # one switch, whichever backend asks
         q = make_spec(root, guest_image, seed, name="q", networks=(NetworkAttachment(lan),))
-        u = MachineSpec(name="u", image=guest_image, overlay=root / "u.cow", run_dir=root / "u",
-                        console_log=root / "u.log", memory_mb=64, seed=seed, networks=(NetworkAttachment(lan),))
+        u = uml_spec(root, guest_image, seed, name="u", networks=(NetworkAttachment(lan),))
         assert backend.start(q, timeout=180).state == State.RUNNING
         assert uml.start(u, timeout=90).state == State.RUNNING
         on_console(backend, q, "ip link set eth1 up; ip addr add 192.168.60.2/24 dev eth1")

@@ -6,83 +6,42 @@ prints the readiness marker once dropbear listens and keeps a root shell on the 
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from guest_console import console_run, read_until
 
-from labkit.errors import ConfigError, ConflictError, RuntimeBackendError, StateError
+from labkit.errors import ConfigError, RuntimeBackendError
 from labkit.images.guest_contract import READY_MARKER
-from labkit.images.seed import SeedSpec, build_seed
-from labkit.images.store import ImageRecord
 from labkit.overlays import umlcow
 from labkit.runtime.base import Forward, MachineSpec, State
-from labkit.runtime.console import connect
-from labkit.runtime.process import ProcessRecord, end_processes, process_group_members, processes_running
+from labkit.runtime.process import ProcessRecord, process_group_members, processes_running
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.uml.backend import UmlBackend
 from labkit.runtime.uml.disk_check import KernelFaultAtBoot
 
+from .backend_helpers import (
+    check_busy_forward_port_is_a_conflict,
+    check_console_forward_and_clean_stop,
+    check_pause_resume_and_state_errors,
+    usable,
+    wait_state,
+)
+from .backend_helpers import uml_spec as make_spec
+
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(180)]
-
-@pytest.fixture(scope="session")
-def guest_image(tiny_image: ImageRecord) -> Path:
-    """The tiny BusyBox + Dropbear image (tests/conftest.py), used read-only as every test machine's backing file."""
-    return tiny_image.path
-
-
-@pytest.fixture(scope="session")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seed disk giving eth0 the classic slirp address and route."""
-    return build_seed(SeedSpec(hostname="guest"), tmp_path_factory.mktemp("seed") / "seed.img")
-
-
-def _end_by_pid(run_dir: Path) -> None:
-    """Teardown: end whatever the machine in ``run_dir`` still runs, by its recorded PIDs (linux's process group and
-    the processes running its exact command line, then the supervisor)."""
-    run = RunDir(run_dir)
-    linux = ProcessRecord.read(run.machine_pid)
-    sup = ProcessRecord.read(run.supervisor_pid)
-    assert end_processes(linux.pid if linux else None, run.machine_argv()) == []
-    if sup is not None:
-        sup.send(signal.SIGKILL)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    """A short run root (UNIX socket paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
-    yield path
-    for run_dir in path.iterdir():
-        if run_dir.is_dir():
-            _end_by_pid(run_dir)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def make_spec(root: Path, image: Path, seed: Path | None = None, name: str = "m1",
-              forwards: tuple[Forward, ...] = ()) -> MachineSpec:
-    return MachineSpec(name=name, image=image, overlay=root / f"{name}.cow", run_dir=root / name,
-                       console_log=root / f"{name}.log", memory_mb=64, seed=seed, forwards=forwards)
 
 
 @pytest.fixture
 def backend() -> UmlBackend:
-    backend = UmlBackend()
-    if backend.check():
-        pytest.skip("; ".join(backend.check()))
-    return backend
+    return usable(UmlBackend())
 
 
 @pytest.fixture
@@ -91,19 +50,6 @@ def running(backend: UmlBackend, root: Path, guest_image: Path, seed: Path) -> M
     status = backend.start(spec, timeout=60)
     assert status.state == State.RUNNING and status.ready
     return spec
-
-
-def ssh_banner(port: int, timeout: float = 10.0) -> bytes:
-    """The first line the guest's SSH server sends through the forward (raises on timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        return read_until(sock, b"\n", timeout).strip()
-
-
-def wait_state(backend: UmlBackend, spec: MachineSpec, state: State, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while backend.status(spec).state != state:
-        assert time.monotonic() < deadline, f"still {backend.status(spec)} after {timeout} s"
-        time.sleep(0.1)
 
 
 def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> None:
@@ -120,98 +66,15 @@ def test_the_console_begins_with_what_a_student_needs(running: MachineSpec) -> N
 
 
 def test_start_console_forward_and_clean_stop(backend: UmlBackend, running: MachineSpec) -> None:
-    spec = running
-    assert READY_MARKER in spec.console_log.read_text(errors="replace")
-    status = backend.status(spec)
-    assert status.pid and status.supervisor_pid and status.forwards[0].host_port > 0
-    group = status.pid
-
-    # Two console clients at once: input from one, output to both.
-    first, second = connect(backend.console_socket(spec)), connect(backend.console_socket(spec))
-    with first, second:
-        assert "labkit-test-42" in console_run(first, "echo labkit-test-$((6*7))")
-        read_until(second, b"labkit-test-42")
-
-    # A host port forwarded to the guest's SSH server, as ssh_endpoint reports it.
-    endpoint = backend.ssh_endpoint(spec)
-    assert endpoint == ("127.0.0.1", status.forwards[0].host_port)
-    assert ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
-
-    # Clean stop via ctrl-alt-del: the guest's init powers off, the supervisor records exit 0 and cleans up.
-    stopped = backend.stop(spec, timeout=30)
-    assert stopped.state == State.STOPPED
-    assert "code 0" in stopped.detail
-    assert "Requesting system poweroff" in spec.console_log.read_text(errors="replace")
-    assert process_group_members(group) == []
-    assert not backend.console_socket(spec).exists()
-    assert not backend.mconsole_path(spec).exists()
-    with pytest.raises(StateError, match="stopped"):
-        backend.stop(spec)
+    check_console_forward_and_clean_stop(backend, running, backend.mconsole_path(running), timeout=30)
 
 
-def test_guest_reaches_an_allowed_host_service(backend: UmlBackend, root: Path, guest_image: Path,
-                                              seed: Path) -> None:
-    """The guest reaches a host port its spec allows, as 10.0.2.2 (tests/guests/test_host_reach.py: and only that)."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello-from-host")
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        spec = replace(make_spec(root, guest_image, seed), host_ports=(server.server_port,))
-        assert backend.start(spec, timeout=60).state == State.RUNNING
-        with connect(backend.console_socket(spec)) as sock:
-            out = console_run(sock, f"wget -q -O - http://10.0.2.2:{server.server_port}/", timeout=20)
-        assert "hello-from-host" in out
-        backend.kill(spec)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec, guest_image: Path) -> None:
-    spec = running
-    with pytest.raises(StateError, match="already running"):
-        backend.start(spec)
-    with pytest.raises(StateError, match="running"):
-        backend.resume(spec)
-    assert backend.pause(spec).state == State.PAUSED
-    assert backend.status(spec).state == State.PAUSED
-    with pytest.raises(StateError, match="paused"):
-        backend.pause(spec)
-    port = backend.status(spec).forwards[0].host_port
-    # While paused the guest answers nothing: slirp accepts the connection, but no SSH banner comes.
-    with pytest.raises(AssertionError, match="did not arrive"):
-        ssh_banner(port, timeout=2)
-    assert backend.resume(spec).state == State.RUNNING
-    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
-    backend.sync(spec)
-    # Stopping a paused machine resumes it first, so ctrl-alt-del still works.
-    backend.pause(spec)
-    assert backend.stop(spec, timeout=30).state == State.STOPPED
-    with pytest.raises(StateError, match="stopped"):
-        backend.kill(spec)
+def test_pause_resume_and_state_errors(backend: UmlBackend, running: MachineSpec) -> None:
+    check_pause_resume_and_state_errors(backend, running, timeout=30, silent=2)
 
 
 def test_busy_forward_port_is_a_conflict(backend: UmlBackend, root: Path, guest_image: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        spec = make_spec(root, guest_image, forwards=(Forward(port, 22),))
-        with pytest.raises(ConflictError, match=f"host port {port} of forward {port}:22"):
-            backend.start(spec)
-    run = RunDir(spec.run_dir)
-    assert ProcessRecord.read(run.supervisor_pid) is None
-    assert ProcessRecord.read(run.machine_pid) is None
-    assert backend.status(spec).state == State.STOPPED
+    check_busy_forward_port_is_a_conflict(backend, lambda forwards: make_spec(root, guest_image, forwards=forwards))
 
 
 def test_kill_9_of_linux_leaves_nothing(backend: UmlBackend, running: MachineSpec) -> None:
@@ -292,8 +155,7 @@ def test_missing_linux_binary_is_a_clear_error(root: Path, guest_image: Path) ->
 
 
 def test_boot_failure_raises_with_console_tail(backend: UmlBackend, root: Path, guest_image: Path) -> None:
-    spec = MachineSpec(name="bad", image=guest_image, overlay=root / "bad.cow", run_dir=root / "bad",
-                       console_log=root / "bad.log", memory_mb=64, kernel_args=("init=/nonexistent",))
+    spec = make_spec(root, guest_image, name="bad", kernel_args=("init=/nonexistent",))
     with pytest.raises(Exception, match="last console lines") as info:
         backend.start(spec, timeout=30)
     assert "nonexistent" in str(info.value) or "panic" in str(info.value).lower()

@@ -5,66 +5,24 @@ This module is also run as an ordinary (non-root) user by test_unprivileged.py, 
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import signal
 import socket
-import socketserver
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from .backend_helpers import HostWebService
+from .labkit_cli import Labkit, fetch, host_port, labkit_home, wait_state
+
 pytestmark = pytest.mark.guest
-
-LABKIT = str(Path(sys.executable).with_name("labkit"))
-
-
-class Labkit:
-    """Runs the real CLI against one private LABKIT_HOME."""
-
-    def __init__(self, home: Path, run: Path) -> None:
-        self.env = {**os.environ, "LABKIT_HOME": str(home), "LABKIT_RUN": str(run)}
-        self.env.pop("LABKIT_DEBUG", None)
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([LABKIT, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"labkit {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        return done
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout)
-
-    def status(self, name: str) -> dict[str, object]:
-        return self.json("vm", "status", name)[0]  # type: ignore[index]
-
-    def sh(self, name: str, command: str, *extra: str) -> dict[str, object]:
-        done = self("vm", "exec", name, *extra, "--json", "--", command, check=False)
-        assert done.stdout, done.stderr
-        return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
-def lk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Labkit]:
-    home = tmp_path_factory.mktemp("home")
-    run = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
-    labkit = Labkit(home, run)
-    labkit.env.setdefault("LABKIT_CACHE", str(home / "cache"))
-    labkit("image", "build", "tiny")
-    yield labkit
-    # Stop by PID whatever a failed test left running, then remove the machine.
-    for view in labkit.json("vm", "status"):  # type: ignore[union-attr]
-        if view["state"] != "stopped":
-            labkit("vm", "kill", view["name"], check=False)
-    subprocess.run(["rm", "-rf", str(run)], check=False)
+def lk() -> Iterator[Labkit]:
+    with labkit_home("lkl", private_cache=True) as labkit:
+        yield labkit
 
 
 @pytest.fixture()
@@ -75,14 +33,6 @@ def machine(lk: Labkit) -> Iterator[str]:
     if lk.status(name)["state"] != "stopped":
         lk("vm", "kill", name, check=False)
     lk("vm", "rm", name, "--yes")
-
-
-def host_port(view: dict[str, object], guest: int) -> int:
-    for forward in view["forwards"]:  # type: ignore[union-attr]
-        host, to = str(forward).split(":")
-        if int(to) == guest:
-            return int(host)
-    raise AssertionError(f"no forward to guest port {guest} in {view}")
 
 
 def test_start_exec_over_ssh_and_console(lk: Labkit, machine: str) -> None:
@@ -122,50 +72,27 @@ def test_forward_from_host_to_guest_service(lk: Labkit, machine: str) -> None:
     token = f"page-{machine}"
     lk.sh(machine, f"mkdir -p /tmp/www && echo {token} > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
     port = host_port(lk.status(machine), 8080)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                assert response.read().decode().strip() == token
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+    assert fetch(f"http://127.0.0.1:{port}/", seconds=15) == token
 
 
 def test_guest_reaches_an_allowed_host_service_at_10_0_2_2_and_no_other(lk: Labkit) -> None:
     token = f"host-{os.getpid()}"
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(token.encode())
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as allowed, \
-            socketserver.TCPServer(("127.0.0.1", 0), Handler) as other:
-        for server in (allowed, other):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-        name = f"r{os.getpid() % 1000}-{int(time.time() * 1000) % 100000}"
-        port, other_port = allowed.server_address[1], other.server_address[1]
-        lk("vm", "create", name, "--image", "tiny", "--memory", "64", "--host-port", str(port))
-        try:
-            lk("vm", "start", name)
-            result = lk.sh(name, f"wget -q -O - http://10.0.2.2:{port}/")
-            assert result["exit_code"] == 0, result
-            assert result["stdout"] == token
-            # a host service the machine was not given is refused, though it answers the same request on the host
-            refused = lk.sh(name, f"wget -q -O - http://10.0.2.2:{other_port}/ 2>&1")
-            assert refused["exit_code"] != 0 and token not in refused["stdout"], refused
-        finally:
-            allowed.shutdown()
-            other.shutdown()
-            lk("vm", "kill", name, check=False)
-            lk("vm", "rm", name, "--yes")
+    allowed, other = HostWebService(token), HostWebService(token)
+    name = f"r{os.getpid() % 1000}-{int(time.time() * 1000) % 100000}"
+    lk("vm", "create", name, "--image", "tiny", "--memory", "64", "--host-port", str(allowed.port))
+    try:
+        lk("vm", "start", name)
+        result = lk.sh(name, f"wget -q -O - http://10.0.2.2:{allowed.port}/")
+        assert result["exit_code"] == 0, result
+        assert result["stdout"] == token
+        # a host service the machine was not given is refused, though it answers the same request on the host
+        refused = lk.sh(name, f"wget -q -O - http://10.0.2.2:{other.port}/ 2>&1")
+        assert refused["exit_code"] != 0 and token not in refused["stdout"], refused
+    finally:
+        allowed.close()
+        other.close()
+        lk("vm", "kill", name, check=False)
+        lk("vm", "rm", name, "--yes")
 
 
 def test_stop_reset_snapshot_restore(lk: Labkit, machine: str) -> None:
@@ -228,10 +155,7 @@ def test_kill_minus_9_of_uml_is_noticed_and_recovered(lk: Labkit, machine: str) 
     lk("vm", "start", machine)
     pid = int(lk.status(machine)["pid"])  # type: ignore[arg-type]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while lk.status(machine)["state"] != "stopped":
-        assert time.monotonic() < deadline, "a machine whose UML died must show as stopped"
-        time.sleep(0.2)
+    wait_state(lk, machine, "stopped", seconds=10)  # a machine whose UML died must show as stopped
     lk("vm", "start", machine)
     assert lk.sh(machine, "echo back")["stdout"] == "back\n"
 
@@ -240,10 +164,7 @@ def test_kill_minus_9_of_supervisor_is_noticed_and_recovered(lk: Labkit, machine
     lk("vm", "start", machine)
     supervisor = int(lk.status(machine)["supervisor_pid"])  # type: ignore[arg-type]
     os.kill(supervisor, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while lk.status(machine)["state"] != "stopped":
-        assert time.monotonic() < deadline, "a machine whose supervisor died must end and show as stopped"
-        time.sleep(0.2)
+    wait_state(lk, machine, "stopped", seconds=15)  # a machine whose supervisor died must show as stopped
     lk("vm", "start", machine)
     assert lk.sh(machine, "echo back")["stdout"] == "back\n"
 

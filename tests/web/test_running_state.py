@@ -9,88 +9,32 @@ generous, and every assertion is about an outcome, never a duration.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir
-from flask import Flask
 from flask.testing import FlaskClient
 
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.accounts import Accounts
-from labkit.services.courses import Courses
-from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
-from web.state import WebState
+from .student_site import Site, alice_client, finish, post, student_site
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(900)]
-LABS = Path(__file__).resolve().parents[2] / "labs"
-JOB_TIMEOUT = 300.0
+JOB_TIMEOUT = 300.0  # as student_site.finish waits
 
 
-@dataclass
-class Site:
-    app: Flask
-    state: WebState
-    machine: str
+def on_qemu(toml: str) -> str:
+    """intro-shell's lab.toml with its machine on QEMU (with the memory QEMU's kernel needs)."""
+    assert "memory = 64\n" in toml
+    return toml.replace("memory = 64\n", 'memory = 128\nbackend = "qemu"\n', 1)
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    home = make_short_dir("lkr")
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    lab = home / "lab"
-    shutil.copytree(LABS / "intro-shell", lab)
-    toml = (lab / "lab.toml").read_text()
-    assert "memory = 64\n" in toml
-    (lab / "lab.toml").write_text(toml.replace("memory = 64\n", 'memory = 128\nbackend = "qemu"\n', 1))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": "running-state-test"})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teach")
-    courses.create("c1", [lab])
-    roster = home / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
-    Accounts(settings, state.db, "teach").create_links("c1")
-    machine = str(courses.status("c1")[0]["name"])
-    try:
-        yield Site(app, state, machine)
-    finally:
-        for view in state.machines("test").status():  # stop by PID whatever a failed test left running
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
+    with student_site("lkr", "running-state-test", on_qemu) as site:
+        yield site
 
 
 @pytest.fixture
 def alice(site: Site) -> FlaskClient:
-    user = site.state.accounts("test").get("alice")
-    client = site.app.test_client()
-    with client.session_transaction() as session:
-        session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-        session[SESSION_SECRET] = site.state.accounts("test").open_session(user.id)
-    return client
-
-
-def post(client: FlaskClient, path: str, data: dict[str, str] | None = None) -> object:
-    page = client.get("/my/").get_data(as_text=True)
-    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
-    assert token
-    return client.post(path, data={**(data or {}), "csrf_token": token.group(1)})
-
-
-def finish(site: Site, kind: str) -> dict[str, object]:
-    ids = [j.id for j in site.state.job_queries.list(kind=kind, limit=100) if j.target == site.machine]
-    view = site.state.jobs.wait(ids[0], timeout=JOB_TIMEOUT)
-    assert view.state == "done", view
-    return view.as_dict()
+    return alice_client(site)
 
 
 def guest_out(site: Site, command: str) -> str:

@@ -5,88 +5,29 @@ own JobRunner: start (a double click gives one job), SSH with the shown password
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import paramiko
 import pytest
-from conftest import make_settings, make_short_dir
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.accounts import Accounts
-from labkit.services.courses import Courses
 from labkit.services.models import Machine
-from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
-from web.state import WebState
+
+from .student_site import Site, alice_client, finish, jobs, post, student_site
 
 pytestmark = pytest.mark.guest
-LABS = Path(__file__).resolve().parents[2] / "labs"
-
-
-@dataclass
-class Site:
-    app: Flask
-    state: WebState
-    machine: str  # alice's intro-shell box
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    home = make_short_dir("lkg")
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": "student-guest-test"})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teach")
-    courses.create("c1", [LABS / "intro-shell"])
-    roster = home / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
-    Accounts(settings, state.db, "teach").create_links("c1")
-    machine = str(courses.status("c1")[0]["name"])
-    try:
-        yield Site(app, state, machine)
-    finally:
-        for view in state.machines("test").status():  # stop by PID whatever a failed test left running
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
+    with student_site("lkg", "student-guest-test") as site:
+        yield site
 
 
 @pytest.fixture
 def alice(site: Site) -> FlaskClient:
-    user = site.state.accounts("test").get("alice")
-    client = site.app.test_client()
-    with client.session_transaction() as session:
-        session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-        session[SESSION_SECRET] = site.state.accounts("test").open_session(user.id)
-    return client
-
-
-def post(client: FlaskClient, path: str, data: dict[str, str] | None = None) -> object:
-    page = client.get("/my/").get_data(as_text=True)
-    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
-    assert token
-    return client.post(path, data={**(data or {}), "csrf_token": token.group(1)})
-
-
-def jobs(site: Site, kind: str) -> list[int]:
-    return [j.id for j in site.state.job_queries.list(kind=kind, limit=100) if j.target == site.machine]
-
-
-def finish(site: Site, kind: str) -> dict[str, object]:
-    view = site.state.jobs.wait(jobs(site, kind)[0], timeout=120)
-    assert view.state == "done", view
-    return view.as_dict()
+    return alice_client(site)
 
 
 def state_of(site: Site) -> str:

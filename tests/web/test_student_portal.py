@@ -25,8 +25,9 @@ from labkit.services.accounts import Accounts
 from labkit.services.courses import Courses
 from labkit.services.models import Event
 from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
+
+from .conftest import session_client
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 PASSWORD = "a long test password"
@@ -73,13 +74,7 @@ def site() -> Iterator[Site]:
 
 def client_of(site: Site, username: str | None) -> FlaskClient:
     """A client logged in as ``username`` (a session like the login form makes), or anonymous."""
-    client = site.app.test_client()
-    if username is not None:
-        user = site.state.accounts("test").get(username)
-        with client.session_transaction() as session:
-            session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-            session[SESSION_SECRET] = site.state.accounts("test").open_session(user.id)
-    return client
+    return site.app.test_client() if username is None else session_client(site.app, username)
 
 
 def token(client: FlaskClient, path: str = "/my/") -> str:
