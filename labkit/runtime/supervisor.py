@@ -80,6 +80,8 @@ class Supervisor:
         #: files (then folders, when empty) the machine leaves behind after a kill, removed when it has ended
         self.remove_after = [Path(str(path)) for path in spec.get("remove_after") or ()]
         self.isolation = Isolation.from_json(spec["isolation"]) if spec.get("isolation") else None
+        #: the host CPU the machine's processes are kept on (`labkit.runtime.cpus`), None for any
+        self.cpu: int | None = int(spec["cpu"]) if spec.get("cpu") is not None else None
         self.namespace: Namespace | None = None
         self.relays: Relays | None = None
         self.slirp4netns: subprocess.Popen[bytes] | None = None
@@ -128,6 +130,7 @@ class Supervisor:
 
         libc = ctypes.CDLL(None, use_errno=True)
         parent = os.getpid()
+        cpu = self.cpu
 
         def die_with_supervisor() -> None:
             # If the supervisor dies (even by SIGKILL), the machine gets SIGTERM: UML tears down itself and its
@@ -137,6 +140,9 @@ class Supervisor:
                 os._exit(1)
             if join is not None:
                 Namespace.join(*join)
+            if cpu is not None:
+                with contextlib.suppress(OSError):  # a CPU taken away since (cgroup cpuset): run anywhere
+                    os.sched_setaffinity(0, {cpu})
 
         try:
             self.proc = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,

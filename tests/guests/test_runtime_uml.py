@@ -209,3 +209,28 @@ def test_a_root_mount_failure_on_a_fine_disk_without_a_kernel_warning_is_not_ret
     assert "no problem found with" in str(info.value)
     log = spec.console_log.read_text(errors="replace")
     assert log.count("Unable to mount root fs") == 1 and "once more" not in log, log[-2000:]
+
+
+def test_each_machine_keeps_to_one_cpu_and_the_next_takes_another(backend: UmlBackend, root: Path, guest_image: Path,
+                                                                   seed: Path) -> None:
+    """UML boots about twice as fast kept on one CPU here (labkit.runtime.cpus): every process of a machine (the
+    kernel, its helpers, slirp) has the same one CPU, and two machines have two different ones. LABKIT_PIN_CPU=0 (a
+    backend made with ``pin_cpu=False``) leaves a machine on every CPU."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("this process may use only one CPU")
+    kept = []
+    for name in ("p1", "p2"):
+        spec = make_spec(root, guest_image, seed, name=name)
+        status = backend.start(spec, timeout=60)
+        assert status.pid is not None
+        members = process_group_members(status.pid)
+        assert len(members) > 1
+        cpus = {frozenset(os.sched_getaffinity(pid)) for pid in members}
+        assert len(cpus) == 1 and len(next(iter(cpus))) == 1, cpus
+        kept.append(next(iter(cpus)))
+    assert kept[0] != kept[1] and kept[0] | kept[1] <= allowed
+    free = make_spec(root, guest_image, seed, name="p3")
+    status = UmlBackend(pin_cpu=False).start(free, timeout=60)
+    assert status.pid is not None
+    assert {frozenset(os.sched_getaffinity(pid)) for pid in process_group_members(status.pid)} == {frozenset(allowed)}

@@ -18,6 +18,7 @@ from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, SEED_DEVICE
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import Capabilities, Forward, MachineSpec, MachineStatus, State
+from labkit.runtime.cpus import next_cpu, pinning_wanted
 from labkit.runtime.process import ProcessRecord, end_processes, process_group_members
 from labkit.runtime.rundir import RunDir
 from labkit.runtime.supervised import SupervisedBackend
@@ -61,13 +62,16 @@ class UmlBackend(SupervisedBackend):
 
     def __init__(self, linux_binary: str = "linux", network: UmlNetwork | None = None,
                  python: str = sys.executable, ready_marker: str = READY_MARKER,
-                 boot_args: tuple[str, ...] = FAST_BOOT_ARGS, lab_networks: VdeNetworks | None = None) -> None:
+                 boot_args: tuple[str, ...] = FAST_BOOT_ARGS, lab_networks: VdeNetworks | None = None,
+                 pin_cpu: bool | None = None) -> None:
         self.linux_binary = linux_binary
         self.network = network or SlirpNetwork()
         self.lab_networks = lab_networks or VdeNetworks()
         self.python = python
         self.ready_marker = ready_marker
         self.boot_args = boot_args
+        #: keep each machine on one host CPU (`labkit.runtime.cpus`); LABKIT_PIN_CPU=0 turns it off
+        self.pin_cpu = pinning_wanted() if pin_cpu is None else pin_cpu
 
     # ---- paths
 
@@ -211,6 +215,7 @@ class UmlBackend(SupervisedBackend):
             "remove_after": [str(self.instance_dir(spec) / name) for name in ("mconsole", "pid")]
                             + [str(self.instance_dir(spec))],
             "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
+            "cpu": next_cpu(spec.run_dir.parent) if self.pin_cpu else None,
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
