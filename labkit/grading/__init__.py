@@ -8,7 +8,9 @@ checks, lab templates and guests with it (``labkit gradebook --csv``, ``labkit -
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from labkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from labkit.grading.checks import CHECK_KINDS, Check, make_check
@@ -28,11 +30,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'labkit.grading' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

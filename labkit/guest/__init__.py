@@ -6,7 +6,9 @@ Names load on first use: a sandboxed grader.py (labkit/grading/grader_process.py
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from labkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from labkit.guest.files import FileStat
@@ -18,11 +20,4 @@ __all__ = ["FileStat", "Guest", "Result"]
 _WHERE = {"FileStat": "labkit.guest.files", "Guest": "labkit.guest.handle", "Result": "labkit.guest.result"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'labkit.guest' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

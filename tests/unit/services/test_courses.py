@@ -153,6 +153,19 @@ def test_changed_lab_is_reported_and_upgrade_keeps_overlays(courses: Courses, tm
     assert "A new line from the instructor." in seed_text(courses, name, "labkit/files/etc/motd")
 
 
+def count_lab_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The folders the lab loader reads from now on (a counting wrapper: the real loader runs underneath)."""
+    loads: list[object] = []
+    load = labkit.labs.loader._load
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(labkit.labs.loader, "_load", counted)
+    return loads
+
+
 def test_a_course_lab_is_loaded_once_per_version_and_again_when_it_changes(
         courses: Courses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lab, _ = alice_on_a_lab_copy(courses, tmp_path)
@@ -164,14 +177,7 @@ def test_a_course_lab_is_loaded_once_per_version_and_again_when_it_changes(
             os.utime(path, (an_hour_ago, an_hour_ago), follow_symlinks=False)
 
     settle()
-    loads: list[object] = []
-    load = labkit.labs.loader._load
-
-    def counted(*args: Any, **kwargs: Any) -> Any:  # a counting wrapper: the real loader runs underneath
-        loads.append(args[0])
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(labkit.labs.loader, "_load", counted)
+    loads = count_lab_loads(monkeypatch)
     for _ in range(3):
         assert [t.machine for t in courses.targets("c1")] == ["box"]
     assert len(loads) == 1
@@ -245,14 +251,7 @@ def test_status_loads_no_lab_but_a_start_does(courses: Courses, tmp_path: Path,
     """A status needs no start order, so it does not validate and render the lab (``labkit course status``)."""
     lab, name = alice_on_a_lab_copy(courses, tmp_path)
     monkeypatch.setattr(loaded_labs, "_kept", {})  # nothing kept from the provisioning
-    loads: list[object] = []
-    load = labkit.labs.loader._load
-
-    def counted(*args: Any, **kwargs: Any) -> Any:  # a counting wrapper: the real loader runs underneath
-        loads.append(args[0])
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(labkit.labs.loader, "_load", counted)
+    loads = count_lab_loads(monkeypatch)
     rows = courses.status("c1")
     assert [(r["student"], r["machine"], r["name"], r["state"]) for r in rows] == [("alice", "box", name, "stopped")]
     assert loads == []
