@@ -37,3 +37,26 @@ def test_debian_boots_to_ssh_and_console_login(machines: Machines) -> None:
         assert over_console.out.split() == ["root", "42"]
     view = machines.stop("deb")
     assert view.state == "stopped"
+
+
+def test_a_root_password_changed_in_the_guest_gives_way_to_the_seeds_at_the_next_boot(machines: Machines) -> None:
+    """The boot hook hashes the seed's password only when it or root's shadow entry changed (a quarter of a second
+    of every boot saved); a student who changed root's password still gets the seed's back, so labkit's console login
+    keeps working."""
+    machines.create("deb", "debian-bookworm", memory_mb=128)
+    machines.start("deb", timeout=180)
+    with machines.open_guest("deb") as guest:
+        first = guest.run("cat /var/lib/labkit/root-password.sha256; getent shadow root | cut -d: -f2", timeout=60)
+        recorded, shadow = first.out.splitlines()
+        assert recorded.endswith(" " + shadow)  # what the hook recorded is the hash it set
+        students = guest.run("echo root:not-the-seeds | chpasswd; getent shadow root | cut -d: -f2", timeout=60)
+        assert students.out.strip() not in ("", shadow)
+    machines.stop("deb")
+    machines.start("deb", timeout=180)
+    with machines.open_guest("deb") as guest:
+        over_console = guest.run("id -un", timeout=60, transport="console")
+        assert (over_console.transport, over_console.out.split()) == ("console", ["root"])
+        again = guest.run("cat /var/lib/labkit/root-password.sha256; getent shadow root | cut -d: -f2", timeout=60)
+        assert again.out.splitlines()[1] != students.out.strip()  # the seed's password again, not the student's
+        assert again.out.splitlines()[0].endswith(" " + again.out.splitlines()[1])
+    machines.stop("deb")
