@@ -30,6 +30,19 @@ from labkit.runtime.rundir import RunDir
 
 SECTION = "## The Debian lab against Netkit-JH"
 IMAGE = "debian-bookworm"
+NOTES = """\
+Where the time went before (the stock image, 10 s to ready under UML on a quiet machine, 12 s under load), from
+`systemd-analyze blame` and `critical-chain` in the guest: the seed unit waited for the whole sysinit stage, then sat on
+the critical path for 1.4 to 2.8 s; the first boot's `ssh-keygen -A` took 1.1 to 2.5 s; sshd waited for
+`network.target`, so for ifupdown's `networking.service` (1 to 4 s); e2scrub_reap, the modprobe@ units, sysusers and
+logind competed for the guest's one CPU; systemd ran twelve generators before any unit, each a systemd binary costing
+about 0.3 s of the guest's CPU to start under UML (every new program costs 30 to 100 ms there). The cuts, and why each
+is safe, are in docs/images.md ("The Debian image's boot"). What is left of a pinned start: labkit's own work is about
+0.12 s of it (rows above); the guest kernel boots in about 0.6 s; systemd's start, the seed and sshd take the rest to
+the marker; the first SSH login 0.3 s. Kept on one CPU, a UML guest's hand-offs between its processes stay on that CPU
+(docs/runtime.md, "CPU affinity"): a single machine starts in half the time; two machines started together gain less,
+as both CPUs are busy anyway.
+"""
 #: the issue's side-by-side figures for Netkit-JH on this machine kind (medians)
 NETKIT = {"lab": 10.3, "one": 12.3}
 
@@ -120,7 +133,7 @@ def main() -> None:
     for row in rows:
         print(" | ".join(row))
     if args.write:
-        write_report(SECTION, "bench/debian_lab.py", rows)
+        write_report(SECTION, "bench/debian_lab.py", rows, NOTES)
 
 
 if __name__ == "__main__":
