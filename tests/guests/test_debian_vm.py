@@ -59,4 +59,9 @@ def test_a_root_password_changed_in_the_guest_gives_way_to_the_seeds_at_the_next
         again = guest.run("cat /var/lib/labkit/root-password.sha256; getent shadow root | cut -d: -f2", timeout=60)
         assert again.out.splitlines()[1] != students.out.strip()  # the seed's password again, not the student's
         assert again.out.splitlines()[0].endswith(" " + again.out.splitlines()[1])
+        shadow_written = guest.run("stat -c %Y /etc/shadow", timeout=60).out
+    machines.stop("deb")
+    machines.start("deb", timeout=180)  # nothing changed: the boot does not hash the password again
+    with machines.open_guest("deb") as guest:
+        assert guest.run("stat -c %Y /etc/shadow", timeout=60).out == shadow_written
     machines.stop("deb")
