@@ -1,0 +1,100 @@
+"""How many `tiny` guests run at once here, all answering SSH, and what each costs (issue: performance §5).
+
+Run: .venv/bin/python bench/density.py --count 150 [--write]      (a few minutes; 64 MB guests)
+
+Starts ``--count`` 64 MB `tiny` UML machines through the services, eight at a time, then checks that every one answers
+an SSH login that runs `true`, and reports: the host memory each costs (MemAvailable's drop over the whole start,
+divided by the count; pages shared between guests, such as the `linux` binary's, count once), and the resident memory
+of one machine's parts (its supervisor, its UML processes, its slirp), which counts shared pages in every process.
+Target (the issue's): at least 150 guests, at most 40 MB each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.engine import Bench, mem_available, wait_for_ssh
+from bench.report import Row, write_report
+from labkit.guest.keys import ensure_key
+from labkit.runtime.process import process_group_members
+
+SECTION = "## Density: tiny guests at once"
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=150)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    bench = Bench()
+    rows: list[Row] = []
+    names = [f"d{i:03d}" for i in range(args.count)]
+    try:
+        bench.image("tiny")
+        key = ensure_key(bench.settings.keys)
+        for name in names:
+            bench.machines.create(name, "tiny", memory_mb=64)
+        before = mem_available()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            views = list(pool.map(lambda n: bench.machines.start(n, wait=True, timeout=300), names))
+        booted = time.perf_counter() - started
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda v: wait_for_ssh(int(v.forwards[-1].split(":")[0]), key, timeout=120), views))
+        answering = time.perf_counter() - started
+        time.sleep(5)  # let the guests settle
+        per_guest = (before - mem_available()) / args.count / 2**20
+        parts: dict[str, list[int]] = {}
+        for view in views[:10]:
+            status = bench.machines.status(view.name)[0]
+            split: dict[str, int] = {"supervisor": rss_kb(status.supervisor_pid or 0)}
+            for pid in process_group_members(status.pid or 0):
+                kind = "slirp" if "slirp" in command(pid) else "UML processes"
+                split[kind] = split.get(kind, 0) + rss_kb(pid)
+            for kind, value in split.items():
+                parts.setdefault(kind, []).append(value)
+        rows.append((f"{args.count} `tiny` guests (64 MB) started, 8 at a time, all answering SSH", ">= 150",
+                     f"all ready after {booted:.1f} s, all answering SSH after {answering:.1f} s",
+                     "met" if args.count >= 150 else "partial"))
+        rows.append(("host memory per guest (MemAvailable drop / count)", "<= 40 MB", f"{per_guest:.0f} MB",
+                     "met" if per_guest <= 40 else "missed"))
+        for kind, values in parts.items():
+            rows.append((f"resident memory of one machine's {kind} (VmRSS, median of 10; shared pages counted in "
+                         "each process)", "", f"{statistics.median(values) / 1024:.1f} MB", ""))
+        rows.append(("load average (1 min) when measured", "", f"{os.getloadavg()[0]:.1f}", ""))
+    finally:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda n: bench.machines.kill(n) if bench.machines.status(n)[0].state != "stopped"
+                          else None, names))
+        bench.close()
+    for row in rows:
+        print(" | ".join(row))
+    if args.write:
+        write_report(SECTION, "bench/density.py", rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
