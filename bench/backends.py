@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from bench.engine import Bench, wait_for_ssh
-from bench.report import Row, write_report
+from bench.report import Row, load_row, show_rows
 from labkit.guest.keys import ensure_key
 from labkit.overlays import get_overlay
 from labkit.runtime import get_backend
@@ -146,12 +145,8 @@ def main() -> None:
             rows += side_by_side(bench, image, args.rounds)
     finally:
         bench.close()
-    load = os.getloadavg()[0]
-    rows.append(("load average (1 min) when the run ended", "", f"{load:.1f}", ""))
-    for row in rows:
-        print(" | ".join(row), file=sys.stderr)
-    if args.write:
-        write_report(SECTION, "bench/backends.py", rows)
+    rows.append(load_row())
+    show_rows(SECTION, "bench/backends.py", rows, args.write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.engine import Bench, wait_for_ssh
-from bench.report import Row, write_report
+from bench.report import Row, load_row, show_rows
 from labkit.guest.keys import ensure_key
 from labkit.runtime.base import Forward
 from labkit.runtime.process import ProcessRecord
@@ -127,13 +127,10 @@ def main() -> None:
         for part in split[0]:
             rows.append((f"one pinned start taken apart: {part}, median of {len(split)}", "",
                          f"{statistics.median(p[part] for p in split):.2f} s", ""))
-        rows.append(("load average (1 min) when the run ended", "", f"{os.getloadavg()[0]:.1f}", ""))
+        rows.append(load_row())
     finally:
         bench.close()
-    for row in rows:
-        print(" | ".join(row))
-    if args.write:
-        write_report(SECTION, "bench/debian_lab.py", rows, NOTES)
+    show_rows(SECTION, "bench/debian_lab.py", rows, args.write, NOTES)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Target (the issue's): at least 150 guests, at most 40 MB each.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.engine import Bench, mem_available, wait_for_ssh
-from bench.report import Row, write_report
+from bench.report import Row, load_row, show_rows
 from labkit.guest.keys import ensure_key
 from labkit.runtime.process import process_group_members
 
@@ -84,16 +83,13 @@ def main() -> None:
         for kind, values in parts.items():
             rows.append((f"resident memory of one machine's {kind} (VmRSS, median of 10; shared pages counted in "
                          "each process)", "", f"{statistics.median(values) / 1024:.1f} MB", ""))
-        rows.append(("load average (1 min) when measured", "", f"{os.getloadavg()[0]:.1f}", ""))
+        rows.append(load_row("when measured"))
     finally:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda n: bench.machines.kill(n) if bench.machines.status(n)[0].state != "stopped"
                           else None, names))
         bench.close()
-    for row in rows:
-        print(" | ".join(row))
-    if args.write:
-        write_report(SECTION, "bench/density.py", rows)
+    show_rows(SECTION, "bench/density.py", rows, args.write)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import Row, write_report  # noqa: E402
+from report import Row, show_rows  # noqa: E402
 
 SECTION = "## Host reach"
 #: the last commit before guests were kept off the host's loopback
@@ -228,10 +228,7 @@ def main(argv: list[str]) -> int:
     rates = [relay_rate() for _ in range(3)]
     rows.append(("throughput of the supervisor's relay alone (256 MiB from inside a namespace to the host's loopback, "
                  "no guest)", "report", summary(rates, 1 / (1 << 20), "MiB/s"), "measured"))
-    for row in rows:
-        print(" | ".join(row))
-    if not args.small:
-        write_report(SECTION, "bench/host_reach.py", rows)
+    show_rows(SECTION, "bench/host_reach.py", rows, not args.small)
     return 0
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.report import Row, write_report
+from bench.report import Row, show_rows
 from labkit.overlays.qcow2 import Qcow2
 
 SECTION = "## qcow2 overlays"
@@ -60,10 +59,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
     rows = run(args.rounds)
-    for row in rows:
-        print(" | ".join(row), file=sys.stderr)
-    if args.write:
-        write_report(SECTION, "bench/qcow2_overlay.py", rows)
+    show_rows(SECTION, "bench/qcow2_overlay.py", rows, args.write)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,19 @@ def machine_description() -> str:
             f"UML kernel {linux}, Python {platform.python_version()}")
 
 
+def load_row(when: str = "when the run ended") -> Row:
+    """The host's 1-minute load average as a row: other work on the machine slows every figure."""
+    return (f"load average (1 min) {when}", "", f"{os.getloadavg()[0]:.1f}", "")
+
+
+def show_rows(section: str, script: str, rows: list[Row], write: bool, notes: str = "") -> None:
+    """Print the rows, and with ``write`` make them ``section`` of docs/benchmarks.md (`write_report`)."""
+    for row in rows:
+        print(" | ".join(row))
+    if write:
+        write_report(section, script, rows, notes)
+
+
 def write_report(section: str, script: str, rows: list[Row], notes: str = "") -> None:
     """Replace ``section`` (e.g. "## Engine") of docs/benchmarks.md with ``rows`` and then ``notes`` (Markdown), or
     append it if it is new."""
