@@ -206,18 +206,12 @@ class Backend(ABC):
 
     # ---- running state (optional: only backends with ``capabilities.ram_snapshots`` have it)
 
-    def save_state(self, spec: MachineSpec, tag: str) -> None:
-        """Keep the running machine's state (memory and devices) under ``tag``."""
+    def save_state(self, spec: MachineSpec, state_file: Path) -> None:
+        """Write the running or paused machine's memory and devices to ``state_file`` and leave it paused with its
+        disks flushed, so that a copy of its disks taken now belongs to the state; `resume` goes on."""
         raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
 
-    def load_state(self, spec: MachineSpec, tag: str, *, timeout: float = 60.0) -> MachineStatus:
-        """Bring the running state kept under ``tag`` back."""
-        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
-
-    def delete_state(self, spec: MachineSpec, tag: str) -> None:
-        """Forget the running state kept under ``tag``."""
-        raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
-
-    def list_states(self, spec: MachineSpec) -> list[str]:
-        """The tags of the running states kept for the machine."""
+    def load_state(self, spec: MachineSpec, state_file: Path, *, timeout: float = 60.0) -> MachineStatus:
+        """Start the stopped machine from ``state_file`` instead of booting; its disk must be the copy taken with
+        the state."""
         raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")

@@ -33,8 +33,24 @@ from labkit.services.models import Machine, Snapshot
 FLUSH_TIMEOUT = 20.0
 EMERGENCY_SYNC_WAIT = 1.0
 
-#: The name of the running state inside a snapshot's qcow2 file (each snapshot is a file of its own, so one name)
-STATE_TAG = "labkit-running"
+
+
+def state_file(disk: Path) -> Path:
+    """Where the running state that belongs to ``disk`` (a snapshot's file, or a machine's overlay) is kept: a file
+    beside it. A machine's own one is the state its next start goes on from (left by restoring a snapshot)."""
+    return disk.with_name(disk.name + ".state")
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """``dest`` becomes ``source``'s content: a hard link (instant, and the content stays while either name does),
+    or a copy across file systems; written under a temporary name, then renamed."""
+    partial = dest.with_name(f".{dest.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        partial.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, partial)
+    partial.rename(dest)
 
 
 class MachineDisks(MachineGuests):
@@ -50,6 +66,8 @@ class MachineDisks(MachineGuests):
         if overlay_path.exists() and overlay.info(overlay_path).allocated_bytes == 0:
             overlay_path.unlink()
             seed_path.unlink(missing_ok=True)
+        if not overlay_path.exists():
+            state_file(overlay_path).unlink(missing_ok=True)
         for folder in (self.settings.overlays, self.settings.seeds):
             for partial in folder.glob(f".{name}.*"):
                 if partial.is_dir():
@@ -96,6 +114,7 @@ class MachineDisks(MachineGuests):
             image_service.require_intact(session, self.settings, machine.image)
             kept = "" if discard else self._keep_before(session, machine, "reset")
             self._overlay(machine).reset(Path(machine.overlay_path), Path(machine.image.path))
+            state_file(Path(machine.overlay_path)).unlink(missing_ok=True)  # it belonged to the old disk
             record(session, self.actor, "reset", name, "overlay replaced by an empty one"
                    + (kept or ("; the old one was discarded" if discard else "")))
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
@@ -112,7 +131,8 @@ class MachineDisks(MachineGuests):
         keep = next((name for name in names if name not in taken), f"before-{action}-{secrets.token_hex(4)}")
         dest = self._snapshot_dir(machine.name) / self._overlay(machine).file_name(keep)
         size, _how = self._copy_overlay(session, machine, dest, action)
-        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size, kind=self._resting_kind(machine)))
+        kind, state_size = self._keep_pending_state(machine, dest)
+        machine.snapshots.append(Snapshot(name=keep, path=str(dest), size=size + state_size, kind=kind))
         record(session, self.actor, "snapshot", machine.name, f"{keep} (kept before a {action})")
         return f"; the old one is kept as snapshot {keep}"
 
@@ -133,42 +153,36 @@ class MachineDisks(MachineGuests):
             else:
                 size, how = self._copy_overlay(session, machine, dest, "snapshot")
                 if status.state not in LIVE:
-                    kind = self._resting_kind(machine)
+                    kind, state_size = self._keep_pending_state(machine, dest)
+                    size += state_size
             machine.snapshots.append(Snapshot(name=snapshot, path=str(dest), size=size, kind=kind))
             record(session, self.actor, "snapshot", name, f"{snapshot} ({how})")
             return self._view(machine, self._backend(machine).status(self.spec(machine)))
 
-    def _resting_kind(self, machine: Machine) -> str:
-        """The kind of a copy of a stopped machine's overlay: "running state" when it still holds the state of a
-        restored snapshot that no start has taken up yet (the copy brings it back too), else "disk"."""
-        backend, spec = self._backend(machine), self.spec(machine)
-        return RUNNING_STATE if self._holds_state(backend, spec) else DISK
-
-    @staticmethod
-    def _holds_state(backend: Backend, spec: MachineSpec) -> bool:
-        """Whether the stopped machine's overlay holds a restored running state (read from the file: a machine in
-        any other state has none waiting)."""
-        return (backend.capabilities.ram_snapshots and backend.status(spec).state == State.STOPPED
-                and STATE_TAG in backend.list_states(spec))
+    def _keep_pending_state(self, machine: Machine, dest: Path) -> tuple[str, int]:
+        """With a copy of a stopped machine's overlay at ``dest``: keep the running state its next start would go on
+        from (a restored snapshot's) beside the copy too. Returns the copy's kind and the state's bytes."""
+        pending = state_file(Path(machine.overlay_path))
+        if not pending.is_file():
+            return DISK, 0
+        link_or_copy(pending, state_file(dest))
+        return RUNNING_STATE, pending.stat().st_size
 
     def _save_running_state(self, machine: Machine, status: MachineStatus, dest: Path) -> int:
-        """Keep the machine's running state under `STATE_TAG` in its overlay, copy the overlay (paused, so its file
-        is still) to ``dest``, and drop the state from the live overlay again: the snapshot file alone holds it."""
+        """Write the machine's running state beside ``dest`` and copy the overlay to ``dest`` while the backend holds
+        the machine paused (so the disk belongs to the state), then let a running machine go on."""
         backend, spec = self._backend(machine), self.spec(machine)
-        backend.save_state(spec, STATE_TAG)
+        state = state_file(dest)
+        backend.save_state(spec, state)
         try:
-            was_running = status.state == State.RUNNING
-            if was_running:
-                backend.pause(spec)
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                info = self._overlay(machine).snapshot(Path(machine.overlay_path), dest)
-            finally:
-                if was_running:
-                    backend.resume(spec)
+            info = self._overlay(machine).snapshot(Path(machine.overlay_path), dest)
+        except BaseException:
+            state.unlink(missing_ok=True)
+            raise
         finally:
-            backend.delete_state(spec, STATE_TAG)
-        return info.allocated_bytes
+            if status.state == State.RUNNING:
+                backend.resume(spec)
+        return info.allocated_bytes + state.stat().st_size
 
     def freeze(self, name: str, dest: Path) -> int:
         """Copy the overlay to ``dest`` the way a snapshot does, but outside the machine's own snapshots (a student
@@ -222,9 +236,15 @@ class MachineDisks(MachineGuests):
         with self._stopped(name, "restore") as (session, machine):
             chosen = self._snapshot(machine, snapshot)
             kept = "" if discard else self._keep_before(session, machine, "restore")
-            self._overlay(machine).restore(Path(chosen.path), Path(machine.overlay_path))
+            overlay_path = Path(machine.overlay_path)
+            self._overlay(machine).restore(Path(chosen.path), overlay_path)
+            state_file(overlay_path).unlink(missing_ok=True)  # it belonged to the disk just replaced
+            resumes = chosen.kind == RUNNING_STATE and state_file(Path(chosen.path)).is_file()
+            if resumes:  # the next start goes on from the snapshot's state (a link: no copy of the memory)
+                link_or_copy(state_file(Path(chosen.path)), state_file(overlay_path))
+            elif chosen.kind == RUNNING_STATE:
+                kept += "; its running state is missing, so the machine boots from the disk"
             record(session, self.actor, "restore", name, snapshot + kept)
-            resumes = chosen.kind == RUNNING_STATE
             view = self._view(machine, self._backend(machine).status(self.spec(machine)))
         if resumes and start:
             return self.start(name)  # type: ignore[attr-defined,no-any-return]  # Machines.start
@@ -232,12 +252,20 @@ class MachineDisks(MachineGuests):
 
     def _boot(self, backend: Backend, spec: MachineSpec, wait: bool, timeout: float,
               progress: Reporter) -> MachineStatus:
-        """Start the machine: from the running state a restored snapshot left in its overlay (it goes on where it
-        was; the state is then dropped from the live overlay, the snapshot's file keeps it), else by booting."""
-        if self._holds_state(backend, spec):
+        """Start the machine: from the running state a restored snapshot left beside its overlay (it goes on where
+        it was; the state is then dropped, as the disk moves on from it; the snapshot keeps its own), else by
+        booting. A state that does not load is dropped too, so the next start boots the disk."""
+        pending = state_file(spec.overlay)
+        if backend.capabilities.ram_snapshots and pending.is_file():
             progress(ProgressEvent("boot", message=f"bringing back the running state of {spec.name}"))
-            backend.load_state(spec, STATE_TAG, timeout=max(timeout, 60.0))
-            backend.delete_state(spec, STATE_TAG)
+            try:
+                backend.load_state(spec, pending, timeout=max(timeout, 60.0))
+            except LabkitError as err:
+                pending.unlink(missing_ok=True)
+                raise StateError(f"{err}; the running state of machine {spec.name} did not load, so it was dropped: "
+                                 "start the machine again to boot it from its disk (the snapshot still holds the "
+                                 "state)") from err
+            pending.unlink(missing_ok=True)
             return backend.status(spec)
         return backend.start(spec, wait=wait, timeout=timeout, progress=progress)
 
@@ -246,6 +274,7 @@ class MachineDisks(MachineGuests):
             machine = self._get(session, name)
             chosen = self._snapshot(machine, snapshot)
             Path(chosen.path).unlink(missing_ok=True)
+            state_file(Path(chosen.path)).unlink(missing_ok=True)
             machine.snapshots.remove(chosen)
             record(session, self.actor, "snapshot-delete", name, snapshot)
 
@@ -262,6 +291,7 @@ class MachineDisks(MachineGuests):
             overlay = self._overlay(machine)
             if Path(machine.overlay_path).exists():
                 overlay.delete(Path(machine.overlay_path))
+            state_file(Path(machine.overlay_path)).unlink(missing_ok=True)
             Path(machine.seed_path).unlink(missing_ok=True)
             shutil.rmtree(self._snapshot_dir(name), ignore_errors=True)
             shutil.rmtree(self.settings.run_dir / name, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import time
@@ -164,7 +165,7 @@ def test_qemu_refusing_to_start_is_a_clear_error(qemu_boot: BootSet, root: Path,
 
 
 def test_a_saved_running_state_brings_back_processes_addresses_and_routes(backend: QemuBackend,
-                                                                         running: MachineSpec) -> None:
+                                                                         running: MachineSpec, root: Path) -> None:
     spec = running
     port = backend.status(spec).forwards[0].host_port
     before = on_console(backend, spec, "sleep 100000 & echo pid=$!; ip addr add 192.168.77.7/24 dev eth0;"
@@ -175,43 +176,41 @@ def test_a_saved_running_state_brings_back_processes_addresses_and_routes(backen
     # its first packet, and until then drops the first SYN of a connection (about 1 s more, once, after boot or a
     # restore of a state saved before that).
     assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
+    state = root / "kept" / "lesson 1;$(touch pwned).state"  # a path the shell QEMU uses must not run
+    disk = root / "kept" / "lesson1.qcow2"
     started = time.monotonic()
-    backend.save_state(spec, "lesson1")
+    backend.save_state(spec, state)
     save_seconds = time.monotonic() - started
-    assert backend.status(spec).state == State.RUNNING
-    assert backend.list_states(spec) == ["lesson1"]
+    # left paused with its disk flushed: the copy taken now is the disk that belongs to the state
+    assert backend.status(spec).state == State.PAUSED
+    shutil.copyfile(spec.overlay, disk)
+    assert state.is_file() and state.stat().st_size > 1 << 20
+    assert not list(state.parent.glob(".*partial")) and not (spec.run_dir / "pwned").exists()
+    assert backend.resume(spec).state == State.RUNNING
 
     # the guest changes after the save: the process goes, the address and route too, a file appears
     on_console(backend, spec, f"kill {pid}; ip addr del 192.168.77.7/24 dev eth0; "
-                              "ip route del 198.51.100.0/24; touch /root/after-save")
-    started = time.monotonic()
-    backend.load_state(spec, "lesson1")
-    assert ssh_banner(port).startswith(b"SSH-2.0-dropbear")
-    restore_seconds = time.monotonic() - started
-    after = on_console(backend, spec, f"kill -0 {pid} && echo alive; ip -4 addr show eth0; ip route; "
-                                      "ls /root/after-save 2>&1")
-    assert "alive" in after and "192.168.77.7/24" in after and "198.51.100.0/24 via 10.0.2.2" in after
-    assert "No such file" in after
-    print(f"\nQEMU running state: save {save_seconds:.2f} s, restore to SSH answering {restore_seconds:.2f} s")
-
-    # a stopped machine comes back from the state (no boot): the process is there again
+                              "ip route del 198.51.100.0/24; touch /root/after-save; sync")
+    with pytest.raises(StateError, match="already running"):
+        backend.load_state(spec, state)
     assert backend.kill(spec).state == State.STOPPED
-    assert backend.list_states(spec) == ["lesson1"]
+
+    # a stopped machine comes back from the state and the disk kept with it (no boot): all is as it was saved
+    shutil.copyfile(disk, spec.overlay)
     started = time.monotonic()
-    status = backend.load_state(spec, "lesson1", timeout=180)
+    status = backend.load_state(spec, state, timeout=180)
     assert status.state == State.RUNNING and status.ready
     endpoint = backend.ssh_endpoint(spec)
     assert endpoint is not None and ssh_banner(endpoint[1]).startswith(b"SSH-2.0-dropbear")
     cold_seconds = time.monotonic() - started
-    assert "alive" in on_console(backend, spec, f"kill -0 {pid} && echo alive")
-    print(f"QEMU running state: stopped machine to SSH answering {cold_seconds:.2f} s")
+    after = on_console(backend, spec, f"kill -0 {pid} && echo alive; ip -4 addr show eth0; ip route; "
+                                      "ls /root/after-save 2>&1")
+    assert "alive" in after and "192.168.77.7/24" in after and "198.51.100.0/24 via 10.0.2.2" in after
+    assert "No such file" in after
+    print(f"\nQEMU running state: save {save_seconds:.2f} s, stopped machine to SSH answering {cold_seconds:.2f} s")
 
-    backend.delete_state(spec, "lesson1")
-    assert backend.list_states(spec) == []
     with pytest.raises(NotFoundError):
-        backend.load_state(spec, "lesson1")
-    with pytest.raises(ConfigError):
-        backend.save_state(spec, "bad name; quit")
+        backend.load_state(spec, root / "no-such.state")
     assert backend.stop(spec, timeout=60).state == State.STOPPED
 
 

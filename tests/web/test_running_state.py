@@ -93,6 +93,18 @@ def test_running_state_snapshot_brings_back_a_process(site: Site, alice: FlaskCl
     assert {s["name"]: s["kind"] for s in machines.snapshots(name)}["waiting"] == "running state"
     assert machines.start(name).state == "running"
     assert guest_out(site, "pidof sleep").split() == pid
+    # the waiting state is the snapshot's own file, linked and not copied: deleting the snapshot does not lose it
+    machines.stop(name)
+    machines.restore(name, "waiting", discard=True)
+    machines.delete_snapshot(name, "waiting")
+    assert machines.start(name).state == "running"
+    assert guest_out(site, "pidof sleep").split() == pid
+    # a reset gives the machine a new disk: the state restored for the old one is dropped, and the start boots
+    machines.stop(name)
+    machines.restore(name, "live", discard=True)
+    machines.reset(name, discard=True)
+    assert machines.start(name).state == "running"
+    assert guest_out(site, "pidof sleep || echo none").split() == ["none"]
 
     # the API says the same: the list holds the kind, and the machine what a snapshot now would be
     token = site.state.accounts("test").create_api_token("alice", "t")[1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,8 +60,10 @@ QMP_SOCKET = "qmp.sock"
 ACCEL_CACHE = "qemu-accel.json"
 #: below this the Debian cloud kernel with its initrd does not come up (it prints nothing at all with 64 MiB)
 MIN_MEMORY_MB = 128
-#: a state tag: what HMP's savevm/loadvm take as one word
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: how fast a running state is written (bytes/s): as fast as the disk takes it
+STATE_BANDWIDTH = 1 << 40
+#: how long writing a running state may take, in seconds
+STATE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,6 @@ def default_boot() -> BootSet:
 
     files = boot.boot_files(Settings.from_env().cache)
     return BootSet(files.kernel, files.initrd, tuple(boot.kernel_args(None)))
-
-
-def check_tag(tag: str) -> str:
-    """A running state's name: one word of letters, digits, '.', '_' and '-' (it goes into a monitor command)."""
-    if not _TAG.fullmatch(tag) or tag.isdigit():
-        raise ConfigError(f"state name {tag!r} must be 1 to 64 letters, digits, '.', '_' or '-' (not only digits), "
-                          "starting with a letter or digit")
-    return tag
 
 
 class QemuBackend(SupervisedBackend):
@@ -188,7 +182,7 @@ class QemuBackend(SupervisedBackend):
     # ---- the command line
 
     def command_line(self, spec: MachineSpec, qemu: str, boot: BootSet, accel: str,
-                     inner: tuple[Forward, ...], load_state: str | None = None) -> list[str]:
+                     inner: tuple[Forward, ...], state_file: Path | None = None) -> list[str]:
         """The ``qemu-system-x86_64`` argv. In ``key=value,...`` options a comma in a path is written twice (`_opt`);
         the UNIX sockets and VDE links are named relative to the run folder, where QEMU runs."""
         mac = spec.mac or machine_mac(spec.name)
@@ -212,8 +206,8 @@ class QemuBackend(SupervisedBackend):
         for nic in nic_links(spec):
             argv += ["-netdev", f"vde,id=n{nic.index},sock={nic.link}",
                      "-device", f"virtio-net-pci,netdev=n{nic.index},mac={nic.mac}"]
-        if load_state is not None:
-            argv += ["-loadvm", load_state]
+        if state_file is not None:  # a path from labkit's own folders, quoted for the shell QEMU runs it with
+            argv += ["-incoming", f"exec:cat {shlex.quote(str(state_file))}"]
         return argv
 
     # ---- status
@@ -227,7 +221,8 @@ class QemuBackend(SupervisedBackend):
     def live_state(self, spec: MachineSpec, run: RunDir, ready: bool) -> tuple[State, str]:
         """QEMU's own run state when QMP answers at once; the paused mark when it does not."""
         runstate = self._runstate(spec)
-        if runstate in ("paused", "suspended") or (runstate is None and run.paused.exists()):
+        # postmigrate: paused after writing its running state (`save_state`); `cont` goes on
+        if runstate in ("paused", "suspended", "postmigrate") or (runstate is None and run.paused.exists()):
             return State.PAUSED, ""
         if runstate in (None, "running", "prelaunch", "inmigrate", "restore-vm", "save-vm", "finish-migrate"):
             detail = "" if runstate in (None, "running") else f"QEMU is in state {runstate}"
@@ -255,7 +250,7 @@ class QemuBackend(SupervisedBackend):
         return self._start(spec, wait=wait, timeout=timeout, progress=progress)
 
     def _start(self, spec: MachineSpec, *, wait: bool, timeout: float, progress: Reporter,
-               load_state: str | None = None) -> MachineStatus:
+               state_file: Path | None = None) -> MachineStatus:
         self._check_spec(spec)
         current = self.status(spec)
         if current.state != State.STOPPED:
@@ -277,11 +272,11 @@ class QemuBackend(SupervisedBackend):
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path(spec).unlink()
         run.write_json(run.supervisor_spec, {
-            "argv": self.command_line(spec, qemu, boot, accel, inner, load_state),
+            "argv": self.command_line(spec, qemu, boot, accel, inner, state_file),
             "console_log": str(spec.console_log.absolute()),
             # a restored machine is up already: it prints no marker, and is ready once QEMU runs it
-            "ready_marker": None if load_state else self.ready_marker,
-            "error_marker": None if load_state else ERROR_MARKER,
+            "ready_marker": None if state_file else self.ready_marker,
+            "error_marker": None if state_file else ERROR_MARKER,
             "remove_after": [str(self.qmp_path(spec))],
             "isolation": isolation.to_json(),
         })
@@ -291,7 +286,7 @@ class QemuBackend(SupervisedBackend):
             spawn_supervisor(spec.run_dir, spec.name, self.python)
             record = self._wait_for_machine(spec, deadline)
             self._confirm_forwards(spec, forwards, inner, record, deadline)
-            if load_state is not None:
+            if state_file is not None:
                 self._wait_restored(spec, deadline)
             if not wait:
                 return self.status(spec)
@@ -331,8 +326,13 @@ class QemuBackend(SupervisedBackend):
             time.sleep(0.01)  # QEMU opens them within a tenth of a second: a coarse poll would be most of the wait
 
     def _wait_restored(self, spec: MachineSpec, deadline: float) -> None:
-        """A machine started from a saved state is ready once QEMU has loaded it and runs it."""
-        while self._runstate(spec) != "running":
+        """A machine started from a saved state is ready once QEMU has loaded it and runs it. A state is written
+        from a paused machine (`save_state`), and QEMU keeps the loaded one paused too: it is told to go on."""
+        while (runstate := self._runstate(spec)) != "running":
+            if runstate == "paused":
+                with contextlib.suppress(QmpError), self.qmp(spec) as qmp:
+                    qmp.cmd("cont")
+                continue
             ended = self._ended(spec)
             if ended is not None:
                 raise ended
@@ -391,63 +391,50 @@ class QemuBackend(SupervisedBackend):
         except QmpError as err:
             raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
 
-    # ---- running state (RAM snapshots, kept inside the qcow2 overlay)
+    # ---- running state (RAM snapshots: a migration stream in a file of its own, beside a copy of the disk)
 
-    def save_state(self, spec: MachineSpec, tag: str) -> None:
-        """Keep the running (or paused) machine's memory, devices and disk under ``tag`` in its overlay (HMP
-        ``savevm``; a tag that exists is replaced). The guest is frozen for the time it takes."""
-        check_tag(tag)
+    def save_state(self, spec: MachineSpec, state_file: Path) -> None:
+        """Write the running or paused machine's memory and devices to ``state_file`` (QEMU's migration stream,
+        through ``exec:cat``). The machine is left paused with its disks flushed, so a copy of them taken now belongs
+        to the state; `resume` goes on. The file is written under a temporary name and renamed when complete."""
         self._require(spec, (State.RUNNING, State.PAUSED), "save the state of")
-        self._hmp(spec, f"savevm {tag}", timeout=120.0)
-
-    def load_state(self, spec: MachineSpec, tag: str, *, timeout: float = 60.0) -> MachineStatus:
-        """Bring back the state kept under ``tag``: into the running machine (HMP ``loadvm``), or, when it is stopped,
-        by starting QEMU with ``-loadvm`` (the guest resumes where it was; it does not boot)."""
-        check_tag(tag)
-        current = self.status(spec)
-        if current.state == State.STOPPED:
-            if tag not in self._offline_states(spec):
-                raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
-            return self._start(spec, wait=True, timeout=timeout, progress=silent, load_state=tag)
-        self._require(spec, (State.RUNNING, State.PAUSED), "load a state into")
-        if tag not in self.list_states(spec):
-            raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
-        self._hmp(spec, f"loadvm {tag}", timeout=timeout)
-        # loadvm leaves the machine running when it was running, paused when paused; a paused machine stays paused
-        return self.status(spec)
-
-    def delete_state(self, spec: MachineSpec, tag: str) -> None:
-        check_tag(tag)
-        if self.status(spec).state == State.STOPPED:
-            if tag not in self._offline_states(spec):
-                raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
-            _qemu_img("snapshot", "-d", tag, str(spec.overlay))
-            return
-        if tag not in self.list_states(spec):
-            raise NotFoundError(f"machine {spec.name} has no running state {tag!r}")
-        self._hmp(spec, f"delvm {tag}", timeout=60.0)
-
-    def list_states(self, spec: MachineSpec) -> list[str]:
-        if self.status(spec).state == State.STOPPED:
-            return self._offline_states(spec)
-        return _snapshot_tags(self._hmp(spec, "info snapshots", timeout=10.0), with_ram=True)
-
-    def _offline_states(self, spec: MachineSpec) -> list[str]:
-        if not spec.overlay.is_file():
-            return []
-        return _snapshot_tags(_qemu_img("snapshot", "-l", str(spec.overlay)), with_ram=True)
-
-    def _hmp(self, spec: MachineSpec, command: str, timeout: float) -> str:
-        """A monitor command whose errors come back as printed text (HMP's way), raised as StateError."""
+        state_file = state_file.absolute()
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = state_file.with_name(f".{state_file.name}.partial")
         try:
             with self.qmp(spec, timeout=10.0) as qmp:
-                out = qmp.hmp(command, timeout=timeout)
+                qmp.cmd("stop")
+                RunDir(spec.run_dir).paused.write_text(f"{time.time()}\n")
+                # a paused guest goes in one pass; QEMU's default cap of 128 MiB/s would be most of the time
+                qmp.cmd("migrate-set-parameters", **{"max-bandwidth": STATE_BANDWIDTH})
+                qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(partial))}")
+                deadline = time.monotonic() + STATE_TIMEOUT
+                while (info := qmp.cmd("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
+                    if time.monotonic() > deadline:
+                        qmp.cmd("migrate_cancel")
+                        raise StateError(f"machine {spec.name}: writing its running state took over "
+                                         f"{STATE_TIMEOUT:.0f} s")
+                    time.sleep(0.01)
         except QmpError as err:
+            partial.unlink(missing_ok=True)
             raise RuntimeBackendError(f"machine {spec.name}: {err}") from err
-        if re.search(r"(?im)^(error|.*\b(could not|can't|cannot|failed))", out):
-            raise StateError(f"machine {spec.name}: {command.split()[0]} failed: {out.strip()}")
-        return out
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if info.get("status") != "completed":
+            partial.unlink(missing_ok=True)
+            raise StateError(f"machine {spec.name}: writing its running state {info.get('status')}: "
+                             f"{info.get('error-desc', 'QEMU gave no reason')}")
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        partial.rename(state_file)
 
+    def load_state(self, spec: MachineSpec, state_file: Path, *, timeout: float = 60.0) -> MachineStatus:
+        """Start the stopped machine from a state written by `save_state` (``-incoming``): the guest goes on where it
+        was instead of booting. Its disk must be the copy taken with the state."""
+        if not state_file.is_file():
+            raise NotFoundError(f"machine {spec.name} has no running state at {state_file}")
+        return self._start(spec, wait=True, timeout=timeout, progress=silent, state_file=state_file.absolute())
 
 # ---- helpers
 
@@ -481,34 +468,6 @@ def _sysrq(qmp: Qmp, key: str) -> None:
     """Alt+SysRq+``key`` on the guest's PS/2 keyboard (the kernel acts on it when kernel.sysrq allows)."""
     qmp.cmd("send-key", keys=[{"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "sysrq"},
                               {"type": "qcode", "data": key}])
-
-
-def _qemu_img(*args: str) -> str:
-    try:
-        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise RuntimeBackendError(f"qemu-img {args[0]} failed: {err}") from err
-    if done.returncode != 0:
-        raise RuntimeBackendError(f"qemu-img {' '.join(args[:2])} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _snapshot_tags(listing: str, with_ram: bool) -> list[str]:
-    """The tags of ``info snapshots`` / ``qemu-img snapshot -l`` output; ``with_ram``: only those holding a running
-    state (VM SIZE not 0)."""
-    tags = []
-    for line in listing.splitlines():
-        if line.startswith("List of partial"):
-            break  # HMP: snapshots missing from some disk cannot be loaded
-        fields = line.split()
-        if len(fields) < 4 or (not fields[0].isdigit() and fields[0] != "--"):
-            continue
-        tag = fields[1]
-        size = fields[2]
-        if with_ram and size in ("0", "0B", "0 B"):
-            continue
-        tags.append(tag)
-    return tags
 
 
 def kvm_boots(qemu: str, kernel: Path, timeout: float = 8.0) -> bool:
