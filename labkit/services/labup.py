@@ -134,13 +134,19 @@ class LabUp:
         course = course_name(lab.id, self._student())
         record = self._record(course)
         folder = str(Path(lab.folder or path).resolve())
+        if record is not None and record.get("user") != self.actor:
+            raise ConflictError(f"course {course} of lab up belongs to {record.get('user')}; set LABKIT_ACTOR to "
+                                "another name")
         if record is not None and record.get("path") != folder:
             raise ConflictError(f"lab {lab.id} is up from another folder, {record.get('path')}; run 'labkit lab "
                                 f"clean {record.get('path')}' first (one lab id per user)")
         return lab, course, record
 
     def _view(self, course: str, record: dict[str, object]) -> UpLab:
-        targets = self.courses.targets(course)
+        try:
+            targets = self.courses.targets(course)
+        except NotFoundError:
+            targets = []  # a first 'lab up' stopped before provisioning, or its course removed by hand
         views = {v.name: v for v in self.courses.machines.status(names=[t.name for t in targets])}
         ordered = sorted(targets, key=lambda t: (t.wave, t.machine))
         return UpLab(str(record["lab"]), course, str(record["path"]), int(str(record["seed"])),
@@ -199,8 +205,8 @@ class LabUp:
             if lab_digest(folder) != digest:
                 changed = changed_files(folder, files) or ["lab.toml"]
                 raise ConflictError(f"lab {lab.id} changed since it was brought up (changed: "
-                                    f"{', '.join(changed[:10])}); run 'labkit lab clean {path}' (after 'labkit lab "
-                                    f"down {path}') and 'labkit lab up {path}' for machines of the new version")
+                                    f"{', '.join(changed[:10])}); for machines of the new version run 'labkit lab "
+                                    f"down {path}' (if it runs), 'labkit lab clean {path}' and 'labkit lab up {path}'")
 
     def down(self, path: Path) -> UpLab:
         """Stop the lab's machines cleanly."""
@@ -228,11 +234,7 @@ class LabUp:
         if record is None:
             return None
         with self._locked(course):
-            try:
-                running = self._view(course, record).running
-            except NotFoundError:
-                running = False  # a course without machines (or gone): only the record is left
-            if running:
+            if self._view(course, record).running:
                 raise StateError(f"lab {lab.id} is running; stop it first (labkit lab down {path}, or labkit lab "
                                  f"crash {path})")
             with suppress(NotFoundError):
