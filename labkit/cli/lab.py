@@ -33,7 +33,7 @@ lab_argument = click.argument("path", type=click.Path(exists=True, path_type=Pat
 
 @click.group("lab")
 def command() -> None:
-    """Check, inspect and preview lab folders (labs/<lab>/lab.toml)."""
+    """Check, inspect and preview lab folders (labs/<lab>/lab.toml), and run one for yourself (lab up)."""
 
 
 def _known_images(app: App) -> dict[str, str] | None:
