@@ -15,6 +15,8 @@ DEB_PACKAGES += bubblewrap python3
 # QEMU guests: the emulator and qemu-img (qcow2 overlays); the boot kernel and initrd are built from Debian's cloud kernel
 # package (apt-get download, dpkg-deb) and busybox-static (docs/images.md, "QEMU boot files").
 DEB_PACKAGES += qemu-system-x86
+# `labkit lab up --console tmux`: one tmux window per machine's console (docs/cli.md).
+DEB_PACKAGES += tmux
 
 # Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
 # (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.

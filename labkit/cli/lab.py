@@ -15,7 +15,7 @@ import click
 
 from labkit.atomic import write_atomic
 from labkit.cli.app import App, echo_json, json_option
-from labkit.errors import ConflictError
+from labkit.errors import ConflictError, StateError
 from labkit.names import check_name
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ lab_argument = click.argument("path", type=click.Path(exists=True, path_type=Pat
 
 @click.group("lab")
 def command() -> None:
-    """Check, inspect and preview lab folders (labs/<lab>/lab.toml)."""
+    """Check, inspect and preview lab folders (labs/<lab>/lab.toml), and run one for yourself (lab up)."""
 
 
 def _known_images(app: App) -> dict[str, str] | None:
@@ -276,3 +276,119 @@ def _print_lab_test(report) -> None:  # type: ignore[no-untyped-def]
         if not s.ok:
             click.echo(f"  {s.student}'s values: {json.dumps(s.params, sort_keys=True)}")
     click.echo(f"lab {report.lab}: {'PASSED' if report.ok else 'FAILED'}")
+
+
+# ---- lab up: a lab from its folder for one person (labkit.services.labup) ------------------------------------------
+folder_argument = click.argument("path", type=click.Path(path_type=Path))
+
+
+def _lab_up(app: App):  # type: ignore[no-untyped-def]
+    from labkit.services.labup import LabUp
+
+    return LabUp(app.settings, app.db)
+
+
+def _print_up(up, verb: str) -> None:  # type: ignore[no-untyped-def]
+    running = sum(m.state == "running" for m in up.machines)
+    click.echo(f"lab {up.lab} {verb}: {running} of {len(up.machines)} machines running (seed {up.seed}, "
+               f"course {up.course}, from {up.path})")
+    for m in up.machines:
+        click.echo(f"  {m.machine}: {m.state}")
+        if m.state == "running":
+            click.echo(f"    console: {m.console}")
+            if m.ssh:
+                click.echo(f"    ssh:     {m.ssh}")
+
+
+def _up_json(up) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {"lab": up.lab, "course": up.course, "path": up.path, "seed": up.seed,
+            "machines": [{**dataclasses.asdict(m), "console": m.console} for m in up.machines]}
+
+
+@command.command("up")
+@folder_argument
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Whose values the lab's parameters get (default: the seed it is up with, else 1).")
+@click.option("--console", "console", type=click.Choice(["tmux"]), default=None,
+              help="Open one tmux window per machine running 'labkit vm console NAME'.")
+@json_option
+@pass_app
+def up(app: App, path: Path, seed: int | None, console: str | None, as_json: bool) -> None:
+    """Boot the machines of the lab at PATH for you (in depends_on order, in parallel where allowed) and show how to
+    reach each one's console and SSH. Again when it is up: nothing changes, the same is shown."""
+    from labkit.cli.progress import StatusLine
+
+    try:
+        with StatusLine() as status:
+            result = _lab_up(app).up(path, seed, progress=status)
+    except KeyboardInterrupt:
+        raise StateError(f"interrupted; the machines that started are recorded: 'labkit lab ps' lists them, "
+                            f"'labkit lab down {path}' stops them") from None
+    if as_json:
+        echo_json(_up_json(result))
+    else:
+        _print_up(result, "is up")
+    if console == "tmux":
+        from labkit.cli.tmux import open_consoles
+
+        click.echo(open_consoles(result.lab, [(m.machine, m.name) for m in result.machines if m.state == "running"]))
+
+
+@command.command("down")
+@folder_argument
+@pass_app
+def down(app: App, path: Path) -> None:
+    """Stop the machines of the lab at PATH cleanly (their disks stay: 'lab up' boots them again)."""
+    _print_up(_lab_up(app).down(path), "is down")
+
+
+@command.command("crash")
+@folder_argument
+@pass_app
+def crash(app: App, path: Path) -> None:
+    """Kill the machines of the lab at PATH at once, without a clean shutdown."""
+    _print_up(_lab_up(app).crash(path), "crashed")
+
+
+@command.command("clean")
+@folder_argument
+@pass_app
+def clean(app: App, path: Path) -> None:
+    """Delete everything 'lab up' made for the lab at PATH (its machines, their disks and grades): the next
+    'lab up' starts from fresh disks. The machines must be stopped first."""
+    course = _lab_up(app).clean(path)
+    click.echo(f"removed course {course} with its machines" if course else f"nothing to clean for {path}")
+
+
+@command.command("ps")
+@json_option
+@pass_app
+def ps(app: App, as_json: bool) -> None:
+    """List the labs you brought up with 'lab up' and their machines' states."""
+    labs = _lab_up(app).ps()
+    if as_json:
+        echo_json([_up_json(up) for up in labs])
+        return
+    if not labs:
+        click.echo("no labs are up: labkit lab up PATH")
+    for lab in labs:
+        click.echo(f"{lab.lab}  (seed {lab.seed}, {lab.path})")
+        for m in lab.machines:
+            click.echo(f"  {m.machine:<16} {m.state:<9} {m.name}")
+
+
+@command.command("check")
+@folder_argument
+@json_option
+@pass_app
+def check(app: App, path: Path, as_json: bool) -> None:
+    """Run the checks of the lab at PATH (hidden ones too) on its running machines: score and feedback."""
+    from labkit.cli.grade import _grade_json, _print_checks
+
+    report = _lab_up(app).check(path)
+    if as_json:
+        echo_json([_grade_json(g) for g in report.grades])
+        return
+    for g in report.grades:
+        click.echo(f"{g.lab}: {g.points:g} of {g.max_points:g} points")
+        _print_checks(g, show_evidence=False)

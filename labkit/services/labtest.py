@@ -9,7 +9,6 @@ whatever happened.
 from __future__ import annotations
 
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,10 +80,7 @@ class LabTester:
         students = [f"seed-{n}" for n in range(1, seeds + 1)]
         self.courses.create(course, [path])
         try:
-            with tempfile.TemporaryDirectory(prefix="lkroster") as folder:
-                roster = Path(folder) / "roster.csv"
-                roster.write_text("id,name,email\n" + "".join(f"{s},{s},\n" for s in students), encoding="utf-8")
-                self.courses.import_roster(course, roster)
+            self.courses.enrol(course, students)
             progress(ProgressEvent("lab-test", 0, 4, "provisioning"))
             self.courses.provision(course)
             progress(ProgressEvent("lab-test", 1, 4, "booting"))
