@@ -33,6 +33,18 @@ def ensure_key(keys_dir: Path) -> Path:
     return private
 
 
+def new_host_key() -> tuple[str, str]:
+    """A new Ed25519 SSH host key for one machine: (private key in OpenSSH format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private.decode(), public.decode()
+
+
 def public_key(keys_dir: Path) -> str:
     """The OpenSSH public key line for authorized_keys."""
     ensure_key(keys_dir)

@@ -27,6 +27,10 @@ SEED_MOUNT = "/run/labkit/seed"
 SEED_ENV = "labkit/seed.env"
 SEED_AUTHORIZED_KEYS = "labkit/authorized_keys"
 SEED_ROOT_PASSWORD = "labkit/root_password"
+#: The same password hashed by labkit (bcrypt), for ``chpasswd -e``: hashing in a QEMU guest took most of a second.
+SEED_ROOT_PASSWORD_HASH = "labkit/root_password.hash"
+#: The machine's own SSH host key (OpenSSH format) and its public half, installed over /etc/ssh's by the hook.
+SEED_SSH_HOST_KEY = "labkit/ssh_host_ed25519_key"
 SEED_FILES = "labkit/files"
 #: The same files as one tar archive owned by root (what labkit writes: no fakeroot needed to make the seed).
 SEED_FILES_TAR = "labkit/files.tar"
@@ -41,6 +45,11 @@ STARTUP_LOG = "/var/log/labkit-startup.log"
 SLIRP_GUEST_ADDRESS = "10.0.2.15/24"
 SLIRP_HOST_ADDRESS = "10.0.2.2"
 SLIRP_DNS = "10.0.2.3"
+
+#: The kernel argument of a warm boot (``labkit.warm=/dev/vdb``): no seed yet; the hook waits for that disk to appear.
+WARM_KERNEL_ARG = "labkit.warm"
+#: The line a warm boot prints once it is booted and idle: its running state is saved then.
+WARM_MARKER = "labkit-guest: warm"
 
 #: A guest that cannot become ready prints a line starting with this instead of `READY_MARKER`.
 ERROR_MARKER = "labkit-guest: error:"

@@ -26,7 +26,7 @@ FILES_DIR = "files"
 BOOT_HOOK_SOURCE = Path(__file__).resolve().parent / "guest" / "boot-hook.sh"
 
 #: Keys every recipe may have, and the keys only one builder understands.
-_COMMON_KEYS = {"name", "description", "builder", "size", "modes", "backend"}
+_COMMON_KEYS = {"name", "description", "builder", "size", "modes", "backend", "warm"}
 _BUILDER_KEYS = {
     "busybox": {"binaries"},
     "mmdebstrap": {"suite", "variant", "packages", "mirror", "hooks"},
@@ -71,6 +71,9 @@ class Recipe:
     modes: dict[str, int] = field(default_factory=dict)
     #: the backend a lab machine (or ``vm create``) on this image gets when it names none
     backend: str = DEFAULT_BACKEND
+    #: whether its guests can start from a saved warm state (the boot hook's `warm` mode, with systemd, perl and
+    #: OpenSSH in the image: docs/images.md, "Warm states")
+    warm: bool = False
     # busybox
     binaries: tuple[str, ...] = ()
     # mmdebstrap
@@ -162,6 +165,13 @@ def _get_str(data: dict[str, Any], file: Path, key: str, default: str | None = N
     return value
 
 
+def _get_bool(data: dict[str, Any], file: Path, key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail(file, key, f"must be true or false, not {value!r}")
+    return value
+
+
 def _get_list(data: dict[str, Any], file: Path, key: str) -> tuple[str, ...]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -246,6 +256,7 @@ def load_recipe(folder: Path) -> Recipe:
         folder=folder,
         modes=_parse_modes(data, file, files_dir),
         backend=backend,
+        warm=_get_bool(data, file, "warm", False),
         binaries=_get_list(data, file, "binaries"),
         suite=_get_str(data, file, "suite", "bookworm"),
         variant=_get_str(data, file, "variant", "minbase"),

@@ -26,6 +26,8 @@ from labkit.images.guest_contract import (
     SEED_ENV,
     SEED_FILES_TAR,
     SEED_ROOT_PASSWORD,
+    SEED_ROOT_PASSWORD_HASH,
+    SEED_SSH_HOST_KEY,
     SEED_STARTUP,
     SLIRP_DNS,
     SLIRP_GUEST_ADDRESS,
@@ -52,6 +54,8 @@ class SeedSpec:
     dns: str | None = SLIRP_DNS
     authorized_keys: list[str] = field(default_factory=list)
     root_password: str | None = None
+    #: the machine's SSH host key: (private key in OpenSSH format, public key line); see `labkit.guest.keys`
+    ssh_host_key: tuple[str, str] | None = None
     files_dir: Path | None = None
     startup_scripts: list[tuple[str, str]] = field(default_factory=list)
     seed_id: str = ""
@@ -179,6 +183,25 @@ def _root_info(name: str, mode: int, size: int = 0, kind: bytes = tarfile.REGTYP
     return info
 
 
+def _hash_password(password: str) -> bytes:
+    """A crypt(3) hash the guest's ``chpasswd -e`` takes as it is: bcrypt (``$2b$``, which Debian's libxcrypt reads),
+    cost 6 so that a console login stays quick under TCG. The password is labkit's console login into a machine
+    whose root is the student anyway; the hash only keeps it out of plain sight in /etc/shadow."""
+    import bcrypt  # a dependency of paramiko
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(6))
+
+
+def seed_member(seed: Path, name: str) -> bytes | None:
+    """One file of an existing seed disk (None when the disk or the file is not there, or is not a seed)."""
+    try:
+        with tarfile.open(seed, mode="r:") as tar:
+            member = tar.extractfile(name)
+            return None if member is None else member.read()
+    except (OSError, tarfile.TarError, KeyError):
+        return None
+
+
 def build_seed(spec: SeedSpec, dest: Path) -> Path:
     """Write the seed disk for ``spec`` to ``dest`` atomically and return ``dest``.
 
@@ -194,6 +217,11 @@ def build_seed(spec: SeedSpec, dest: Path) -> Path:
     ]
     if spec.root_password is not None:
         entries.append((SEED_ROOT_PASSWORD, 0o600, spec.root_password.encode()))
+        entries.append((SEED_ROOT_PASSWORD_HASH, 0o600, _hash_password(spec.root_password) + b"\n"))
+    if spec.ssh_host_key is not None:
+        private, public = spec.ssh_host_key
+        entries.append((SEED_SSH_HOST_KEY, 0o600, private.encode()))
+        entries.append((SEED_SSH_HOST_KEY + ".pub", 0o644, public.strip().encode() + b"\n"))
     if spec.files_dir is not None:
         packed = io.BytesIO()
         pack_files(spec.files_dir, packed)

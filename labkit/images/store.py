@@ -59,6 +59,8 @@ class ImageRecord:
     builder: str
     #: the backend its machines get when their lab (or ``vm create``) names none; from the recipe
     backend: str = DEFAULT_BACKEND
+    #: whether its guests can start from a warm state (from the recipe)
+    warm: bool = False
 
     @property
     def folder(self) -> Path:
@@ -83,6 +85,7 @@ class ImageRecord:
                 ctime_ns=int(data["ctime_ns"]), recipe_digest=str(data["recipe_digest"]),
                 built_at=str(data["built_at"]), builder=str(data["builder"]),
                 backend=str(data.get("backend", DEFAULT_BACKEND)),  # records made before images named one
+                warm=bool(data.get("warm", False)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ImageError(f"{where}: not a valid image record ({err})") from err
@@ -199,7 +202,7 @@ class ImageStore:
         return ImageRecord(
             name=recipe.name, version=0, path=disk, sha256=sha256, size=info.st_size, mtime_ns=info.st_mtime_ns,
             ctime_ns=info.st_ctime_ns, recipe_digest=digest, built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            builder=recipe.builder, backend=recipe.backend,
+            builder=recipe.builder, backend=recipe.backend, warm=recipe.warm,
         )
 
     def _from_cache(self, ctx: BuildContext, cached: Path) -> str | None:

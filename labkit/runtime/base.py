@@ -125,6 +125,17 @@ class Capabilities:
     pause: bool = True
     #: machines join lab networks (`Backend.start_network`, `MachineSpec.networks`)
     lab_networks: bool = True
+    #: a fresh machine can start from an image's saved warm boot instead of booting (`Backend.start_warm`)
+    warm_start: bool = False
+
+
+@dataclass(frozen=True)
+class WarmState:
+    """One image's saved warm boot, shared by every machine started from it: the disk that boot wrote (an overlay of
+    the image, copied as each machine's own) and its running state, waiting for a seed."""
+
+    disk: Path
+    state: Path
 
 
 class Backend(ABC):
@@ -215,3 +226,24 @@ class Backend(ABC):
         """Start the stopped machine from ``state_file`` instead of booting; its disk must be the copy taken with
         the state."""
         raise StateError(f"{self.kind} machine {spec.name} cannot keep a running state; its snapshots are disk-only")
+
+    # ---- warm starts (optional: only backends with ``capabilities.warm_start`` have them)
+
+    def warm_refusal(self, spec: MachineSpec) -> str:
+        """Why ``spec`` cannot start from a warm state ("" when it can)."""
+        return f"{self.kind} machines cannot start from a warm state"
+
+    def warm_state(self, image: Path, memory_mb: int) -> WarmState | None:
+        """The saved warm boot of ``image`` for machines of ``memory_mb``, if there is one."""
+        return None
+
+    def make_warm(self, image: Path, memory_mb: int, run_dir: Path, *, timeout: float = 300.0,
+                  progress: Reporter = silent) -> WarmState:
+        """Boot ``image`` once (in ``run_dir``) to where it waits for a seed, and save that beside the image."""
+        raise StateError(f"{self.kind} machines cannot start from a warm state")
+
+    def start_warm(self, spec: MachineSpec, warm: WarmState, *, timeout: float = 60.0,
+                   progress: Reporter = silent) -> MachineStatus:
+        """Start the stopped, fresh machine from ``warm``: its overlay becomes a copy of the warm disk, the state is
+        loaded, then its seed is given to it and it takes its name, addresses, keys and clock from it."""
+        raise StateError(f"{self.kind} machine {spec.name} cannot start from a warm state")

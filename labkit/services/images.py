@@ -11,10 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labkit.config import Settings
-from labkit.errors import BadNameError, ConflictError, TamperedImageError
+from labkit.errors import BadNameError, ConfigError, ConflictError, TamperedImageError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageRecord, ImageStore
 from labkit.progress import Reporter, silent
+from labkit.runtime import backend_kinds, get_backend
+from labkit.runtime.base import WarmState
 from labkit.services.audit import current_actor
 from labkit.services.audit import record as record_event
 from labkit.services.db import Database
@@ -97,6 +99,24 @@ class Images:
 
     def _check(self, session: Session, record: ImageRecord, full: bool) -> ImageCheck:
         return ImageCheck(record, self.store.verify(record, full=full), dependents(session, mirror(session, record)))
+
+    def warm(self, ref: str, memory_mb: int, progress: Reporter = silent) -> tuple[ImageRecord, WarmState, bool]:
+        """Make the image's warm state for machines of ``memory_mb`` now, rather than at the first start of a fresh
+        machine that wants it. Returns the record, the state and whether it was made (False: it was there)."""
+        record = self.store.require_intact(self.store.get(*parse_ref(ref)))
+        if not record.warm:
+            raise ConfigError(f"image {record.ref} cannot start machines warm: its recipe does not say `warm = true` "
+                              "(docs/images.md, \"Warm states\")")
+        backend = next((b for b in map(get_backend, backend_kinds()) if b.capabilities.warm_start), None)
+        if backend is None:
+            raise ConfigError("no machine backend here can start machines from a warm state")
+        found = backend.warm_state(record.path, memory_mb)
+        if found is not None:
+            return record, found, False
+        made = backend.make_warm(record.path, memory_mb, self.settings.run_dir, progress=progress)
+        with self.db.transaction() as session:
+            record_event(session, current_actor(), "image-warm", record.ref, f"{memory_mb} MB, {backend.kind}")
+        return record, made, True
 
     def remove(self, ref: str) -> ImageRecord:
         """Delete one stored version, refusing while any machine's overlay depends on it."""

@@ -13,8 +13,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from labkit.errors import ConflictError, LabkitError, NotFoundError, StateError
-from labkit.guest.keys import public_key
-from labkit.images.seed import SeedSpec, build_seed
+from labkit.guest.keys import new_host_key, public_key
+from labkit.images.guest_contract import SEED_SSH_HOST_KEY
+from labkit.images.seed import SeedSpec, build_seed, seed_member
+from labkit.images.store import ImageStore
 from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import ProgressEvent, Reporter
@@ -78,11 +80,16 @@ class MachineDisks(MachineGuests):
     def _write_seed(self, machine: Machine, content: SeedContent | None = None) -> None:
         """Build the seed disk; its id follows its content, so the guest copies changed files on the next boot."""
         content = content or SeedContent()
+        # the machine keeps its SSH host key when its seed is written again (a lab upgrade): students' known_hosts
+        # stay right
+        kept = [seed_member(Path(machine.seed_path), SEED_SSH_HOST_KEY + suffix) for suffix in ("", ".pub")]
+        host_key = (kept[0].decode(), kept[1].decode()) if kept[0] and kept[1] else new_host_key()
         spec = SeedSpec(
             hostname=machine.hostname or machine.name,
             interfaces={"eth0": self._backend(machine).guest_address, **content.interfaces},
             authorized_keys=[public_key(self.settings.keys)],
             root_password=machine.console_password,
+            ssh_host_key=host_key,
             files_dir=content.files_dir,
             startup_scripts=list(content.startup_scripts),
         )
@@ -250,11 +257,19 @@ class MachineDisks(MachineGuests):
             return self.start(name)  # type: ignore[attr-defined,no-any-return]  # Machines.start
         return view
 
+    def _image_warm(self, machine: Machine) -> bool:
+        """Whether the machine's image says its guests can start from a warm state (its recipe's ``warm``)."""
+        try:
+            return ImageStore(self.settings).get(machine.image.name, machine.image.version).warm
+        except LabkitError:
+            return False
+
     def _boot(self, backend: Backend, spec: MachineSpec, wait: bool, timeout: float,
-              progress: Reporter) -> MachineStatus:
+              progress: Reporter, warm: bool = False) -> MachineStatus:
         """Start the machine: from the running state a restored snapshot left beside its overlay (it goes on where
-        it was; the state is then dropped, as the disk moves on from it; the snapshot keeps its own), else by
-        booting. A state that does not load is dropped too, so the next start boots the disk."""
+        it was; the state is then dropped, as the disk moves on from it; the snapshot keeps its own), else, when
+        ``warm`` (its image allows it) and the machine is fresh, from the image's warm state (made by the first
+        such start), else by booting. A state that does not load is dropped too, so the next start boots the disk."""
         pending = state_file(spec.overlay)
         if backend.capabilities.ram_snapshots and pending.is_file():
             progress(ProgressEvent("boot", message=f"bringing back the running state of {spec.name}"))
@@ -267,6 +282,14 @@ class MachineDisks(MachineGuests):
                                  "state)") from err
             pending.unlink(missing_ok=True)
             return backend.status(spec)
+        if warm and not backend.warm_refusal(spec):
+            try:
+                saved = backend.warm_state(spec.image, spec.memory_mb) or backend.make_warm(
+                    spec.image, spec.memory_mb, self.settings.run_dir, timeout=max(timeout, 300.0), progress=progress)
+            except LabkitError as err:  # the image's warm boot failed: this machine boots as it would without
+                progress(ProgressEvent("boot", message=f"no warm state ({err}); booting {spec.name}"))
+            else:
+                return backend.start_warm(spec, saved, timeout=timeout, progress=progress)
         return backend.start(spec, wait=wait, timeout=timeout, progress=progress)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:

@@ -126,12 +126,13 @@ class Machines(MachineDisks):
                                             "'labkit course provision --upgrade' to render it again")
                     self._write_seed(machine)
                 backend, spec = self._backend(machine), self.spec(machine)
+                warm = backend.capabilities.warm_start and self._image_warm(machine)
             ensure_key(self.settings.keys)
             for attachment in spec.networks:  # a student's lab networks come up with the first machine on them
                 backend.start_network(attachment.network)
             try:
                 try:
-                    status = self._boot(backend, spec, wait, timeout, progress)
+                    status = self._boot(backend, spec, wait, timeout, progress, warm)
                 except ConflictError:
                     if all(f.host_port for f in spec.forwards):
                         raise

@@ -8,7 +8,11 @@
 #                      booted system, are kept for `boot-hook startup` instead of run
 #   boot-hook startup  run the startup scripts `early` kept
 #   boot-hook ready    wait until the kept startup scripts have run and the SSH server listens on port 22, then print
-#                      the readiness marker on /dev/console
+#                      the readiness marker on /dev/console (nothing in a warm boot: `warm` prints it)
+#   boot-hook warm     a warm boot (labkit.warm=/dev/vdX, no seed): once the boot is done, print the warm marker, and
+#                      wait. The host saves the running state there; every machine started from that state goes on
+#                      here, gets its own seed disk plugged in, and takes its clock, randomness, seed and SSH host key
+#                      from it before it prints the readiness marker
 #
 # It never stops the boot: a step that fails is reported on stderr and the next one runs.
 
@@ -18,6 +22,15 @@ export PATH
 # The seed disk is named on the kernel command line (SEED_KERNEL_ARG: labkit.seed=/dev/ubdb under UML, /dev/vdb under
 # QEMU); a guest started by an older labkit has no such argument and gets the UML device.
 SEED_KERNEL_ARG=labkit.seed
+WARM_KERNEL_ARG=labkit.warm
+WARM_MARKER='labkit-guest: warm'
+WARM_SEEDED=
+HOST_KEY_FROM_SEED=
+WARM_LOG=/run/labkit-warm.log
+#: the inode of sshd's listening socket before it reloads (a warm start): `ready` waits for a new one
+OLD_LISTENER=
+KEEP_SEED=
+READY_POLL=0.1
 SEED_DEVICE=/dev/ubdb
 SEED_WAIT_TENTHS=50
 SEED_MOUNT=/run/labkit/seed
@@ -30,6 +43,12 @@ READY_TIMEOUT_TENTHS=900
 
 log() {
     echo "labkit-boot-hook: $*" >&2
+}
+
+stamp() {
+    # The guest's uptime at each step of a warm start, in /run/labkit/warm.log (built-ins only).
+    read -r up _idle < /proc/uptime
+    echo "$up $*" >> "$WARM_LOG"
 }
 
 # Every program the hook starts costs 30 to 100 ms early in a UML boot (a process and its page faults are round trips
@@ -84,15 +103,20 @@ apply_dns() {
     for server in $LABKIT_DNS; do
         servers="${servers}nameserver $server$NL"
     done
+    if [ -f /etc/resolv.conf ] && [ ! -L /etc/resolv.conf ]; then
+        printf '%s' "$servers" > /etc/resolv.conf  # built-ins only (a program costs here); a few bytes
+        return 0
+    fi
     printf '%s' "$servers" > /etc/resolv.conf.labkit
-    # a rename replaces /etc/resolv.conf even when it is a symlink, and leaves no half-written file
+    # a rename replaces a symlinked /etc/resolv.conf (a student's resolver) with a file
     mv -f /etc/resolv.conf.labkit /etc/resolv.conf
 }
 
 apply_keys() {
     keys="$1/authorized_keys"
     [ -s "$keys" ] || return 0
-    [ -d /root/.ssh ] || mkdir -p -m 700 /root/.ssh
+    made=
+    [ -d /root/.ssh ] || { mkdir -p -m 700 /root/.ssh && made=1; }
     have=
     if [ -f /root/.ssh/authorized_keys ]; then
         while IFS= read -r line || [ -n "$line" ]; do
@@ -107,9 +131,26 @@ apply_keys() {
             *) printf '%s\n' "$line" >> /root/.ssh/authorized_keys; have="$have$NL$line" ;;
         esac
     done < "$keys"
-    # sshd and dropbear refuse keys in group- or world-writable places.
+    # sshd and dropbear refuse keys in group- or world-writable places (a folder made just now is root's, 0700).
+    [ -z "$made" ] || return 0
     chown 0:0 /root /root/.ssh /root/.ssh/authorized_keys
     chmod go-w /root /root/.ssh /root/.ssh/authorized_keys
+}
+
+apply_host_key() {
+    # The machine's own SSH host key, made by labkit and kept in its seed: the same across resets (no "host key
+    # changed" warning for a student) and never the one of another machine started from the same warm state.
+    # Copied with shell built-ins (sshd starts after this, and its keys may only be root's).
+    [ -f "$1/ssh_host_ed25519_key" ] && [ -d /etc/ssh ] || return 0
+    for part in "" .pub; do
+        (
+            umask 077
+            while IFS= read -r line || [ -n "$line" ]; do
+                printf '%s\n' "$line"
+            done < "$1/ssh_host_ed25519_key$part" > "/etc/ssh/ssh_host_ed25519_key$part"
+        ) || { log "cannot install the seed's SSH host key"; return 0; }
+    done
+    HOST_KEY_FROM_SEED=1
 }
 
 apply_password() {
@@ -118,20 +159,46 @@ apply_password() {
     # Hashing the password costs a quarter of a second of the boot: skip it when the seed's password is the one set
     # last and root's entry in /etc/shadow is still the one that set (a student who changed root's password gets the
     # seed's back, so labkit's console login keeps working).
+    # labkit's own hash, where the system's crypt reads it (bcrypt: Debian's libxcrypt, not BusyBox): set unless set
+    if [ -f "$secret.hash" ] && command -v chpasswd > /dev/null 2>&1 && read -r seed_hash < "$secret.hash" &&
+            [ -n "$seed_hash" ]; then
+        root_hash
+        [ "$ROOT_HASH" = "$seed_hash" ] || set_root_hash "$seed_hash"
+        return 0
+    fi
     applied="$STATE_DIR/root-password.sha256"
     digest=$(sha256sum < "$secret")
     before=
     [ -f "$applied" ] && read -r before < "$applied"
-    [ "$digest $(root_hash)" = "$before" ] && return 0
+    root_hash
+    [ "$digest $ROOT_HASH" = "$before" ] && return 0
     set_password "$secret" || return 0
     mkdir -p "$STATE_DIR"
-    (umask 077 && echo "$digest $(root_hash)" > "$applied")
+    root_hash
+    (umask 077 && echo "$digest $ROOT_HASH" > "$applied")
 }
 
 root_hash() {
-    while IFS=: read -r user hash _rest; do
-        [ "$user" = root ] && { echo "$hash"; return 0; }
+    # root's hash in /etc/shadow, into ROOT_HASH (no subshell: a fork costs here too)
+    ROOT_HASH=
+    while IFS=: read -r _user _hash _rest; do
+        [ "$_user" = root ] && { ROOT_HASH=$_hash; return 0; }
     done < /etc/shadow
+}
+
+set_root_hash() {
+    # Put labkit's hash into root's /etc/shadow entry with built-ins only, in place (the file keeps its owner and
+    # mode): chpasswd, even with -e, took a quarter of a second under QEMU.
+    content=
+    while IFS= read -r line || [ -n "$line" ]; do
+        case "$line" in
+            root:*)
+                rest=${line#root:}
+                line="root:$1:${rest#*:}" ;;
+        esac
+        content="$content$line$NL"
+    done < /etc/shadow
+    printf '%s' "$content" > /etc/shadow
 }
 
 set_password() {
@@ -156,7 +223,7 @@ apply_files() {
     elif [ -d "$1/files" ]; then
         cp -a "$1/files/." / || { log "copying the seed's files failed"; return 0; }
     fi
-    mkdir -p "$STATE_DIR"
+    [ -d "$STATE_DIR" ] || mkdir -p "$STATE_DIR"
     : > "$marker"
 }
 
@@ -181,13 +248,13 @@ run_startup() {
 }
 
 named_seed_device() {
-    # The first labkit.seed=/dev/... word of the command line (labkit's, before any a lab adds); anything else (a path
-    # outside /dev, odd characters) is ignored.
+    # The first labkit.seed=/dev/... word of the command line (labkit's, before any a lab adds), or of the argument
+    # named by $1; anything else (a path outside /dev, odd characters) is ignored.
     # Shell built-ins only: every process costs tens of milliseconds this early in a UML boot.
     read -r cmdline < /proc/cmdline 2>/dev/null || return 0
     for word in $cmdline; do
         case "$word" in
-            "$SEED_KERNEL_ARG"=/dev/*)
+            "${1:-$SEED_KERNEL_ARG}"=/dev/*)
                 device=${word#*=}
                 case "$device" in
                     *[!A-Za-z0-9/_.-]*) ;;
@@ -212,7 +279,7 @@ apply() {
         log "no seed disk at $SEED_DEVICE"
         return 0
     fi
-    mkdir -p -m 700 "$SEED_MOUNT"
+    [ -d "$SEED_MOUNT" ] || mkdir -p -m 700 "$SEED_MOUNT"
     # The seed is a tar archive written straight onto the disk; seeds of older labkit versions are ext4.
     if tar -x -f "$SEED_DEVICE" -C "$SEED_MOUNT" 2>/dev/null; then
         unpacked=1
@@ -230,6 +297,8 @@ apply() {
         apply_network
         apply_dns
         apply_keys "$seed"
+        apply_host_key "$seed"
+        [ -z "$WARM_SEEDED" ] || warm_host_key
         apply_password "$seed"
         apply_files "$seed"
         if [ "$1" = early ]; then keep_startup "$seed"; else run_startup "$seed"; fi
@@ -237,24 +306,45 @@ apply() {
         log "the seed disk has no labkit/seed.env"
     fi
     if [ "$unpacked" = 1 ]; then
-        rm -rf "$SEED_MOUNT"
+        [ -n "$KEEP_SEED" ] || rm -rf "$SEED_MOUNT"
     else
         umount "$SEED_MOUNT" || log "cannot unmount the seed disk"
     fi
 }
 
 ssh_listening() {
-    # /proc/net/tcp{,6}: state 0A is LISTEN, port 22 is 0016.
+    # /proc/net/tcp{,6}: state 0A is LISTEN, port 22 is 0016; a socket other than $OLD_LISTENER (its inode). The inode
+    # of the first listener found is left in LISTENER.
+    LISTENER=
     for table in /proc/net/tcp /proc/net/tcp6; do
         [ -r "$table" ] || continue
         # shellcheck disable=SC2034 # the fields before and after are read to be skipped
-        while read -r _slot local _remote state _rest; do
+        while read -r _slot local _remote state _queues _timer _retransmits _uid _timeout inode _rest; do
             case "$local" in
-                *:0016) [ "$state" = 0A ] && return 0 ;;
+                *:0016) [ "$state" = 0A ] && [ "$inode" != "$OLD_LISTENER" ] && { LISTENER=$inode; return 0; } ;;
             esac
         done < "$table"
     done
     return 1
+}
+
+warm_host_key() {
+    # The saved state's host key is every machine's: a seed without one of its own (an older labkit's) gets a new one.
+    if [ -z "$HOST_KEY_FROM_SEED" ] && [ -e /etc/ssh/ssh_host_ed25519_key ]; then
+        rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub
+        ssh-keygen -q -t ed25519 -N "" -C "" -f /etc/ssh/ssh_host_ed25519_key || log "cannot make an SSH host key"
+    fi
+    reload_sshd
+}
+
+reload_sshd() {
+    # sshd of the saved state runs with the saved state's host key: SIGHUP makes it start again with the one the seed
+    # just installed (same PID, for systemd). `ready` then waits for its new listening socket.
+    pid=
+    read -r pid < /run/sshd.pid 2>/dev/null || return 0
+    ssh_listening && OLD_LISTENER=$LISTENER
+    kill -HUP "$pid" || { OLD_LISTENER=; log "cannot reload sshd"; }
+    stamp sshd-reloading
 }
 
 startup() {
@@ -263,7 +353,68 @@ startup() {
     rm -rf "$STARTUP_KEPT"
 }
 
+await_seed() {
+    # One perl process does the waiting and what must come first in a machine started from the saved state: programs
+    # started after a restore are slow (QEMU translates their code afresh), so none is started per try or per step.
+    # It prints the warm marker once it waits (the host saves the state then); in each machine started from it, it
+    # sees the seed disk appear ($1, checked every 10 ms), sets the clock from the disk's serial number (the host's
+    # time in seconds since the epoch: the saved clock is old), then mixes 64 bytes of the host's randomness
+    # (virtio-rng) into the kernel's pool and makes it reseed now (ioctl RNDRESEEDCRNG): machines from one state
+    # share its random generator until then, and keys are drawn next.
+    perl -e '
+        my ($device, $serial, $marker) = @ARGV;
+        open(my $console, ">", "/dev/console") or die "no console: $!\n";
+        syswrite($console, "$marker\n");
+        select(undef, undef, undef, 0.01) until -b $device;
+        my $now = "";
+        my $s;
+        $now = <$s> if open($s, "<", $serial);
+        if (defined $now and $now =~ /^(\d+)(?:\.(\d{1,6}))?/) {
+            my $usec = defined $2 ? substr($2 . "00000", 0, 6) : 0;
+            syscall(164, pack("qq", $1, $usec), 0) == 0 or warn "cannot set the clock to $now: $!\n";  # settimeofday
+        } else {
+            warn "the seed disk has no time as its serial number: the clock is left as saved\n";
+        }
+        open(my $h, "<", "/dev/hwrng") or die "no /dev/hwrng: $!\n";
+        sysread($h, my $bytes, 64) == 64 or die "short read from /dev/hwrng\n";
+        open(my $u, ">", "/dev/urandom") or die "no /dev/urandom: $!\n";
+        syswrite($u, $bytes);
+        ioctl($u, 0x5207, 0) or die "cannot reseed the random generator: $!\n";
+    ' "$1" "/sys/block/${1##*/}/serial" "$WARM_MARKER"
+}
+
+warm() {
+    device=$(named_seed_device "$WARM_KERNEL_ARG")
+    [ -n "$device" ] || { log "not a warm boot (no $WARM_KERNEL_ARG=/dev/... argument)"; return 2; }
+    # Saved once the boot is over, so that a machine started from the state has nothing of it left to do.
+    systemctl is-system-running --wait > /dev/null 2>&1
+    sync
+    await_seed "$device" || log "the clock or the random generator may be the saved state's"
+    # --- from here on, in each machine started from the saved state
+    printf "" > "$WARM_LOG"  # not `:`: a failed redirection of a special built-in ends the shell
+    stamp seed-disk-clock-random
+    SEED_DEVICE=$device
+    WARM_SEEDED=1
+    KEEP_SEED=1  # removed after the readiness marker: nothing waits on it
+    READY_POLL=0.05
+    apply
+    stamp applied
+    ready
+    rm -rf "$SEED_MOUNT"
+}
+
+warm_boot() {
+    # Whether the command line has labkit.warm=/dev/... (built-ins only: `ready` runs in every boot).
+    read -r cmdline < /proc/cmdline 2>/dev/null || return 1
+    case " $cmdline " in
+        *" $WARM_KERNEL_ARG=/dev/"*) return 0 ;;
+    esac
+    return 1
+}
+
 ready() {
+    # A warm boot prints its markers from `warm` (labkit-warm.service).
+    [ -n "$WARM_SEEDED" ] || ! warm_boot || return 0
     # Kept startup scripts come first (the unit that runs them bounds their time and removes them when it ends).
     while [ -d "$STARTUP_KEPT" ]; do
         sleep 0.1
@@ -275,9 +426,10 @@ ready() {
             echo "$ERROR_MARKER no SSH server listens on port 22" > /dev/console
             return 1
         fi
-        sleep 0.1
+        sleep "$READY_POLL"
     done
     echo "$READY_MARKER" > /dev/console
+    [ -z "$WARM_SEEDED" ] || stamp ready
 }
 
 case "${1:-apply}" in
@@ -285,5 +437,6 @@ case "${1:-apply}" in
     early) apply early ;;
     startup) startup ;;
     ready) ready ;;
-    *) log "usage: boot-hook [apply|early|startup|ready]"; exit 2 ;;
+    warm) warm ;;
+    *) log "usage: boot-hook [apply|early|startup|ready|warm]"; exit 2 ;;
 esac

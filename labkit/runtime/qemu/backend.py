@@ -15,21 +15,26 @@ machines (``-netdev vde``), so one network may mix both.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from labkit.atomic import locked
 from labkit.errors import ConfigError, ConflictError, NotFoundError, RuntimeBackendError, StateError
-from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER
+from labkit.images.guest_contract import ERROR_MARKER, READY_MARKER, WARM_KERNEL_ARG, WARM_MARKER
 from labkit.names import check_name
+from labkit.overlays import get_overlay, sparse_copy
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import (
     Capabilities,
@@ -37,6 +42,7 @@ from labkit.runtime.base import (
     MachineSpec,
     MachineStatus,
     State,
+    WarmState,
 )
 from labkit.runtime.netns import Isolation
 from labkit.runtime.network import listening_ports, machine_mac, plan_reach
@@ -64,6 +70,11 @@ MIN_MEMORY_MB = 128
 STATE_BANDWIDTH = 1 << 40
 #: how long writing a running state may take, in seconds
 STATE_TIMEOUT = 120.0
+#: where an image's warm states live, in its store folder; bump the format when the warm boot's devices change
+WARM_DIR = "warm"
+WARM_FORMAT = "1"
+WARM_DISK = "disk.qcow2"
+WARM_STATE = "state"
 
 
 @dataclass(frozen=True)
@@ -96,12 +107,12 @@ class QemuBackend(SupervisedBackend):
     overlay_kind = "qcow2"
     min_memory_mb = MIN_MEMORY_MB
     console_kind = "socket"
-    capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True)
+    capabilities = Capabilities(ram_snapshots=True, pause=True, lab_networks=True, warm_start=True)
 
     def __init__(self, qemu_binary: str = "qemu-system-x86_64", python: str = sys.executable,
                  ready_marker: str = READY_MARKER, accel: str | None = None,
                  boot: Callable[[], BootSet] = default_boot, lab_networks: VdeNetworks | None = None,
-                 slirp4netns_binary: str = "slirp4netns", cache: Path | None = None) -> None:
+                 slirp4netns_binary: str = "slirp4netns", cache: Path | None = None, warm: bool | None = None) -> None:
         self.qemu_binary = qemu_binary
         self.python = python
         self.ready_marker = ready_marker
@@ -111,6 +122,8 @@ class QemuBackend(SupervisedBackend):
         self.lab_networks = lab_networks or VdeNetworks()
         self.slirp4netns_binary = slirp4netns_binary
         self.cache = cache
+        #: whether fresh machines start from their image's warm state (LABKIT_QEMU_WARM=0 turns it off)
+        self.warm = warm if warm is not None else os.environ.get("LABKIT_QEMU_WARM", "1") != "0"
 
     # ---- paths
 
@@ -250,7 +263,12 @@ class QemuBackend(SupervisedBackend):
         return self._start(spec, wait=wait, timeout=timeout, progress=progress)
 
     def _start(self, spec: MachineSpec, *, wait: bool, timeout: float, progress: Reporter,
-               state_file: Path | None = None) -> MachineStatus:
+               state_file: Path | None = None, seed_after: Path | None = None,
+               ready_marker: str | None = None) -> MachineStatus:
+        """Boot, or go on from ``state_file``: a machine's own running state is ready once it runs; a warm state is
+        given ``seed_after`` (plugged in once it runs) and is ready when the guest says so, as after a boot."""
+        ready_marker = ready_marker or self.ready_marker
+        ready_when_running = state_file is not None and seed_after is None
         self._check_spec(spec)
         current = self.status(spec)
         if current.state != State.STOPPED:
@@ -275,8 +293,8 @@ class QemuBackend(SupervisedBackend):
             "argv": self.command_line(spec, qemu, boot, accel, inner, state_file),
             "console_log": str(spec.console_log.absolute()),
             # a restored machine is up already: it prints no marker, and is ready once QEMU runs it
-            "ready_marker": None if state_file else self.ready_marker,
-            "error_marker": None if state_file else ERROR_MARKER,
+            "ready_marker": None if ready_when_running else ready_marker,
+            "error_marker": None if ready_when_running else ERROR_MARKER,
             "remove_after": [str(self.qmp_path(spec))],
             "isolation": isolation.to_json(),
         })
@@ -287,7 +305,9 @@ class QemuBackend(SupervisedBackend):
             record = self._wait_for_machine(spec, deadline)
             self._confirm_forwards(spec, forwards, inner, record, deadline)
             if state_file is not None:
-                self._wait_restored(spec, deadline)
+                self._wait_restored(spec, deadline, mark_ready=ready_when_running)
+            if seed_after is not None:
+                self._plug_seed(spec, seed_after)
             if not wait:
                 return self.status(spec)
             self._wait_until_ready(spec, deadline)
@@ -325,7 +345,7 @@ class QemuBackend(SupervisedBackend):
                                     "time")
             time.sleep(0.01)  # QEMU opens them within a tenth of a second: a coarse poll would be most of the wait
 
-    def _wait_restored(self, spec: MachineSpec, deadline: float) -> None:
+    def _wait_restored(self, spec: MachineSpec, deadline: float, mark_ready: bool = True) -> None:
         """A machine started from a saved state is ready once QEMU has loaded it and runs it. A state is written
         from a paused machine (`save_state`), and QEMU keeps the loaded one paused too: it is told to go on."""
         while (runstate := self._runstate(spec)) != "running":
@@ -339,7 +359,100 @@ class QemuBackend(SupervisedBackend):
             if time.monotonic() > deadline:
                 raise self._failure(spec, "did not run its restored state in time")
             time.sleep(0.01)  # a restore is a fraction of a second (docs/benchmarks.md); poll finely
-        RunDir(spec.run_dir).ready.write_text(f"{time.time()}\n")
+        if mark_ready:
+            RunDir(spec.run_dir).ready.write_text(f"{time.time()}\n")
+
+    # ---- warm starts: one saved boot of an image, shared by its fresh machines
+
+    def warm_refusal(self, spec: MachineSpec) -> str:
+        if not self.warm:
+            return "warm starts are turned off (LABKIT_QEMU_WARM=0)"
+        if spec.seed is None:
+            return "it has no seed disk to take its name and keys from"
+        if spec.kernel_args:
+            return "it has kernel arguments of its own, which only a boot reads"
+        if nic_links(spec):
+            return "it is on lab networks, whose cards the saved state does not have"
+        if spec.overlay.is_file() and get_overlay(self.overlay_kind).info(spec.overlay).allocated_bytes:
+            return "its disk has been written: only a fresh machine starts from the image's warm state"
+        return ""
+
+    def _warm_folder(self, image: Path, memory_mb: int) -> Path:
+        """``<image's folder>/warm/<key>``: the key names everything the saved state depends on (QEMU, accelerator,
+        kernel and initrd, memory, the warm boot's devices); the image's version is the folder it is in."""
+        qemu = self._find(self.qemu_binary)
+        boot = self.boot()
+        parts = [WARM_FORMAT, qemu, str(os.stat(qemu).st_mtime_ns), self.accelerator(), str(image.absolute()),
+                 str(max(memory_mb, MIN_MEMORY_MB)), " ".join(boot.args)]
+        for path in (boot.kernel, boot.initrd):
+            parts += [str(path), str(path.stat().st_mtime_ns), str(path.stat().st_size)]
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+        return image.parent / WARM_DIR / f"{max(memory_mb, MIN_MEMORY_MB)}m-{key}"
+
+    def warm_state(self, image: Path, memory_mb: int) -> WarmState | None:
+        folder = self._warm_folder(image, memory_mb)
+        found = WarmState(folder / WARM_DISK, folder / WARM_STATE)
+        return found if found.disk.is_file() and found.state.is_file() else None
+
+    def make_warm(self, image: Path, memory_mb: int, run_dir: Path, *, timeout: float = 300.0,
+                  progress: Reporter = silent) -> WarmState:
+        """Boot ``image`` with ``labkit.warm=`` and no seed until the guest prints the warm marker (booted, idle,
+        waiting for its seed disk), save its running state and disk, and publish both in one rename. Starts that
+        want the same state meanwhile wait for it (a lock), so a class start boots the image once."""
+        folder = self._warm_folder(image, memory_mb)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with locked(folder.parent / ".lock"):
+            found = self.warm_state(image, memory_mb)
+            if found is not None:
+                return found
+            work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+            name = f"warm-{secrets.token_hex(4)}"
+            spec = MachineSpec(name=name, image=image, overlay=work / WARM_DISK, run_dir=run_dir / name,
+                               console_log=work / "console.log", memory_mb=memory_mb,
+                               kernel_args=(f"{WARM_KERNEL_ARG}={SEED_DEVICE}",), outbound=False)
+            try:
+                get_overlay(self.overlay_kind).create(image, spec.overlay)
+                progress(ProgressEvent("warm", message=f"booting {image.parent.parent.name} once to save it warm"))
+                self._start(spec, wait=True, timeout=timeout, progress=progress, ready_marker=WARM_MARKER)
+                self.save_state(spec, work / WARM_STATE)
+                self._teardown(spec)
+                (work / "console.log").unlink(missing_ok=True)
+                work.rename(folder)
+            finally:
+                if self.status(spec).state != State.STOPPED:
+                    self._teardown(spec)
+                shutil.rmtree(spec.run_dir, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
+        progress(ProgressEvent("warm", message="warm state saved"))
+        return WarmState(folder / WARM_DISK, folder / WARM_STATE)
+
+    def start_warm(self, spec: MachineSpec, warm: WarmState, *, timeout: float = 60.0,
+                   progress: Reporter = silent) -> MachineStatus:
+        reason = self.warm_refusal(spec)
+        if reason:
+            raise StateError(f"machine {spec.name} cannot start from a warm state: {reason}")
+        current = self.status(spec)
+        if current.state != State.STOPPED:
+            raise StateError(f"cannot start machine {spec.name}: it is already {current.state}", current.state)
+        assert spec.seed is not None  # warm_refusal
+        if not spec.seed.is_file():
+            raise NotFoundError(f"seed disk {spec.seed} of machine {spec.name} does not exist")
+        sparse_copy(warm.disk, spec.overlay, overwrite=True)  # a fresh overlay of the same image, as the state's
+        progress(ProgressEvent("boot", message=f"starting {spec.name} from its image's warm state"))
+        return self._start(replace(spec, seed=None), wait=True, timeout=timeout, progress=progress,
+                           state_file=warm.state, seed_after=spec.seed)
+
+    def _plug_seed(self, spec: MachineSpec, seed: Path) -> None:
+        """Plug the seed disk into the running guest (PCI hotplug), with the time as its serial number: the guest
+        waiting in its warm state sets its clock from it, then applies the seed."""
+        try:
+            with self.qmp(spec, timeout=10.0) as qmp:
+                qmp.cmd("blockdev-add", **{"driver": "raw", "node-name": "seed", "read-only": True,
+                                           "file": {"driver": "file", "filename": str(seed.absolute())}})
+                qmp.cmd("device_add", driver="virtio-blk-pci", drive="seed", id="seed-disk",
+                        serial=f"{time.time():.3f}")
+        except QmpError as err:
+            raise self._failure(spec, f"could not be given its seed disk: {err}") from err
 
     # ---- stop, kill
 
