@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from labkit.services.db import Database
     from labkit.services.images import Images
     from labkit.services.machines import Machines
+    from labkit.services.sqlite_status import StatusReader
 
 
 @dataclass
@@ -57,6 +58,14 @@ class App:
         from labkit.services.machines import Machines
 
         return Machines(self.settings, self.db)
+
+    def status_reader(self) -> StatusReader | None:
+        """A read-only reader of a SQLite database for the status commands, which then import no SQLAlchemy; None
+        when the ORM path has to answer (another database, none yet, a schema to migrate). See
+        `labkit.services.sqlite_status`."""
+        from labkit.services.sqlite_status import StatusReader
+
+        return StatusReader.open(self.settings)
 
     def close(self) -> None:
         for closer in reversed(self._closers):
