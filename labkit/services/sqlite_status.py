@@ -1,5 +1,5 @@
-"""Read-only status views straight from a SQLite database, without SQLAlchemy: ``labkit vm status``,
-``labkit course status``.
+"""Read-only status views straight from a SQLite database, without SQLAlchemy: ``labkit vm status``, ``labkit
+course status``, ``labkit gradebook`` (and ``--runs``).
 
 Importing SQLAlchemy and declaring the mapped models alone takes longer than the CLI's budget for a status command
 (docs/benchmarks.md, "A snappy CLI"), so when the database is a SQLite file these commands read it here, through
@@ -31,6 +31,14 @@ from urllib.parse import quote
 from labkit.config import Settings
 from labkit.errors import DatabaseError, NotFoundError
 from labkit.runtime import get_backend
+from labkit.services.grade_choice import (
+    DEFAULT_POLICY,
+    GRADED_KINDS,
+    Gradebook,
+    book_of,
+    gradebook_table,
+    history_of,
+)
 from labkit.services.machine_truth import MachineView, facts, machine_spec, machine_view, recorded
 from labkit.services.roster import check_student_id
 
@@ -50,6 +58,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "course_labs": ("id", "course_id", "lab_id"),
     "students": ("id", "course_id", "sid", "archived_at"),
     "assignments": ("id", "student_id", "course_lab_id", "machine", "machine_id"),
+    "grade_runs": ("id", "course_id", "kind", "actor", "lab_filter", "student_filter", "started_at", "finished_at"),
+    "grade_results": ("id", "run_id", "student_id", "course_lab_id", "submission_id", "check_id", "title", "hidden",
+                      "passed", "points", "max_points", "feedback", "evidence", "transport", "duration",
+                      "skipped_reason", "unchecked"),
+    "submissions": ("id", "created_at"),
 }
 
 _MACHINES = """
@@ -92,6 +105,45 @@ class MachineRow:
                    _json(forwards), _json(networks), _json(host_ports), bool(outbound), state,  # type: ignore[arg-type]
                    pid, supervisor_pid, _json(bound_forwards), _moment(started_at),  # type: ignore[arg-type]
                    image_path, f"{image_name}:{version}")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """A stored check result (`grade_choice.ResultFacts`)."""
+
+    id: int
+    student_id: int
+    course_lab_id: int
+    submission_id: int | None
+    check_id: str
+    title: str
+    hidden: bool
+    passed: bool
+    points: float
+    max_points: float
+    feedback: str
+    evidence: str
+    transport: str
+    duration: float
+    skipped_reason: str | None
+    unchecked: str | None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A grading run (`grade_choice.RunFacts`)."""
+
+    id: int
+    kind: str
+    started_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SubmissionRow:
+    """A submission as a grade's source names it (`grade_choice.SubmissionFacts`)."""
+
+    id: int
+    created_at: dt.datetime
 
 
 def _json(value: object) -> object:
@@ -226,3 +278,58 @@ class StatusReader:
                  "state": by_name[name].state, "forwards": by_name[name].forwards, "uptime": by_name[name].uptime,
                  "overlay_bytes": by_name[name].overlay_bytes, "memory_mb": memory_mb}
                 for sid, lab_id, lab_machine, name, memory_mb in targets], stale
+
+    # ---- grades ------------------------------------------------------------------------------------------------
+    def _course(self, name: str) -> int:
+        """The course's key; else the `NotFoundError` of `labkit.services.lookup.course_by_name`."""
+        found = self._rows("SELECT id FROM courses WHERE name = ?", name)
+        if not found:
+            known = [str(row[0]) for row in self._rows("SELECT name FROM courses ORDER BY name")]
+            raise NotFoundError(f"no course named {name!r}" + (f"; courses: {', '.join(known)}" if known else ""))
+        return int(found[0][0])  # type: ignore[call-overload]
+
+    def gradebook(self, course: str, detail: bool = False) -> Gradebook:
+        """`Grades.gradebook`: every student × lab, the grade each lab's policy chooses."""
+        course_pk = self._course(course)
+        labs = self._rows("SELECT id, lab_id, grade_policy FROM course_labs WHERE course_id = ? ORDER BY id", course_pk)
+        students = self._rows("SELECT id, sid, name, email, archived_at FROM students WHERE course_id = ? ORDER BY sid",
+                              course_pk)
+        pairs = [(ResultRow(pk, student, lab, submission, check, title, bool(hidden), bool(passed), float(points),
+                            float(max_points), feedback, evidence, transport, float(duration), skipped, unchecked),
+                  RunRow(run, kind, _moment(started_at)))  # type: ignore[arg-type]
+                 for (pk, student, lab, submission, check, title, hidden, passed, points, max_points, feedback,
+                      evidence, transport, duration, skipped, unchecked, run, kind, started_at) in self._rows(
+                     "SELECT r.id, r.student_id, r.course_lab_id, r.submission_id, r.check_id, r.title, r.hidden, "
+                     "r.passed, r.points, r.max_points, r.feedback, r.evidence, r.transport, r.duration, "
+                     "r.skipped_reason, r.unchecked, g.id, g.kind, g.started_at "
+                     "FROM grade_results AS r JOIN grade_runs AS g ON g.id = r.run_id "
+                     f"WHERE g.course_id = ? AND g.kind IN ({', '.join('?' * len(GRADED_KINDS))}) "
+                     "ORDER BY g.id, r.id", course_pk, *GRADED_KINDS)]
+
+        def submissions_of(ids: set[int]) -> dict[int, SubmissionRow]:
+            return {int(pk): SubmissionRow(int(pk), _moment(created_at))  # type: ignore[arg-type, call-overload]
+                    for pk, created_at in self._rows(
+                        f"SELECT id, created_at FROM submissions WHERE id IN ({', '.join('?' * len(ids))})", *ids)}
+
+        history = history_of(pairs, {pk: sid for pk, sid, *_ in students},  # type: ignore[misc, arg-type]
+                             {pk: lab_id for pk, lab_id, _ in labs}, submissions_of)  # type: ignore[misc]
+        book = book_of(history, {str(lab_id): str(policy or DEFAULT_POLICY) for _, lab_id, policy in labs})
+        return gradebook_table([(str(lab_id), policy) for _, lab_id, policy in labs],  # type: ignore[misc]
+                               [(str(sid), str(name), str(email), archived_at is not None)
+                                for _, sid, name, email, archived_at in students], book, detail)
+
+    def grade_runs(self, course: str, limit: int = 20) -> list[dict[str, object]]:
+        """`Grades.runs`: the latest grading runs of the course, newest first."""
+        course_pk = self._course(course)
+        runs = []
+        for pk, kind, actor, lab, student, started_at, finished_at, results, not_checked in self._rows(
+                "SELECT g.id, g.kind, g.actor, g.lab_filter, g.student_filter, g.started_at, g.finished_at, "
+                "(SELECT count(*) FROM grade_results AS r WHERE r.run_id = g.id), "
+                "(SELECT count(*) FROM grade_results AS r WHERE r.run_id = g.id AND r.unchecked IS NOT NULL) "
+                "FROM grade_runs AS g WHERE g.course_id = ? ORDER BY g.id DESC LIMIT ?", course_pk, limit):
+            finished = _moment(finished_at)
+            runs.append({"id": pk, "kind": kind, "actor": actor, "lab": lab, "student": student,
+                         "started_at": _moment(started_at).isoformat(),  # type: ignore[union-attr]
+                         "finished_at": finished.isoformat() if finished else None, "results": results,
+                         "not_checked": not_checked})
+        return runs

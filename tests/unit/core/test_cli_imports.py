@@ -84,7 +84,7 @@ def test_the_command_table_names_each_command_where_it_is_defined() -> None:
 
 def test_status_commands_on_sqlite_import_nothing_heavy(tmp_path: Path, cli_env: dict[str, str],
                                                         lk_settings: Settings) -> None:
-    """With a SQLite database, ``vm status`` and ``course status`` read it through `sqlite3`
+    """With a SQLite database, ``vm status``, ``course status`` and ``gradebook`` read it through `sqlite3`
     (`labkit.services.sqlite_status`): no SQLAlchemy, no Alembic, nothing else heavy."""
     from click.testing import CliRunner
 
@@ -99,7 +99,9 @@ def test_status_commands_on_sqlite_import_nothing_heavy(tmp_path: Path, cli_env:
         done = CliRunner().invoke(main, args, env=cli_env, catch_exceptions=False)
         assert done.exit_code == 0, done.output
     for args, shown in ((["vm", "status"], "stopped"), (["vm", "status", "c1s1l1-box", "--json"], '"stopped"'),
-                        (["course", "status", "quick"], "alice"), (["course", "status", "quick", "--json"], "bob")):
+                        (["course", "status", "quick"], "alice"), (["course", "status", "quick", "--json"], "bob"),
+                        (["gradebook", "quick"], "never graded"), (["grades", "quick", "--json"], "bob"),
+                        (["gradebook", "quick", "--runs"], "")):
         modules, out = loaded(tmp_path, cli_env, *args)
         assert shown in out, (args, out)
         assert modules & HEAVY == set(), (args, modules & HEAVY)

@@ -27,7 +27,7 @@ from labkit.runtime.rundir import RunDir
 from labkit.services import db as db_module
 from labkit.services import sqlite_status
 from labkit.services.db import Database
-from labkit.services.models import Base, Event, Machine
+from labkit.services.models import Base, Course, CourseLab, Event, GradeResult, GradeRun, Machine, Submission
 from labkit.services.sqlite_status import TABLES, StatusReader
 
 LABS = Path(__file__).resolve().parents[3] / "labs"
@@ -233,3 +233,79 @@ def test_every_table_and_column_the_reader_names_exists(lk_settings: Settings) -
     statements = sqlite_status._MACHINES + Path(sqlite_status.__file__).read_text()
     named = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", statements))
     assert named <= set(TABLES), named - set(TABLES)
+
+
+GRADE_COMMANDS = [
+    ("gradebook", "net101"), ("gradebook", "net101", "--json"), ("gradebook", "net101", "--detail"),
+    ("grades", "net101", "--detail", "--json"), ("gradebook", "other"), ("gradebook", "net101", "--runs"),
+    ("gradebook", "net101", "--runs", "--json"), ("gradebook", "nosuch"), ("gradebook", "nosuch", "--runs"),
+]
+
+
+def _store_grades(settings: Settings) -> None:
+    """Grading runs as the grading service stores them: live grades and submission grades, complete and not, a
+    hidden check, a regrade, a self-check, a submission since deleted; several runs per student and lab."""
+    db = Database(settings)
+    try:
+        with db.transaction() as session:
+            course = session.scalar(select(Course).where(Course.name == "net101"))
+            assert course is not None
+            students = {s.sid: s for s in course.students}
+            intro, two = course.labs
+            when = dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC)
+            kept = Submission(student_id=students["zoe"].id, course_lab_id=two.id, actor="zoe", disks={},
+                              created_at=when + dt.timedelta(minutes=30))
+            session.add(kept)
+            session.flush()
+
+            def run(kind: str, minutes: int, lab: CourseLab, sid: str, scores: list[tuple[str, float, str | None]],
+                    submission: int | None = None) -> None:
+                graded = GradeRun(course_id=course.id, kind=kind, actor="teacher",
+                                  started_at=when + dt.timedelta(minutes=minutes),
+                                  finished_at=when + dt.timedelta(minutes=minutes, seconds=42))
+                for check, points, unchecked in scores:
+                    graded.results.append(GradeResult(
+                        student_id=students[sid].id, course_lab_id=lab.id, submission_id=submission, check_id=check,
+                        title=f"the {check} check", hidden=check.startswith("hidden"), passed=points >= 2,
+                        points=points, max_points=2.0, feedback=f"feedback on {check}", evidence="seen",
+                        transport="offline", duration=0.25, unchecked=unchecked))
+                session.add(graded)
+
+            run("grade", 0, intro, "zoe", [("one", 2.0, None), ("hidden-two", 1.5, None)])
+            run("grade", 10, intro, "zoe", [("one", 2.0, None), ("hidden-two", 0.0, "machine box is stopped")])
+            run("grade", 20, intro, "alice", [("one", 1.0, None), ("hidden-two", 2.0, None)])
+            run("grade", 25, intro, "alice", [("one", 2.0, None), ("hidden-two", 1.0, None)])
+            run("submit", 30, two, "zoe", [("lan", 2.0, None), ("route", 0.5, None)], submission=kept.id)
+            run("submit", 35, two, "alice", [("lan", 2.0, None), ("route", 2.0, None)])  # its submission is gone
+            run("submission", 40, two, "zoe", [("lan", 2.0, None), ("route", 2.0, None)], submission=kept.id)
+            run("self-check", 45, two, "alice", [("lan", 0.0, None)])
+            run("grade", 50, two, "bob", [("lan", 1.0, None), ("route", 0.0, "machine b was never started")])
+    finally:
+        db.close()
+
+
+def test_both_paths_print_the_same_gradebook(populated: dict[str, str], cli_env: dict[str, str],
+                                             lk_settings: Settings, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grades of every kind, complete and not, under each policy; a real `labkit grade` of machines it cannot look
+    at adds runs of checks not checked."""
+    _store_grades(lk_settings)
+    cli(cli_env, "grade", "net101")  # exits 3: the machines' checks could not be checked
+    ok(cli_env, "course", "policy", "net101", "two-hosts", "latest")
+    fast = {args: cli(cli_env, *args) for args in GRADE_COMMANDS}
+    csv_fast = tmp_path / "fast.csv"
+    ok(cli_env, "gradebook", "net101", "--detail", "--csv", str(csv_fast))
+    monkeypatch.setattr(App, "status_reader", lambda self: None)
+    orm = {args: cli(cli_env, *args) for args in GRADE_COMMANDS}
+    csv_orm = tmp_path / "orm.csv"
+    ok(cli_env, "gradebook", "net101", "--detail", "--csv", str(csv_orm))
+    for args in GRADE_COMMANDS:
+        assert fast[args] == orm[args], args
+    assert csv_fast.read_bytes() == csv_orm.read_bytes()
+    book = orm["gradebook", "net101", "--detail"][1]
+    for shown in ("best: best of 2 grades: live (run 4", "latest: latest grade: regrade from the frozen disks of "
+                  "submission 1", "latest: latest grade: submission (since deleted)",
+                  "not graded: 1 of 2 checks could not be checked: machine b was never started"):
+        assert shown in book, (shown, book)
+    assert orm["gradebook", "nosuch"][2] == "labkit: error: no course named 'nosuch'; courses: net101, other\n"
+    assert len(orm["gradebook", "net101", "--runs"][1].splitlines()) == 10
