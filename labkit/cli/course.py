@@ -276,16 +276,8 @@ def policy(app: App, name: str, lab: str | None, policy: str | None, as_json: bo
 @pass_app
 def status(app: App, name: str, student: str | None, machine: str | None, lab: str | None, as_json: bool) -> None:
     """Every student machine (or those selected): its labkit name, state, uptime, overlay size, forwards."""
-    reader = app.status_reader()
-    if reader is None:
-        rows = app.courses.status(name, student, machine, lab)
-    else:
-        try:
-            rows, stale = reader.course_status(name, student, machine, lab)
-        finally:
-            reader.close()
-        if stale:  # records out of date (a machine found stopped): the machine service writes them, as it would
-            app.machines.write_back(stale)
+    rows = app.read_status(lambda reader: reader.course_status(name, student, machine, lab),
+                           lambda: app.courses.status(name, student, machine, lab))
     if as_json:
         echo_json(rows)
     elif not rows:

@@ -110,16 +110,7 @@ def resume(app: App, name: str) -> None:
 @pass_app
 def status(app: App, name: str | None, as_json: bool) -> None:
     """Show the true state of one machine or all, reconciled with the running processes."""
-    reader = app.status_reader()
-    if reader is None:
-        views = app.machines.status(name)
-    else:
-        try:
-            views, stale = reader.machines(name)
-        finally:
-            reader.close()
-        if stale:  # records out of date (a machine found stopped): the machine service writes them, as it would
-            app.machines.write_back(stale)
+    views = app.read_status(lambda reader: reader.machines(name), lambda: app.machines.status(name))
     if as_json:
         echo_json([dataclasses.asdict(v) for v in views])
     elif not views:
