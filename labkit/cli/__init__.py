@@ -7,8 +7,9 @@ A `LabkitError` becomes one line on stderr and exit code 1; ``LABKIT_DEBUG=1`` s
 A snappy CLI (docs/benchmarks.md, "A snappy CLI"): the root group imports a command's module only when that command
 runs (`COMMANDS`), and a command module imports the heavy layers (the services and their SQLAlchemy models, lab
 templates with Jinja2, guests with paramiko and pexpect, the web app) inside the verbs that use them, mostly through
-`App`; so ``labkit --help`` imports none of them and ``labkit lab validate`` no database. tests/unit/test_cli_imports.py
-guards this.
+`App`; so ``labkit --help`` imports none of them and ``labkit lab validate`` no database. The status commands read a
+SQLite database through `sqlite3`, without SQLAlchemy (`App.read_status`). tests/unit/core/test_cli_imports.py guards
+this.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from labkit.services.db import Database
     from labkit.services.images import Images
     from labkit.services.machines import Machines
+    from labkit.services.sqlite_status import StatusReader
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +61,28 @@ class App:
         from labkit.services.machines import Machines
 
         return Machines(self.settings, self.db)
+
+    def status_reader(self) -> StatusReader | None:
+        """A read-only reader of a SQLite database for the status commands, which then import no SQLAlchemy; None
+        when the ORM path has to answer (another database, none yet, a schema to migrate). See
+        `labkit.services.sqlite_status`."""
+        from labkit.services.sqlite_status import StatusReader
+
+        return StatusReader.open(self.settings)
+
+    def read_status(self, fast: Callable[[StatusReader], tuple[T, list[str]]], orm: Callable[[], T]) -> T:
+        """A status view: ``fast`` on the read-only SQLite reader when there is one, else ``orm``. The machines whose
+        records ``fast`` found out of date go to the machine service, which writes them as the ORM path would."""
+        reader = self.status_reader()
+        if reader is None:
+            return orm()
+        try:
+            value, stale = fast(reader)
+        finally:
+            reader.close()
+        if stale:
+            self.machines.write_back(stale)
+        return value
 
     def close(self) -> None:
         for closer in reversed(self._closers):

@@ -276,7 +276,8 @@ def policy(app: App, name: str, lab: str | None, policy: str | None, as_json: bo
 @pass_app
 def status(app: App, name: str, student: str | None, machine: str | None, lab: str | None, as_json: bool) -> None:
     """Every student machine (or those selected): its labkit name, state, uptime, overlay size, forwards."""
-    rows = app.courses.status(name, student, machine, lab)
+    rows = app.read_status(lambda reader: reader.course_status(name, student, machine, lab),
+                           lambda: app.courses.status(name, student, machine, lab))
     if as_json:
         echo_json(rows)
     elif not rows:

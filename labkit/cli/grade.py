@@ -159,9 +159,8 @@ def _print_checks(grade, show_evidence: bool) -> None:  # type: ignore[no-untype
 def gradebook(app: App, course: str, csv_path: Path | None, detail: bool, show_runs: bool, as_json: bool) -> None:
     """The gradebook of COURSE: each student's grade in each lab, chosen by the lab's policy (best, latest or
     submission; 'labkit course policy'), and a status column saying which grade it is or why there is none."""
-    grading = _grading(app)
     if show_runs:
-        runs = grading.runs(course)
+        runs = app.read_status(lambda reader: (reader.grade_runs(course), []), lambda: _grading(app).runs(course))
         if as_json:
             echo_json(runs)
             return
@@ -172,7 +171,8 @@ def gradebook(app: App, course: str, csv_path: Path | None, detail: bool, show_r
                        + (f"  lab {run['lab']}" if run["lab"] else "")
                        + (f"  student {run['student']}" if run["student"] else ""))
         return
-    book = grading.gradebook(course, detail)
+    book = app.read_status(lambda reader: (reader.gradebook(course, detail), []),
+                           lambda: _grading(app).gradebook(course, detail))
     if csv_path is not None:
         write_csv(csv_path, book.columns, book.rows)
         click.echo(f"wrote {len(book.rows)} students to {csv_path}", err=True)

@@ -110,7 +110,7 @@ def resume(app: App, name: str) -> None:
 @pass_app
 def status(app: App, name: str | None, as_json: bool) -> None:
     """Show the true state of one machine or all, reconciled with the running processes."""
-    views = app.machines.status(name)
+    views = app.read_status(lambda reader: reader.machines(name), lambda: app.machines.status(name))
     if as_json:
         echo_json([dataclasses.asdict(v) for v in views])
     elif not views:

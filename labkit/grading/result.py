@@ -104,3 +104,12 @@ class CheckResult:
 def unchecked_reasons(results: Iterable[CheckResult]) -> list[str]:
     """The distinct reasons why checks of ``results`` could not be checked (empty: everything was checked)."""
     return list(dict.fromkeys(r.unchecked for r in results if r.unchecked is not None))
+
+
+def total(results: Iterable[CheckResult]) -> tuple[float, float]:
+    """(points, max points) over ``results``."""
+    points = max_points = 0.0
+    for result in results:
+        points += result.points
+        max_points += result.max_points
+    return points, max_points

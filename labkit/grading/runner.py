@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from labkit.grading.checks import make_check
-from labkit.grading.result import CheckResult
+from labkit.grading.result import CheckResult, total
 from labkit.labs.model import CheckDef, Lab
 from labkit.labs.render import render_check
 
@@ -114,10 +114,4 @@ def _grade_one(lab: Lab, check: CheckDef, index: int, guests: Mapping[str, Any],
     return result
 
 
-def total(results: Iterable[CheckResult]) -> tuple[float, float]:
-    """(points, max points) over ``results``."""
-    points = max_points = 0.0
-    for result in results:
-        points += result.points
-        max_points += result.max_points
-    return points, max_points
+__all__ = ["grade", "total"]

@@ -13,45 +13,34 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from labkit.atomic import locked
 from labkit.config import Settings
-from labkit.errors import NotFoundError, OverlayError, StateError
+from labkit.errors import NotFoundError, StateError
 from labkit.overlays import Overlay, get_overlay
-from labkit.runtime import backend_class, get_backend
-from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, NetworkAttachment, NetworkSpec, State
+from labkit.runtime import get_backend
+from labkit.runtime.base import Backend, MachineSpec, MachineStatus, State
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
-from labkit.services.machine_states import AT_REST, LIVE, snapshot_kind
+from labkit.services.machine_states import AT_REST, LIVE
+from labkit.services.machine_truth import (
+    SSH_PORT,
+    MachineFacts,
+    MachineView,
+    facts,
+    machine_spec,
+    machine_view,
+    recorded,
+    shown_forwards,
+    uptime,
+)
 from labkit.services.models import Machine
 
-SSH_PORT = 22
-
-
-@dataclass(frozen=True)
-class MachineView:
-    """What ``vm status`` shows about one machine."""
-
-    name: str
-    image: str
-    backend: str
-    state: str
-    pid: int | None
-    supervisor_pid: int | None
-    forwards: list[str]
-    ssh: str | None
-    uptime: float | None
-    overlay_bytes: int
-    snapshots: list[str]
-    memory_mb: int
-    mac: str
-    console_log: str
-    #: the kind a snapshot taken now would be: "running state" (its backend keeps it, and it runs) or "disk"
-    snapshot_kind: str = "disk"
+__all__ = ["SSH_PORT", "ConsoleAccess", "MachineFacts", "MachineRecords", "MachineView", "SeedContent",
+           "shown_forwards", "uptime"]
 
 
 @dataclass(frozen=True)
@@ -74,30 +63,6 @@ class ConsoleAccess:
     password: str
 
 
-class MachineFacts(Protocol):
-    """What a machine's status needs of its record: a `Machine`, or a plain row with these names (the student
-    dashboard reads plain rows: building ORM objects for it costs more than its whole statement)."""
-
-    name: str
-    backend: str
-    overlay_path: str
-    seed_path: str
-    memory_mb: int
-    mac: str
-    forwards: list[list[int]]
-    networks: list[list[str]]
-    host_ports: list[int]
-    outbound: bool
-    state: str
-    pid: int | None
-    supervisor_pid: int | None
-    bound_forwards: list[list[int]]
-    started_at: dt.datetime | None
-
-    @property
-    def image_path(self) -> str: ...
-
-
 class MachineRecords:
     """Records, specs and the reconciled truth of single machines (the base of `labkit.services.machines.Machines`)."""
 
@@ -118,20 +83,7 @@ class MachineRecords:
         return self.settings.snapshots / name
 
     def spec(self, machine: MachineFacts) -> MachineSpec:
-        return MachineSpec(
-            name=machine.name,
-            image=Path(machine.image_path),
-            overlay=Path(machine.overlay_path),
-            run_dir=self.settings.run_dir / machine.name,
-            console_log=self.settings.logs / f"{machine.name}.console.log",
-            memory_mb=machine.memory_mb,
-            mac=machine.mac,
-            seed=Path(machine.seed_path),
-            forwards=tuple(Forward(host, guest) for host, guest in machine.forwards),
-            networks=tuple(NetworkAttachment(NetworkSpec(net, Path(folder))) for net, folder in machine.networks),
-            host_ports=tuple(machine.host_ports or ()),
-            outbound=bool(machine.outbound),
-        )
+        return machine_spec(self.settings, machine)
 
     def _backend(self, machine: MachineFacts) -> Backend:
         return get_backend(machine.backend)
@@ -183,7 +135,7 @@ class MachineRecords:
         the student dashboard shows only state, uptime and forwards, and a whole class reloads it at once."""
         statuses = [self._backend(machine).status(self.spec(machine)) for machine in machines]
         stale = [machine.name for machine, status in zip(machines, statuses, strict=True)
-                 if _recorded(machine) != _facts(status, machine)]
+                 if recorded(machine) != facts(status, machine)]
         return statuses, stale
 
     def write_back(self, stale: list[str]) -> None:
@@ -198,25 +150,13 @@ class MachineRecords:
         if status.state == State.STOPPED and machine.state in {s.value for s in LIVE}:
             record(session, "labkit", "found-stopped", machine.name,
                    f"recorded as {machine.state}, but its processes are gone")
-        for key, value in _facts(status, machine).items():
+        for key, value in facts(status, machine).items():
             setattr(machine, key, value)
         return status
 
     def _view(self, machine: Machine, status: MachineStatus) -> MachineView:
-        overlay = Path(machine.overlay_path)
-        try:
-            allocated = self._overlay(machine).info(overlay).allocated_bytes if overlay.exists() else 0
-        except OverlayError:  # a damaged overlay must not hide every other machine's status; start says what is wrong
-            allocated = 0
-        ssh = next((f.host_port for f in status.forwards if f.guest_port == SSH_PORT), None)
-        return MachineView(
-            name=machine.name, image=machine.image.label, backend=machine.backend, state=status.state.value,
-            pid=status.pid, supervisor_pid=status.supervisor_pid, forwards=shown_forwards(machine, status),
-            ssh=f"ssh -p {ssh} -i {self.settings.keys / 'labkit_ed25519'} root@127.0.0.1" if ssh else None,
-            uptime=uptime(status), overlay_bytes=allocated, snapshots=[s.name for s in machine.snapshots],
-            memory_mb=machine.memory_mb, mac=machine.mac, console_log=str(self.spec(machine).console_log),
-            snapshot_kind=snapshot_kind(backend_class(machine.backend).capabilities.ram_snapshots, status.state),
-        )
+        return machine_view(self.settings, machine, machine.overlay_kind, machine.image.label,
+                            [s.name for s in machine.snapshots], status)
 
     def _settle(self, name: str, status: MachineStatus, action: str, detail: str = "") -> MachineView:
         """Record what a backend verb left the machine in."""
@@ -243,32 +183,3 @@ class MachineRecords:
                 raise StateError(f"cannot {action} machine {name} while it is {status.state.value}; stop it first",
                                  status.state)
             yield session, machine
-
-
-def uptime(status: MachineStatus) -> float | None:
-    """Seconds since a live machine's linux started; None when it is not live."""
-    if status.started_at is None or status.state not in LIVE:
-        return None
-    return max(0.0, dt.datetime.now(dt.UTC).timestamp() - status.started_at)
-
-
-def shown_forwards(machine: MachineFacts, status: MachineStatus) -> list[str]:
-    """``host:guest`` pairs: the ports bound now, else the configured ones (host port 0 until a start picks one)."""
-    return [str(f) for f in (status.forwards or tuple(Forward(h, g) for h, g in machine.forwards))]
-
-
-def _facts(status: MachineStatus, machine: MachineFacts) -> dict[str, object]:
-    """What a machine's record should say, given its processes' ``status``."""
-    if status.started_at is not None:
-        started_at: dt.datetime | None = dt.datetime.fromtimestamp(status.started_at, dt.UTC)
-    else:
-        started_at = None if status.state == State.STOPPED else machine.started_at
-    return {"state": status.state.value, "pid": status.pid, "supervisor_pid": status.supervisor_pid,
-            "bound_forwards": [[f.host_port, f.guest_port] for f in status.forwards], "started_at": started_at}
-
-
-def _recorded(machine: MachineFacts) -> dict[str, object]:
-    return {"state": machine.state, "pid": machine.pid, "supervisor_pid": machine.supervisor_pid,
-            "bound_forwards": [list(pair) for pair in machine.bound_forwards or []],
-            "started_at": machine.started_at}
-

@@ -80,3 +80,28 @@ def test_the_command_table_names_each_command_where_it_is_defined() -> None:
         command = main.get_command(ctx, name)
         assert isinstance(command, click.Command) and command.name == name
 
+
+
+def test_status_commands_on_sqlite_import_nothing_heavy(tmp_path: Path, cli_env: dict[str, str],
+                                                        lk_settings: Settings) -> None:
+    """With a SQLite database, ``vm status``, ``course status`` and ``gradebook`` read it through `sqlite3`
+    (`labkit.services.sqlite_status`): no SQLAlchemy, no Alembic, nothing else heavy."""
+    from click.testing import CliRunner
+
+    from labkit.images.recipe import find_recipe
+    from labkit.images.store import ImageStore
+
+    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,Bob,b@example.org\n")
+    for args in (["course", "create", "quick", "--lab", str(REPO / "labs" / "intro-shell"), "--no-owner"],
+                 ["course", "roster", "quick", str(roster)], ["course", "provision", "quick"]):
+        done = CliRunner().invoke(main, args, env=cli_env, catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+    for args, shown in ((["vm", "status"], "stopped"), (["vm", "status", "c1s1l1-box", "--json"], '"stopped"'),
+                        (["course", "status", "quick"], "alice"), (["course", "status", "quick", "--json"], "bob"),
+                        (["gradebook", "quick"], "never graded"), (["grades", "quick", "--json"], "bob"),
+                        (["gradebook", "quick", "--runs"], "")):
+        modules, out = loaded(tmp_path, cli_env, *args)
+        assert shown in out, (args, out)
+        assert modules & HEAVY == set(), (args, modules & HEAVY)
