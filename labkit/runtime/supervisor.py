@@ -37,18 +37,19 @@ import subprocess
 import sys
 import termios
 import time
-import traceback
 import tty
 from pathlib import Path
-from typing import Any
 
 import labkit
 from labkit.atomic import write_atomic
-from labkit.errors import RuntimeBackendError
 from labkit.logtail import tail
 from labkit.runtime.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.rundir import RunDir
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see "Memory" above)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).
 CLIENT_BUFFER_LIMIT = 1 << 20
@@ -165,6 +166,8 @@ class Supervisor:
         try:
             code = self._loop()
         except BaseException:
+            import traceback  # only on this way out: not worth its memory in every supervisor
+
             traceback.print_exc()
             self._end_machine()
             code = self.proc.wait()
@@ -391,6 +394,10 @@ class Supervisor:
 
 # ---- the backend's side: starting a supervisor, reading what it wrote
 
+#: Python's flags for the supervisor: no `site` (it would read every .pth file of the environment and import what
+#: they name; the supervisor needs the standard library and labkit only, and labkit is on the PYTHONPATH we give it)
+SUPERVISOR_FLAGS = ("-S",)
+
 #: a kernel stack frame (`` [<6069f509>] dump_stack+0x1a/0x1c``): a panic prints dozens after the line that says why
 _STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
 
@@ -409,13 +416,15 @@ def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
 def spawn_supervisor(run_dir: Path, name: str, python: str = sys.executable) -> None:
     """Start the supervisor of the machine whose ``supervisor.json`` is in ``run_dir``, detached in a session of its
     own (it outlives the caller); return once it has detached."""
+    from labkit.errors import RuntimeBackendError  # the caller's side: the supervisor itself never needs it
+
     run = RunDir(run_dir)
     env = dict(os.environ)
     package_root = str(Path(labkit.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(run.supervisor_log, "ab") as log:
         launcher = subprocess.Popen(
-            [python, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
+            [python, *SUPERVISOR_FLAGS, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
             cwd=run_dir, env=env)
     try:
