@@ -413,20 +413,27 @@ def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
     return "\n".join(said[-lines:]) or "(console log is empty)"
 
 
+def supervisor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's environment: ours, with the folder labkit is imported from first on PYTHONPATH. Under
+    `SUPERVISOR_FLAGS` (no `site`) that is how it finds labkit, whether labkit is installed in site-packages, as an
+    editable install, or run from a source tree."""
+    env = dict(os.environ if environ is None else environ)
+    package_root = str(Path(labkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def spawn_supervisor(run_dir: Path, name: str, python: str = sys.executable) -> None:
     """Start the supervisor of the machine whose ``supervisor.json`` is in ``run_dir``, detached in a session of its
     own (it outlives the caller); return once it has detached."""
     from labkit.errors import RuntimeBackendError  # the caller's side: the supervisor itself never needs it
 
     run = RunDir(run_dir)
-    env = dict(os.environ)
-    package_root = str(Path(labkit.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(run.supervisor_log, "ab") as log:
         launcher = subprocess.Popen(
             [python, *SUPERVISOR_FLAGS, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
-            cwd=run_dir, env=env)
+            cwd=run_dir, env=supervisor_env())
     try:
         code = launcher.wait(timeout=30)
     except subprocess.TimeoutExpired as err:
