@@ -66,3 +66,9 @@ def test_supervisor_finds_labkit_installed_elsewhere(tmp_path: Path) -> None:
     loaded = _loaded(env, tmp_path)
     assert Path(str(loaded["file"])).resolve() == (site / "labkit" / "__init__.py").resolve()
     assert _forbidden(list(loaded["modules"])) == []  # type: ignore[arg-type]
+
+
+def test_supervisor_may_write_bytecode_caches() -> None:
+    """A supervisor that compiles labkit's modules from source keeps the compiler's garbage for the machine's life."""
+    env = supervisor_env({"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin"})
+    assert "PYTHONDONTWRITEBYTECODE" not in env and env["PATH"] == "/usr/bin"
