@@ -30,6 +30,35 @@ from labkit.runtime.process import process_group_members
 
 SECTION = "## Density: tiny guests at once"
 
+#: What the rows mean and what was measured by hand (written below the table with --write).
+NOTES = """
+Where a machine's memory goes (measured on this machine kind with `/proc/PID/smaps_rollup` and the guest's own
+`/proc/meminfo`):
+
+- **The guest's memory.** UML keeps it in a deleted file in /dev/shm (tmpfs), mapped shared into its processes. The
+  host allocates a page of it the first time the guest touches it and never gets it back while the guest runs: UML
+  does not return pages the guest frees (after `echo 3 > /proc/sys/vm/drop_caches` in a Debian guest, its file kept
+  all of its 68.6 MB). So the host pays for the guest's high-water mark: about 27 to 38 MB for a 64 MB `tiny` guest
+  (the kernel's slab is 10 MB of it, its page cache 6 MB, and pages touched at boot and freed), 61 to 70 MB for a 128 MB
+  Debian guest (page cache 29 MB, slab 13 MB, processes 7 MB). A smaller `mem=` caps it: `tiny` at 48 MB touched 19
+  to 23 MB; Debian at 96 MB touched 57 to 64 MB (it needs that much to boot); `tiny` at 32 MB did not boot. Smaller
+  dentry and inode hash tables (`dhash_entries=1024 ihash_entries=1024`) changed nothing measurable.
+- **The UML kernel's text** is mapped from `/usr/bin/linux.uml` and shared by every guest (Shared_Clean: 5.4 of its
+  5.8 MB resident text), so it counts once on the host. The "UML processes" row counts it, and the guest's memory, in
+  each of the three host processes that share one address space (the kernel and its two helper threads): that sum is
+  not memory spent.
+- **slirp and slirp4netns** hold 0.2 to 0.3 MB of private memory each; the rest of their resident size is shared
+  libraries.
+- **The console supervisor and its namespace agent** (one pair per machine, docs/runtime.md "Memory") were 11.9 MB
+  (Pss) before their imports were cut, 8.8 MB after (20 guests, this script); the supervisor's resident size went from
+  13.7 MB to 10.9 MB. Python itself is 2.7 MB of private memory per process; one supervisor for many machines would
+  remove most of the rest.
+
+Measured before and after the supervisor's cut, both with `--count 20` on the shared, busy machine: host memory per
+guest 47 and 56 MB before, 34 and 40 MB after (MemAvailable moves with the other work on the machine; the per-process
+rows do not).
+"""
+
 
 def rss_kb(pid: int) -> int:
     try:
@@ -140,7 +169,7 @@ def main() -> None:
             list(pool.map(lambda n: bench.machines.kill(n) if bench.machines.status(n)[0].state != "stopped"
                           else None, names))
         bench.close()
-    show_rows(SECTION, "bench/density.py", rows, args.write)
+    show_rows(SECTION, "bench/density.py", rows, args.write, NOTES)
 
 
 if __name__ == "__main__":
