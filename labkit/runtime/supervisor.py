@@ -56,6 +56,8 @@ CLIENT_BUFFER_LIMIT = 1 << 20
 #: Input waiting for the guest beyond this is dropped (a paused guest reads nothing).
 INPUT_BUFFER_LIMIT = 1 << 16
 _PR_SET_PDEATHSIG = 1
+#: personality(2) flag: no address-space randomization (what ``setarch -R`` sets)
+_ADDR_NO_RANDOMIZE = 0x0040000
 
 
 class _Client:
@@ -83,6 +85,8 @@ class Supervisor:
         self.isolation = Isolation.from_json(spec["isolation"]) if spec.get("isolation") else None
         #: the host CPU the machine's processes are kept on (`labkit.runtime.cpus`), None for any
         self.cpu: int | None = int(spec["cpu"]) if spec.get("cpu") is not None else None
+        #: run the machine process without address-space randomization (`_ADDR_NO_RANDOMIZE`; UML, docs/runtime.md)
+        self.fixed_layout = bool(spec.get("fixed_layout"))
         self.namespace: Namespace | None = None
         self.relays: Relays | None = None
         self.slirp4netns: subprocess.Popen[bytes] | None = None
@@ -132,6 +136,7 @@ class Supervisor:
         libc = ctypes.CDLL(None, use_errno=True)
         parent = os.getpid()
         cpu = self.cpu
+        fixed_layout = self.fixed_layout
 
         def die_with_supervisor() -> None:
             # If the supervisor dies (even by SIGKILL), the machine gets SIGTERM: UML tears down itself and its
@@ -141,6 +146,8 @@ class Supervisor:
                 os._exit(1)
             if join is not None:
                 Namespace.join(*join)
+            if fixed_layout:  # personality(0xffffffff) reads the current persona without changing it
+                libc.personality((libc.personality(0xFFFFFFFF) & 0xFFFFFFFF) | _ADDR_NO_RANDOMIZE)
             if cpu is not None:
                 with contextlib.suppress(OSError):  # a CPU taken away since (cgroup cpuset): run anywhere
                     os.sched_setaffinity(0, {cpu})

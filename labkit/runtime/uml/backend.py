@@ -31,7 +31,7 @@ from labkit.runtime.vde import NicLink, VdeNetworks
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 #: Debian packages providing the programs this backend runs.
-PACKAGES = {"linux": "user-mode-linux"}
+PACKAGES = {"linux": "user-mode-linux", "setarch": "util-linux"}
 
 
 #: Debian's UML kernel benchmarks its RAID6 algorithms at every boot: 0.85 s of a 1.5 s boot on this machine kind.
@@ -42,6 +42,15 @@ PACKAGES = {"linux": "user-mode-linux"}
 #: the LSM list; lab images do not use it). So a healthy console starts with the ready marker and the shell or login.
 FAST_BOOT_ARGS = ("quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
                   "initcall_blacklist=raid6_select_algo,mmapper_init")
+
+
+#: Start ``linux`` without address-space randomization. UML's guest memory spans from the kernel binary to the end of
+#: ``mem=``, and with the heap's start randomized (up to 1 GiB after the binary on x86_64) the kernel keeps a page
+#: descriptor (64 bytes per 4 KiB page) for every page of that gap too: 4 to 11 MB of every guest's memory, which the
+#: host pays for and the guest loses. The kernel binary is not position-independent (always at 0x60000000), so what
+#: randomization is lost is the libraries', the stack's and the heap's; slirp, which parses the guest's packets, is
+#: started with randomization back on (its wrapper runs it under ``setarch``). docs/runtime.md, "Memory".
+FIXED_LAYOUT = True
 
 
 def vde_arguments(nics: list[NicLink]) -> list[str]:
@@ -216,6 +225,7 @@ class UmlBackend(SupervisedBackend):
                             + [str(self.instance_dir(spec))],
             "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
             "cpu": next_cpu(spec.run_dir.parent) if self.pin_cpu else None,
+            "fixed_layout": FIXED_LAYOUT,
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
