@@ -38,11 +38,15 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
 - **The guest's memory.** UML keeps it in a deleted file in /dev/shm (tmpfs), mapped shared into its processes. The
   host allocates a page of it the first time the guest touches it and never gets it back while the guest runs: UML
   does not return pages the guest frees (after `echo 3 > /proc/sys/vm/drop_caches` in a Debian guest, its file kept
-  all of its 68.6 MB). So the host pays for the guest's high-water mark: about 27 to 38 MB for a 64 MB `tiny` guest
-  (the kernel's slab is 10 MB of it, its page cache 6 MB, and pages touched at boot and freed), 61 to 70 MB for a 128 MB
-  Debian guest (page cache 29 MB, slab 13 MB, processes 7 MB). A smaller `mem=` caps it: `tiny` at 48 MB touched 19
-  to 23 MB; Debian at 96 MB touched 57 to 64 MB (it needs that much to boot); `tiny` at 32 MB did not boot. Smaller
-  dentry and inode hash tables (`dhash_entries=1024 ihash_entries=1024`) changed nothing measurable.
+  all of its 68.6 MB). So the host pays for the guest's high-water mark. Until `linux` ran without address-space
+  randomization (docs/runtime.md, "Memory"), a 64 MB `tiny` guest touched 27 to 38 MB (median of 10: 29 to 32 MB in
+  three runs), up to 16 MB of it page descriptors for the gap between the binary and its randomized heap (7 and 11 MB
+  in the two guests looked at: the kernel saw 434 and 696 MB of "physical" memory for `mem=64M`); since, it sees 64
+  MB, has 53 MB free for itself instead of 42 to 47, and the median touched is 20 MB. A 128 MB Debian guest touches 61
+  to 70 MB either way (page cache 29 MB, slab 13 MB, processes 7 MB: it fills what memory it has). A smaller `mem=`
+  caps it: `tiny` at 48 MB touched 19 to 23 MB (before the fixed layout); Debian at 96 MB touched 57 to 64 MB (it
+  needs that much to boot); `tiny` at 32 MB did not boot. Smaller dentry and inode hash tables (`dhash_entries=1024
+  ihash_entries=1024`) changed nothing measurable.
 - **The UML kernel's text** is mapped from `/usr/bin/linux.uml` and shared by every guest (Shared_Clean: 5.4 of its
   5.8 MB resident text), so it counts once on the host. The "UML processes" row counts it, and the guest's memory, in
   each of the three host processes that share one address space (the kernel and its two helper threads): that sum is
@@ -54,9 +58,9 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
   13.7 MB to 10.9 MB. Python itself is 2.7 MB of private memory per process; one supervisor for many machines would
   remove most of the rest.
 
-Measured before and after the supervisor's cut, both with `--count 20` on the shared, busy machine: host memory per
-guest 47 and 56 MB before, 34 and 40 MB after (MemAvailable moves with the other work on the machine; the per-process
-rows do not).
+Measured with `--count 20` on the shared, busy machine (MemAvailable moves with the other work on the machine; the
+per-process rows do not): host memory per guest 47 and 56 MB before the supervisor's cut, 34 and 40 MB after it, 37 MB
+with the fixed layout too.
 """
 
 

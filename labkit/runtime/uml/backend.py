@@ -46,8 +46,8 @@ FAST_BOOT_ARGS = ("quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
 
 #: Start ``linux`` without address-space randomization. UML's guest memory spans from the kernel binary to the end of
 #: ``mem=``, and with the heap's start randomized (up to 1 GiB after the binary on x86_64) the kernel keeps a page
-#: descriptor (64 bytes per 4 KiB page) for every page of that gap too: 4 to 11 MB of every guest's memory, which the
-#: host pays for and the guest loses. The kernel binary is not position-independent (always at 0x60000000), so what
+#: descriptor (64 bytes per 4 KiB page) for every page of that gap too: up to 16 MB of every guest's memory, which
+#: the host pays for and the guest loses. The kernel binary is not position-independent (always at 0x60000000), so what
 #: randomization is lost is the libraries', the stack's and the heap's; slirp, which parses the guest's packets, is
 #: started with randomization back on (its wrapper runs it under ``setarch``). docs/runtime.md, "Memory".
 FIXED_LAYOUT = True
