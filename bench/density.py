@@ -45,9 +45,9 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
   MB, has 53 MB free for itself instead of 42 to 47, and the median touched is 20 MB. A 128 MB Debian guest touches 61
   to 70 MB either way (page cache 29 MB, slab 13 MB, processes 7 MB: it fills what memory it has). A smaller `mem=`
   caps it, but by little once the layout is fixed: `tiny` at 48 MB touched 20 to 22 MB, at 32 MB 16 to 17 MB (before
-  the fixed layout, 48 MB touched 19 to 23 MB and 32 MB did not boot: the page descriptors left too little); Debian at
-  96 MB touched 57 to 64 MB (it needs that much to boot). Smaller dentry and inode hash tables (`dhash_entries=1024
-  ihash_entries=1024`) changed nothing measurable.
+  the fixed layout, 48 MB touched 19 to 23 MB and 32 MB did not boot, probably because the page descriptors left it
+  too little); Debian at 96 MB touched 57 to 64 MB (it needs that much to boot). Smaller dentry and inode hash tables
+  (`dhash_entries=1024 ihash_entries=1024`) changed nothing measurable.
 - **The UML kernel's text** is mapped from `/usr/bin/linux.uml` and shared by every guest (Shared_Clean: 5.4 of its
   5.8 MB resident text), so it counts once on the host. The "UML processes" row counts it, and the guest's memory, in
   each of the three host processes that share one address space (the kernel and its two helper threads): that sum is

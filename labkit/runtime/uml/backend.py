@@ -31,7 +31,7 @@ from labkit.runtime.vde import NicLink, VdeNetworks
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 #: Debian packages providing the programs this backend runs.
-PACKAGES = {"linux": "user-mode-linux", "setarch": "util-linux"}
+PACKAGES = {"linux": "user-mode-linux"}
 
 
 #: Debian's UML kernel benchmarks its RAID6 algorithms at every boot: 0.85 s of a 1.5 s boot on this machine kind.

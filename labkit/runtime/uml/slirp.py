@@ -96,7 +96,8 @@ class SlirpNetwork(UmlNetwork):
         self.slirp4netns_binary = slirp4netns_binary
 
     def requirements(self) -> dict[str, str]:
-        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns"}
+        # setarch: the wrapper gives slirp back the address-space randomization `linux` runs without
+        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns", "setarch": "util-linux"}
 
     def binary(self) -> str:
         found = shutil.which(self.slirp_binary)
