@@ -60,8 +60,10 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
   remove most of the rest.
 
 Measured with `--count 20` on the shared, busy machine (MemAvailable moves with the other work on the machine; the
-per-process rows do not): host memory per guest 47 and 56 MB before the supervisor's cut, 34 and 40 MB after it, 37 MB
-with the fixed layout too.
+per-process rows do not): host memory per guest 47 and 56 MB before the supervisor's cut, 34 and 40 MB after it, 37 and
+33 MB with the fixed layout too. A 128 MB Debian machine adds up to about 77 MB now (its guest's 61 to 70 MB, the
+supervisor pair's 9 MB, UML's and slirp's own 2 MB), against Netkit-JH's 62 MB: what is left of that gap is the Debian
+guest's own working set.
 """
 
 
