@@ -11,10 +11,10 @@ Names load on first use, so ``import labkit`` (and the CLI) stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from labkit.lazy import lazy_exports
 
+#: typing.TYPE_CHECKING without importing typing: every console supervisor imports this package (docs/runtime.md)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from labkit.config import Settings
     from labkit.errors import GuestError, LabkitError

@@ -9,15 +9,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
 def write_atomic(path: Path, data: str | bytes, mode: int | None = None, durable: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a crash)
-    sees the old file or the new one, never half of one. ``durable`` also syncs the data to disk first."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    sees the old file or the new one, never half of one. ``durable`` also syncs the data to disk first.
+
+    The temporary file is made the way `tempfile.mkstemp` makes one (a random name, O_EXCL, mode 0600), without
+    importing `tempfile`: every console supervisor writes its pid files here, and that import alone costs each running
+    machine more than half a megabyte (docs/runtime.md, "Memory")."""
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data.encode() if isinstance(data, str) else data)

@@ -1,11 +1,18 @@
-"""Names a package exports but imports only when first used, so `import labkit` (and the CLI's start) stays light."""
+"""Names a package exports but imports only when first used, so `import labkit` (and the CLI's start) stays light.
+
+It imports neither `typing` nor `collections.abc` at run time: `import labkit` is also the first thing every
+per-machine console supervisor does, and each module loaded there costs every running machine memory.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 
 def lazy_exports(package: str, where: Mapping[str, str]) -> Callable[[str], Any]:

@@ -3,14 +3,21 @@
 The registry names each backend's class as ``"module:Class"`` and imports it only when asked for, so reading the
 list of kinds (lab validation, ``labkit doctor``) loads no backend, and one backend's missing dependency never breaks
 another's machines.
+
+Importing the package imports nothing but `labkit.lazy` (`Backend` loads on first use): the per-machine console
+supervisor, ``python -m labkit.runtime.supervisor``, imports this package first, and every module it pulls in is memory
+that each running machine pays for (docs/runtime.md, "Memory").
 """
 
 from __future__ import annotations
 
 import importlib
 
-from labkit.errors import ConfigError
-from labkit.runtime.base import Backend
+from labkit.lazy import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see the module's docstring)
+if TYPE_CHECKING:
+    from labkit.runtime.base import Backend
 
 #: Every backend labkit knows, by the name lab files and the database use: kind -> "module:Class".
 BACKENDS: dict[str, str] = {
@@ -29,6 +36,9 @@ def backend_kinds() -> list[str]:
 
 def backend_class(kind: str) -> type[Backend]:
     """The `Backend` class registered as ``kind`` (imported on first use)."""
+    from labkit.errors import ConfigError
+    from labkit.runtime.base import Backend
+
     try:
         target = BACKENDS[kind]
     except KeyError as err:
@@ -44,5 +54,7 @@ def get_backend(kind: str) -> Backend:
     """A backend instance of ``kind`` with its default settings."""
     return backend_class(kind)()
 
+
+__getattr__ = lazy_exports(__name__, {"Backend": "labkit.runtime.base"})
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "backend_class", "backend_kinds", "get_backend"]

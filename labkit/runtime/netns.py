@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -35,10 +36,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the supervisor imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -75,15 +78,34 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
-@dataclass(frozen=True)
 class Isolation:
     """What one machine's namespace lets through: written by the backend into supervisor.json, read by the
-    supervisor. ``forwards`` are (host port, port inside the namespace where slirp's redir listens) pairs."""
+    supervisor. ``forwards`` are (host port, port inside the namespace where slirp's redir listens) pairs.
 
-    forwards: tuple[tuple[int, int], ...] = ()
-    host_ports: tuple[int, ...] = ()
-    outbound: bool = True
-    slirp4netns: str = "slirp4netns"
+    This module's classes are plain classes, not dataclasses: the console supervisor imports it, and `dataclasses`
+    (with `inspect`) would cost every running machine a megabyte (docs/runtime.md, "Memory")."""
+
+    __slots__ = ("forwards", "host_ports", "outbound", "slirp4netns")
+
+    def __init__(self, forwards: tuple[tuple[int, int], ...] = (), host_ports: tuple[int, ...] = (),
+                 outbound: bool = True, slirp4netns: str = "slirp4netns") -> None:
+        self.forwards = forwards
+        self.host_ports = host_ports
+        self.outbound = outbound
+        self.slirp4netns = slirp4netns
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.forwards, self.host_ports, self.outbound, self.slirp4netns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Isolation) and other._key() == self._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Isolation(forwards={self.forwards!r}, host_ports={self.host_ports!r}, outbound={self.outbound!r}, "
+                f"slirp4netns={self.slirp4netns!r})")
 
     def to_json(self) -> dict[str, Any]:
         return {"forwards": [list(pair) for pair in self.forwards], "host_ports": list(self.host_ports),
@@ -138,6 +160,10 @@ class Namespace:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         uid, gid = os.getuid(), os.getgid()
         parent = os.getpid()
+        # The agent lives as long as the machine, sharing the supervisor's pages until either side writes to one. A
+        # garbage collection writes to every object it scans; frozen objects are never scanned, so most pages stay
+        # shared (docs/runtime.md, "Memory").
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the agent
             code = 0
@@ -235,14 +261,14 @@ def _splice(one: socket.socket, other: socket.socket) -> None:
     other.close()
 
 
-@dataclass
 class Relays:
     """The listeners of one machine and the threads that relay their connections across the namespace's edge."""
 
-    namespace: Namespace
-    listeners: list[socket.socket] = field(default_factory=list)
-    #: listeners bound but not served yet (`start`)
-    waiting: list[tuple[socket.socket, Callable[[], socket.socket]]] = field(default_factory=list)
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        self.listeners: list[socket.socket] = []
+        #: listeners bound but not served yet (`start`)
+        self.waiting: list[tuple[socket.socket, Callable[[], socket.socket]]] = []
 
     def listen_on_host(self, port: int, inner: int) -> None:
         """A host -> guest forward: listen on the host's 127.0.0.1 now (before the machine starts), relay into the

@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.atomic import write_atomic
@@ -56,12 +55,27 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
-@dataclass(frozen=True)
 class ProcessRecord:
-    """A PID together with its start time: the identity of one process for as long as the host runs."""
+    """A PID together with its start time: the identity of one process for as long as the host runs.
 
-    pid: int
-    start_time: int
+    A plain value class, not a dataclass: the console supervisor imports this module, and `dataclasses` (with
+    `inspect`) would cost every running machine a megabyte (docs/runtime.md, "Memory")."""
+
+    __slots__ = ("pid", "start_time")
+
+    def __init__(self, pid: int, start_time: int) -> None:
+        self.pid = pid
+        self.start_time = start_time
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ProcessRecord) and other.pid == self.pid
+                and other.start_time == self.start_time)
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.start_time))
+
+    def __repr__(self) -> str:
+        return f"ProcessRecord(pid={self.pid!r}, start_time={self.start_time!r})"
 
     @classmethod
     def of(cls, pid: int) -> ProcessRecord:

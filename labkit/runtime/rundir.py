@@ -9,18 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labkit.atomic import write_atomic
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the supervisor imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
+
 class RunDir:
-    """Names of the files in a machine's run folder."""
+    """Names of the files in a machine's run folder.
 
-    path: Path
+    A plain class, not a dataclass: the console supervisor imports this module, and `dataclasses` (with `inspect`,
+    which it imports) would cost every running machine a megabyte (docs/runtime.md, "Memory")."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir(path={self.path!r})"
 
     @property
     def supervisor_spec(self) -> Path:

@@ -37,24 +37,27 @@ import subprocess
 import sys
 import termios
 import time
-import traceback
 import tty
 from pathlib import Path
-from typing import Any
 
 import labkit
 from labkit.atomic import write_atomic
-from labkit.errors import RuntimeBackendError
 from labkit.logtail import tail
 from labkit.runtime.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.rundir import RunDir
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see "Memory" above)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A console client whose unsent output grows beyond this is too slow and is disconnected (the log keeps everything).
 CLIENT_BUFFER_LIMIT = 1 << 20
 #: Input waiting for the guest beyond this is dropped (a paused guest reads nothing).
 INPUT_BUFFER_LIMIT = 1 << 16
 _PR_SET_PDEATHSIG = 1
+#: personality(2) flag: no address-space randomization (what ``setarch -R`` sets)
+_ADDR_NO_RANDOMIZE = 0x0040000
 
 
 class _Client:
@@ -82,6 +85,8 @@ class Supervisor:
         self.isolation = Isolation.from_json(spec["isolation"]) if spec.get("isolation") else None
         #: the host CPU the machine's processes are kept on (`labkit.runtime.cpus`), None for any
         self.cpu: int | None = int(spec["cpu"]) if spec.get("cpu") is not None else None
+        #: run the machine process without address-space randomization (`_ADDR_NO_RANDOMIZE`; UML, docs/runtime.md)
+        self.fixed_layout = bool(spec.get("fixed_layout"))
         self.namespace: Namespace | None = None
         self.relays: Relays | None = None
         self.slirp4netns: subprocess.Popen[bytes] | None = None
@@ -131,6 +136,7 @@ class Supervisor:
         libc = ctypes.CDLL(None, use_errno=True)
         parent = os.getpid()
         cpu = self.cpu
+        fixed_layout = self.fixed_layout
 
         def die_with_supervisor() -> None:
             # If the supervisor dies (even by SIGKILL), the machine gets SIGTERM: UML tears down itself and its
@@ -140,6 +146,8 @@ class Supervisor:
                 os._exit(1)
             if join is not None:
                 Namespace.join(*join)
+            if fixed_layout:  # personality(0xffffffff) reads the current persona without changing it
+                libc.personality((libc.personality(0xFFFFFFFF) & 0xFFFFFFFF) | _ADDR_NO_RANDOMIZE)
             if cpu is not None:
                 with contextlib.suppress(OSError):  # a CPU taken away since (cgroup cpuset): run anywhere
                     os.sched_setaffinity(0, {cpu})
@@ -165,6 +173,8 @@ class Supervisor:
         try:
             code = self._loop()
         except BaseException:
+            import traceback  # only on this way out: not worth its memory in every supervisor
+
             traceback.print_exc()
             self._end_machine()
             code = self.proc.wait()
@@ -391,6 +401,10 @@ class Supervisor:
 
 # ---- the backend's side: starting a supervisor, reading what it wrote
 
+#: Python's flags for the supervisor: no `site` (it would read every .pth file of the environment and import what
+#: they name; the supervisor needs the standard library and labkit only, and labkit is on the PYTHONPATH we give it)
+SUPERVISOR_FLAGS = ("-S",)
+
 #: a kernel stack frame (`` [<6069f509>] dump_stack+0x1a/0x1c``): a panic prints dozens after the line that says why
 _STACK_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\]")
 
@@ -406,18 +420,30 @@ def console_tail(path: Path, lines: int = 25, max_bytes: int = 16384) -> str:
     return "\n".join(said[-lines:]) or "(console log is empty)"
 
 
+def supervisor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's environment: ours, bytecode caches allowed, with the folder labkit is imported from first on
+    PYTHONPATH. Under `SUPERVISOR_FLAGS` (no `site`) that is how it finds labkit, whether labkit is installed in
+    site-packages, as an editable install, or run from a source tree."""
+    env = dict(os.environ if environ is None else environ)
+    # Let it write the bytecode caches its modules lack (a read-only install just keeps none): compiling labkit's
+    # modules from source at every machine's start costs that machine about 1.3 MB for its whole life.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    package_root = str(Path(labkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def spawn_supervisor(run_dir: Path, name: str, python: str = sys.executable) -> None:
     """Start the supervisor of the machine whose ``supervisor.json`` is in ``run_dir``, detached in a session of its
     own (it outlives the caller); return once it has detached."""
+    from labkit.errors import RuntimeBackendError  # the caller's side: the supervisor itself never needs it
+
     run = RunDir(run_dir)
-    env = dict(os.environ)
-    package_root = str(Path(labkit.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(run.supervisor_log, "ab") as log:
         launcher = subprocess.Popen(
-            [python, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
+            [python, *SUPERVISOR_FLAGS, "-m", "labkit.runtime.supervisor", "--detach", str(run_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
-            cwd=run_dir, env=env)
+            cwd=run_dir, env=supervisor_env())
     try:
         code = launcher.wait(timeout=30)
     except subprocess.TimeoutExpired as err:

@@ -44,6 +44,15 @@ FAST_BOOT_ARGS = ("quiet", "lsm=landlock,lockdown,yama,integrity,apparmor,bpf",
                   "initcall_blacklist=raid6_select_algo,mmapper_init")
 
 
+#: Start ``linux`` without address-space randomization. UML's guest memory spans from the kernel binary to the end of
+#: ``mem=``, and with the heap's start randomized (up to 1 GiB after the binary on x86_64) the kernel keeps a page
+#: descriptor (64 bytes per 4 KiB page) for every page of that gap too: up to 16 MB of every guest's memory, which
+#: the host pays for and the guest loses. The kernel binary is not position-independent (always at 0x60000000), so what
+#: randomization is lost is the libraries', the stack's and the heap's; slirp, which parses the guest's packets, is
+#: started with randomization back on (its wrapper runs it under ``setarch``). docs/runtime.md, "Memory".
+FIXED_LAYOUT = True
+
+
 def vde_arguments(nics: list[NicLink]) -> list[str]:
     """UML's kernel arguments that plug its NICs into lab networks: ``ethN=vde,LINK,MAC``."""
     return [f"eth{nic.index}=vde,{nic.link},{nic.mac}" for nic in nics]
@@ -216,6 +225,7 @@ class UmlBackend(SupervisedBackend):
                             + [str(self.instance_dir(spec))],
             "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
             "cpu": next_cpu(spec.run_dir.parent) if self.pin_cpu else None,
+            "fixed_layout": FIXED_LAYOUT,
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout

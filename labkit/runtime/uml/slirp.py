@@ -96,7 +96,8 @@ class SlirpNetwork(UmlNetwork):
         self.slirp4netns_binary = slirp4netns_binary
 
     def requirements(self) -> dict[str, str]:
-        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns"}
+        # setarch: the wrapper gives slirp back the address-space randomization `linux` runs without
+        return {self.slirp_binary: "slirp", self.slirp4netns_binary: "slirp4netns", "setarch": "util-linux"}
 
     def binary(self) -> str:
         found = shutil.which(self.slirp_binary)
@@ -110,9 +111,10 @@ class SlirpNetwork(UmlNetwork):
         in, so nothing needs quoting beyond the binary's path."""
         words = [f'"host addr {self.host_addr}"'] + [f'"redir {f.host_port} {f.guest_port}"' for f in forwards]
         quoted_binary = "'" + binary.replace("'", "'\\''") + "'"
-        # slirp's banner and messages go to its own log, not to the guest's console that students read.
+        # slirp's banner and messages go to its own log, not to the guest's console that students read. `setarch`
+        # with no flag gives slirp back the address-space randomization that `linux` runs without (FIXED_LAYOUT).
         return ("#!/bin/sh\n# Written by labkit: the slirp helper UML starts for eth0 of this machine.\n"
-                f"exec {quoted_binary} {' '.join(words)} 2>>{self.LOG}\n")
+                f"exec setarch \"$(uname -m)\" {quoted_binary} {' '.join(words)} 2>>{self.LOG}\n")
 
     def prepare(self, spec: MachineSpec) -> NetworkPlan:
         binary = self.binary()

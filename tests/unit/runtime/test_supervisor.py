@@ -182,3 +182,22 @@ def test_attach_relays_both_ways_and_detaches_on_ctrl_bracket(stand_in: tuple[Um
     os.close(user_in_w)
     assert backend.status(spec).state == State.RUNNING  # detaching leaves the machine running
     backend.kill(spec)
+
+
+def test_uml_machine_runs_without_address_randomization(root: Path) -> None:
+    """UML's memory map (and so the page descriptors every guest pays for) grows with its randomized heap start; the
+    supervisor starts `linux` with ADDR_NO_RANDOMIZE (docs/runtime.md, "Memory"), as the stand-in sees it."""
+    script = root / "fake-linux"
+    script.write_text(f'#!/bin/sh\necho "personality $(cat /proc/self/personality)"\necho "{READY_MARKER}"\n'
+                      "sleep 30\n")
+    script.chmod(0o755)
+    image = root / "base.img"
+    image.touch()
+    spec = MachineSpec(name="m", image=image, overlay=root / "m.cow", run_dir=root / "run" / "m",
+                       console_log=root / "m.log")
+    backend = UmlBackend(linux_binary=str(script))
+    backend.start(spec, timeout=20)
+    try:
+        assert "personality 00040000" in spec.console_log.read_text()
+    finally:
+        backend.kill(spec)

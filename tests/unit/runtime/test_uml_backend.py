@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,20 @@ def test_slirp_wrapper_and_recorded_forwards(tmp_path: Path) -> None:
     for forward in plan.inner:
         assert f'"redir {forward.host_port} {forward.guest_port}"' in text
     assert UmlNetwork.recorded_forwards(spec.run_dir) == forwards
+
+
+
+def test_slirp_gets_address_randomization_back(tmp_path: Path) -> None:
+    """`linux` runs without address-space randomization (FIXED_LAYOUT) and slirp inherits that through exec; slirp
+    parses the guest's packets, so its wrapper turns randomization back on."""
+    spec = make_spec(tmp_path, forwards=(Forward(0, 22),))
+    spec.run_dir.mkdir(parents=True)
+    fake = tmp_path / "fake-slirp"
+    fake.write_text(f"#!/bin/sh\ncat /proc/self/personality > {tmp_path / 'seen'}\n")
+    fake.chmod(0o755)
+    SlirpNetwork(str(fake), host_addr="10.0.2.2").prepare(spec)
+    subprocess.run(["setarch", "-R", "./slirp.sh"], cwd=spec.run_dir, check=True, timeout=10)
+    assert (tmp_path / "seen").read_text().strip() == "00000000"
     assert json.loads((spec.run_dir / "forwards.json").read_text())[0]["guest_port"] == 22
     assert UmlNetwork.recorded_forwards(tmp_path) == ()
 
