@@ -28,6 +28,7 @@ from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
 from labkit.overlays.umlcow import UmlCow
 from labkit.services.db import Database
+from labkit.services.images import Images
 from labkit.services.machines import Machines
 
 SECTION = "## Engine"
@@ -51,6 +52,7 @@ class Bench:
         self.settings.ensure()
         self.db = Database(self.settings)
         self.machines = Machines(self.settings, self.db, actor="bench")
+        self.images = Images(self.settings, self.db)
         self.store = ImageStore(self.settings)
         self.rows: list[Row] = []
 

@@ -200,7 +200,7 @@ class SupervisedBackend(Backend):
                 raise ended
             if time.monotonic() > deadline:
                 raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
-            time.sleep(0.05)
+            time.sleep(0.01)  # a stat; a warm start is ready within a second or two, so poll finely
 
     # ---- stop, kill
 

@@ -131,8 +131,9 @@ apply_keys() {
             *) printf '%s\n' "$line" >> /root/.ssh/authorized_keys; have="$have$NL$line" ;;
         esac
     done < "$keys"
-    # sshd and dropbear refuse keys in group- or world-writable places (a folder made just now is root's, 0700).
-    [ -z "$made" ] || return 0
+    # sshd and dropbear refuse keys in group- or world-writable places (a folder made just now is root's, 0700, and so
+    # is the one a warm start's fresh disk has from the warm boot).
+    [ -z "$made" ] && [ -z "$WARM_SEEDED" ] || return 0
     chown 0:0 /root /root/.ssh /root/.ssh/authorized_keys
     chmod go-w /root /root/.ssh /root/.ssh/authorized_keys
 }
@@ -142,14 +143,14 @@ apply_host_key() {
     # changed" warning for a student) and never the one of another machine started from the same warm state.
     # Copied with shell built-ins (sshd starts after this, and its keys may only be root's).
     [ -f "$1/ssh_host_ed25519_key" ] && [ -d /etc/ssh ] || return 0
+    umask 077  # not in a subshell: a fork costs too
     for part in "" .pub; do
-        (
-            umask 077
-            while IFS= read -r line || [ -n "$line" ]; do
-                printf '%s\n' "$line"
-            done < "$1/ssh_host_ed25519_key$part" > "/etc/ssh/ssh_host_ed25519_key$part"
-        ) || { log "cannot install the seed's SSH host key"; return 0; }
+        while IFS= read -r line || [ -n "$line" ]; do
+            printf '%s\n' "$line"
+        done < "$1/ssh_host_ed25519_key$part" > "/etc/ssh/ssh_host_ed25519_key$part" ||
+            { umask 022; log "cannot install the seed's SSH host key"; return 0; }
     done
+    umask 022
     HOST_KEY_FROM_SEED=1
 }
 
@@ -366,6 +367,9 @@ await_seed() {
         open(my $console, ">", "/dev/console") or die "no console: $!\n";
         syswrite($console, "$marker\n");
         select(undef, undef, undef, 0.01) until -b $device;
+        if (open(my $up, "<", "/proc/uptime") and open(my $log, ">", $ARGV[3])) {
+            print $log ((split " ", <$up>)[0], " seed-disk\n");
+        }
         my $now = "";
         my $s;
         $now = <$s> if open($s, "<", $serial);
@@ -380,7 +384,7 @@ await_seed() {
         open(my $u, ">", "/dev/urandom") or die "no /dev/urandom: $!\n";
         syswrite($u, $bytes);
         ioctl($u, 0x5207, 0) or die "cannot reseed the random generator: $!\n";
-    ' "$1" "/sys/block/${1##*/}/serial" "$WARM_MARKER"
+    ' "$1" "/sys/block/${1##*/}/serial" "$WARM_MARKER" "$WARM_LOG"
 }
 
 warm() {
@@ -388,11 +392,16 @@ warm() {
     [ -n "$device" ] || { log "not a warm boot (no $WARM_KERNEL_ARG=/dev/... argument)"; return 2; }
     # Saved once the boot is over, so that a machine started from the state has nothing of it left to do.
     systemctl is-system-running --wait > /dev/null 2>&1
+    # What applying a seed needs, made or read now: after the restore every new folder or first run of a program is
+    # paid for again in each machine (the programs' pages come from the page cache, saved with the state).
+    [ -d "$SEED_MOUNT" ] || mkdir -p -m 700 "$SEED_MOUNT"
+    [ -d /root/.ssh ] || mkdir -p -m 700 /root/.ssh
+    tar --version > /dev/null 2>&1
+    ip -V > /dev/null 2>&1
     sync
     await_seed "$device" || log "the clock or the random generator may be the saved state's"
     # --- from here on, in each machine started from the saved state
-    printf "" > "$WARM_LOG"  # not `:`: a failed redirection of a special built-in ends the shell
-    stamp seed-disk-clock-random
+    stamp clock-random
     SEED_DEVICE=$device
     WARM_SEEDED=1
     KEEP_SEED=1  # removed after the readiness marker: nothing waits on it
