@@ -50,6 +50,11 @@ def test_a_recipe_may_name_its_machines_backend(tmp_path: Path) -> None:
     assert plain.digest != qemu.digest
 
 
+def test_only_the_debian_recipe_says_its_machines_may_start_warm() -> None:
+    assert find_recipe(REPO_RECIPES, "debian-bookworm").warm
+    assert not find_recipe(REPO_RECIPES, "tiny").warm
+
+
 def test_shipped_recipes_load() -> None:
     assert {"tiny", "debian-bookworm"} <= set(list_recipe_names(REPO_RECIPES))
     tiny = find_recipe(REPO_RECIPES, "tiny")
@@ -79,6 +84,7 @@ def test_shipped_recipes_load() -> None:
         (GOOD.replace('"etc/secret"', '"etc/missing"'), ["'modes.etc/missing'", "does not exist"]),
         ('backend = "vbox"\n' + GOOD, ["'backend'", "'vbox' is not a known backend (known: qemu, uml)"]),
         ("backend = 2\n" + GOOD, ["'backend'", "must be a string"]),
+        ('warm = "yes"\n' + GOOD, ["'warm'", "must be true or false, not 'yes'"]),
     ],
 )
 def test_mistakes_name_file_and_key(tmp_path: Path, text: str, words: list[str]) -> None:

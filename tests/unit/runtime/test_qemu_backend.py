@@ -7,10 +7,12 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from labkit.overlays import get_overlay
 from labkit.runtime import get_backend
 from labkit.runtime.base import Forward, MachineSpec, NetworkAttachment, NetworkSpec, State
 from labkit.runtime.qemu.backend import ACCEL_CACHE, BootSet, QemuBackend
@@ -54,6 +56,27 @@ def test_command_line(tmp_path: Path) -> None:
     restored = QemuBackend(boot=lambda: BOOT).command_line(machine, "qemu", BOOT, "tcg", (), state_file=state)
     assert restored[-2:] == ["-incoming", "exec:cat " + shlex.quote(str(state))]
     assert "-loadvm" not in argv and "-incoming" not in argv
+
+
+def test_which_machines_may_start_warm(tmp_path: Path) -> None:
+    """Only a fresh machine with a seed, no lab networks and no kernel arguments of its own: the saved state has the
+    warm boot's devices and command line, and a written disk is the student's work."""
+    backend = QemuBackend(boot=lambda: BOOT, warm=True)
+    seeded = spec(tmp_path, seed=tmp_path / "seed.img")
+    assert backend.warm_refusal(seeded) == ""  # no overlay file yet: nothing written
+    assert "no seed disk" in backend.warm_refusal(spec(tmp_path))
+    assert "kernel arguments" in backend.warm_refusal(spec(tmp_path, seed=tmp_path / "s", kernel_args=("quiet",)))
+    lan = (NetworkAttachment(NetworkSpec("lan", tmp_path / "lan")),)
+    assert "lab networks" in backend.warm_refusal(spec(tmp_path, seed=tmp_path / "s", networks=lan))
+    assert "turned off" in QemuBackend(boot=lambda: BOOT, warm=False).warm_refusal(seeded)
+    base = tmp_path / "base.img"
+    base.write_bytes(b"\0" * (1 << 20))
+    seeded.overlay.parent.mkdir(parents=True)
+    get_overlay("qcow2").create(base, seeded.overlay)
+    assert backend.warm_refusal(seeded) == ""  # an empty overlay, fresh from provisioning or a reset
+    # a guest's write, as QEMU's block layer makes it (qemu-io, of qemu-utils)
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 64k", str(seeded.overlay)], check=True, capture_output=True)
+    assert "has been written" in backend.warm_refusal(seeded)
 
 
 def test_checks_name_the_debian_package(tmp_path: Path) -> None:
