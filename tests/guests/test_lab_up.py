@@ -175,7 +175,9 @@ def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Pa
     alice("lab", "up", path)
     alice_machines = {m["name"]: m["state"] for up in alice.json("lab", "ps") for m in up["machines"]}  # type: ignore
     sock = tmux_dir / "bob.sock"
-    subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "bobs", "sleep 600"], check=True)
+    # the first window named: tmux would otherwise name it after what runs in it at the time (sh, bash or sleep)
+    subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "bobs", "-n", "home", "sleep 600"],
+                   check=True)
     server = subprocess.run(["tmux", "-S", str(sock), "display-message", "-p", "#{pid},#{session_id}"],
                             capture_output=True, text=True, check=True).stdout.strip()
     bob = as_user(lk, "bob")
@@ -186,7 +188,7 @@ def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Pa
     assert "opened 2 tmux windows in this session" in out
     windows = subprocess.run(["tmux", "-S", str(sock), "list-windows", "-t", "=bobs", "-F", "#{window_name}"],
                              capture_output=True, text=True).stdout.split()
-    assert sorted(windows) == ["a", "b", "sleep"]
+    assert sorted(windows) == ["a", "b", "home"]
     bob_lab = json.loads(bob("lab", "ps", "--json").stdout)
     assert len(bob_lab) == 1 and not set(m["name"] for m in bob_lab[0]["machines"]) & set(alice_machines)
     assert "b:/#" in pane(sock, "=bobs:b", "b:/#")
