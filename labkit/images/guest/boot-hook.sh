@@ -281,11 +281,8 @@ apply() {
         return 0
     fi
     [ -d "$SEED_MOUNT" ] || mkdir -p -m 700 "$SEED_MOUNT"
-    # The seed is a tar archive written straight onto the disk (a warm start's perl unpacked it already); seeds of
-    # older labkit versions are ext4.
-    if [ -n "$WARM_SEEDED" ] && [ -f "$SEED_MOUNT/.unpacked" ]; then
-        unpacked=1
-    elif tar -x -f "$SEED_DEVICE" -C "$SEED_MOUNT" 2>/dev/null; then
+    # The seed is a tar archive written straight onto the disk; seeds of older labkit versions are ext4.
+    if tar -x -f "$SEED_DEVICE" -C "$SEED_MOUNT" 2>/dev/null; then
         unpacked=1
     elif mount -t ext4 -o ro "$SEED_DEVICE" "$SEED_MOUNT"; then
         unpacked=0
@@ -387,33 +384,7 @@ await_seed() {
         open(my $u, ">", "/dev/urandom") or die "no /dev/urandom: $!\n";
         syswrite($u, $bytes);
         ioctl($u, 0x5207, 0) or die "cannot reseed the random generator: $!\n";
-        # The seed (a tar archive written onto the disk, labkit/images/seed.py: folders first, GNU long names) is
-        # unpacked here too: tar would be one more program to start. Anything odd, and the hook runs tar after all.
-        my ($mount, $long) = ($ARGV[4], undef);
-        open(my $d, "<", $device) or die "cannot read $device: $!\n";
-        while (sysread($d, my $head, 512) == 512) {
-            last if $head eq "\0" x 512;
-            my ($mode, $size) = map { oct(substr($head, $_->[0], $_->[1]) =~ tr/\0 //dr) } [100, 8], [124, 12];
-            my ($type, $name) = (substr($head, 156, 1), $long // unpack("Z100", $head));
-            my ($data, $want) = ("", ($size + 511) & ~511);
-            while (length($data) < $want) {
-                sysread($d, my $chunk, $want - length($data)) or die "the seed ends inside $name\n";
-                $data .= $chunk;
-            }
-            $data = substr($data, 0, $size);
-            undef $long;
-            if ($type eq "L") { $long = unpack("Z*", $data); next; }
-            die "the seed names $name\n" if $name =~ m{^/|(^|/)\.\.(/|$)};
-            if ($type eq "5") { -d "$mount/$name" or mkdir("$mount/$name", 0700) or die "mkdir $name: $!\n"; }
-            elsif ($type eq "0" or $type eq "\0") {
-                open(my $f, ">", "$mount/$name") or die "cannot write $name: $!\n";
-                syswrite($f, $data) == length($data) or die "cannot write $name: $!\n";
-                close($f);
-            } else { die "the seed holds $name of type $type\n"; }
-            chmod($mode & 07777, "$mount/$name") or die "chmod $name: $!\n";
-        }
-        open(my $done, ">", "$mount/.unpacked") or die "$!\n";
-    ' "$1" "/sys/block/${1##*/}/serial" "$WARM_MARKER" "$WARM_LOG" "$SEED_MOUNT"
+    ' "$1" "/sys/block/${1##*/}/serial" "$WARM_MARKER" "$WARM_LOG"
 }
 
 warm() {
