@@ -46,7 +46,7 @@ log() {
 }
 
 stamp() {
-    # The guest's uptime at each step of a warm start, in /run/labkit/warm.log (built-ins only).
+    # The guest's uptime at each step of a warm start, in $WARM_LOG (built-ins only).
     read -r up _idle < /proc/uptime
     echo "$up $*" >> "$WARM_LOG"
 }
