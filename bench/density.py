@@ -42,8 +42,9 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
   randomization (docs/runtime.md, "Memory"), a 64 MB `tiny` guest touched 27 to 38 MB (median of 10: 29 to 32 MB in
   three runs), up to 16 MB of it page descriptors for the gap between the binary and its randomized heap (7 and 11 MB
   in the two guests looked at: the kernel saw 434 and 696 MB of "physical" memory for `mem=64M`); since, it sees 64
-  MB, has 53 MB free for itself instead of 42 to 47, and the median touched is 20 MB. A 128 MB Debian guest touches 61
-  to 70 MB either way (page cache 29 MB, slab 13 MB, processes 7 MB: it fills what memory it has). A smaller `mem=`
+  MB, has 53 MB free for itself instead of 42 to 47, and the median touched is 20 MB. A 128 MB Debian guest touched 61
+  to 70 MB either way (page cache 29 MB, slab 13 MB, processes 7 MB: it fills what memory it has; 52 to 56 MB since
+  the seed brings its host key and password hash). A smaller `mem=`
   caps it, but by little once the layout is fixed: `tiny` at 48 MB touched 20 to 22 MB, at 32 MB 16 to 17 MB (before
   the fixed layout, 48 MB touched 19 to 23 MB and 32 MB did not boot, probably because the page descriptors left it
   too little); Debian at 96 MB touched 57 to 64 MB (it needs that much to boot). Smaller dentry and inode hash tables
@@ -61,9 +62,11 @@ Where a machine's memory goes (measured on this machine kind with `/proc/PID/sma
 
 Measured with `--count 20` on the shared, busy machine (MemAvailable moves with the other work on the machine; the
 per-process rows do not): host memory per guest 47 and 56 MB before the supervisor's cut, 34 and 40 MB after it, 37 and
-33 MB with the fixed layout too. A 128 MB Debian machine adds up to about 77 MB now (its guest's 61 to 70 MB, the
-supervisor pair's 9 MB, UML's and slirp's own 2 MB), against Netkit-JH's 62 MB: what is left of that gap is the Debian
-guest's own working set.
+33 MB with the fixed layout too. A 128 MB Debian machine was estimated at about 77 MB from its parts (a guest
+touching 61 to 70 MB, the supervisor pair's 9 MB, UML's and slirp's own 2 MB); measured whole since, with the seed
+bringing the SSH host key and the password hash (no `ssh-keygen` or `chpasswd` in the guest), its guest touches 52 to
+56 MB and ten of them cost 56 MB each (bench/debian_lab.py, "The Debian lab against Netkit-JH"), under Netkit-JH's
+62 MB.
 """
 
 
