@@ -56,16 +56,21 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def stand_in(root: Path) -> tuple[UmlBackend, MachineSpec]:
+def stand_in_for(root: Path, script_text: str) -> tuple[UmlBackend, MachineSpec]:
+    """A UML backend whose `linux` is the shell script ``script_text``, and a machine spec for it."""
     script = root / "fake-linux"
-    script.write_text(STAND_IN)
+    script.write_text(script_text)
     script.chmod(0o755)
     image = root / "base.img"
     image.touch()
     spec = MachineSpec(name="m", image=image, overlay=root / "m.cow", run_dir=root / "run" / "m",
                        console_log=root / "m.log")
     return UmlBackend(linux_binary=str(script)), spec
+
+
+@pytest.fixture
+def stand_in(root: Path) -> tuple[UmlBackend, MachineSpec]:
+    return stand_in_for(root, STAND_IN)
 
 
 def read_until(sock: socket.socket, needle: bytes, timeout: float = 10.0) -> bytes:
@@ -137,14 +142,8 @@ def test_supervisor_records_a_program_that_cannot_start(root: Path) -> None:
 
 
 def test_guest_error_marker_fails_the_start_at_once(root: Path) -> None:
-    script = root / "fake-linux"
-    script.write_text("#!/bin/sh\necho 'labkit-guest: error: dropbear did not start'\nexec sleep 60\n")
-    script.chmod(0o755)
-    image = root / "base.img"
-    image.touch()
-    spec = MachineSpec(name="m", image=image, overlay=root / "m.cow", run_dir=root / "run" / "m",
-                       console_log=root / "m.log")
-    backend = UmlBackend(linux_binary=str(script))
+    backend, spec = stand_in_for(root, "#!/bin/sh\necho 'labkit-guest: error: dropbear did not start'\n"
+                                       "exec sleep 60\n")
     started = time.monotonic()
     with pytest.raises(RuntimeBackendError, match="cannot become ready: dropbear did not start"):
         backend.start(spec, timeout=30)
@@ -187,15 +186,8 @@ def test_attach_relays_both_ways_and_detaches_on_ctrl_bracket(stand_in: tuple[Um
 def test_uml_machine_runs_without_address_randomization(root: Path) -> None:
     """UML's memory map (and so the page descriptors every guest pays for) grows with its randomized heap start; the
     supervisor starts `linux` with ADDR_NO_RANDOMIZE (docs/runtime.md, "Memory"), as the stand-in sees it."""
-    script = root / "fake-linux"
-    script.write_text(f'#!/bin/sh\necho "personality $(cat /proc/self/personality)"\necho "{READY_MARKER}"\n'
-                      "sleep 30\n")
-    script.chmod(0o755)
-    image = root / "base.img"
-    image.touch()
-    spec = MachineSpec(name="m", image=image, overlay=root / "m.cow", run_dir=root / "run" / "m",
-                       console_log=root / "m.log")
-    backend = UmlBackend(linux_binary=str(script))
+    backend, spec = stand_in_for(root, f'#!/bin/sh\necho "personality $(cat /proc/self/personality)"\n'
+                                       f'echo "{READY_MARKER}"\nsleep 30\n')
     backend.start(spec, timeout=20)
     try:
         assert "personality 00040000" in spec.console_log.read_text()
