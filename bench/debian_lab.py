@@ -21,10 +21,9 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.engine import Bench, mem_available, wait_for_ssh
+from bench.engine import Bench, start_at_once, wait_for_ssh
 from bench.report import Row, load_row, show_rows
 from labkit.guest.keys import ensure_key
 from labkit.runtime.base import Forward
@@ -102,13 +101,8 @@ def memory_per_machine(bench: Bench, key: Path, count: int) -> float:
     names = [f"m{i:02d}" for i in range(count)]
     for name in names:
         bench.machines.create(name, IMAGE, memory_mb=128, forwards=[Forward(0, 22)], backend="uml")
-    before = mem_available()
     try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            views = list(pool.map(lambda n: bench.machines.start(n, wait=True, timeout=300), names))
-            list(pool.map(lambda v: wait_for_ssh(int(v.forwards[-1].split(":")[0]), key, timeout=120), views))
-        time.sleep(5)  # let the guests settle
-        return (before - mem_available()) / count / 2**20
+        return start_at_once(bench, names, key).mb_each
     finally:
         for name in names:
             bench.machines.kill(name)

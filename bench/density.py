@@ -19,11 +19,10 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.engine import Bench, mem_available, wait_for_ssh
+from bench.engine import Bench, start_at_once
 from bench.report import Row, load_row, show_rows
 from labkit.guest.keys import ensure_key
 from labkit.runtime.process import process_group_members
@@ -70,25 +69,24 @@ bringing the SSH host key and the password hash (no `ssh-keygen` or `chpasswd` i
 """
 
 
-def rss_kb(pid: int) -> int:
+def proc_kb(path: str, field: str) -> int:
+    """The ``field:`` line (in kB) of a /proc file, 0 when the process or the line is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return proc_kb(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size: pages shared with other processes count by their share."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def agents(supervisor: int) -> list[int]:
@@ -138,16 +136,8 @@ def main() -> None:
         key = ensure_key(bench.settings.keys)
         for name in names:
             bench.machines.create(name, "tiny", memory_mb=64)
-        before = mem_available()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            views = list(pool.map(lambda n: bench.machines.start(n, wait=True, timeout=300), names))
-        booted = time.perf_counter() - started
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda v: wait_for_ssh(int(v.forwards[-1].split(":")[0]), key, timeout=120), views))
-        answering = time.perf_counter() - started
-        time.sleep(5)  # let the guests settle
-        per_guest = (before - mem_available()) / args.count / 2**20
+        crowd = start_at_once(bench, names, key)
+        views, booted, answering, per_guest = crowd.views, crowd.ready, crowd.answering, crowd.mb_each
         parts: dict[str, list[int]] = {}
         proportional: dict[str, list[int]] = {}
         for view in views[:10]:

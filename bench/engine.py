@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -29,6 +30,7 @@ from labkit.images.store import ImageStore
 from labkit.overlays.umlcow import UmlCow
 from labkit.services.db import Database
 from labkit.services.images import Images
+from labkit.services.machine_records import MachineView
 from labkit.services.machines import Machines
 
 SECTION = "## Engine"
@@ -39,6 +41,32 @@ def mem_available() -> int:
         if line.startswith("MemAvailable"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """Machines started at once: their views, seconds until all were ready and until all answered SSH, and the host
+    memory each costs in MB (MemAvailable's drop over the whole start, once they settled, divided by the count: pages
+    shared between guests count once)."""
+
+    views: list[MachineView]
+    ready: float
+    answering: float
+    mb_each: float
+
+
+def start_at_once(bench: Bench, names: list[str], key: Path, settle: float = 5.0) -> Crowd:
+    """Start ``names`` eight at a time (as a class start does), then wait until every one answers SSH."""
+    before = mem_available()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        views = list(pool.map(lambda n: bench.machines.start(n, wait=True, timeout=300), names))
+    ready = time.perf_counter() - started
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda v: wait_for_ssh(int(v.forwards[-1].split(":")[0]), key, timeout=120), views))
+    answering = time.perf_counter() - started
+    time.sleep(settle)
+    return Crowd(views, ready, answering, (before - mem_available()) / len(names) / 2**20)
 
 
 class Bench:
