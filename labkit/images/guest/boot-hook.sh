@@ -157,16 +157,16 @@ apply_host_key() {
 apply_password() {
     secret="$1/root_password"
     [ -f "$secret" ] || return 0
-    # Hashing the password costs a quarter of a second of the boot: skip it when the seed's password is the one set
-    # last and root's entry in /etc/shadow is still the one that set (a student who changed root's password gets the
-    # seed's back, so labkit's console login keeps working).
     # labkit's own hash, where the system's crypt reads it (bcrypt: Debian's libxcrypt, not BusyBox): set unless set
+    # (a student who changed root's password gets the seed's back, so labkit's console login keeps working)
     if [ -f "$secret.hash" ] && command -v chpasswd > /dev/null 2>&1 && read -r seed_hash < "$secret.hash" &&
             [ -n "$seed_hash" ]; then
         root_hash
         [ "$ROOT_HASH" = "$seed_hash" ] || set_root_hash "$seed_hash"
         return 0
     fi
+    # Otherwise hash it here, which costs a quarter of a second of the boot: skip it when the seed's password is the
+    # one set last and root's entry in /etc/shadow is still the one that set.
     applied="$STATE_DIR/root-password.sha256"
     digest=$(sha256sum < "$secret")
     before=
