@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     cast,
+    false,
     true,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
@@ -187,6 +188,17 @@ class CourseLab(Base):
     reset_policy: Mapped[str] = mapped_column(String(16))
     #: which graded run makes the gradebook's grade: "best", "latest" or "submission" (labkit.services.gradebook)
     grade_policy: Mapped[str] = mapped_column(String(16), default="best", server_default="best")
+    #: the lab's time window: students start machines only between these moments (None: no bound); at ``closes_at``
+    #: their machines are stopped, or in exam mode frozen and submitted (labkit.services.lab_time)
+    opens_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    closes_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    #: minutes each student has from their first start (their `Attempt`), plus their own extra minutes; None: no limit
+    allowance_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: minutes without console input or SSH session after which a running machine is paused; None: never
+    idle_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: exam mode: no self-check or feedback until ``results_released_at``, no outbound or host reach, frozen at the end
+    exam: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    results_released_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
     course: Mapped[Course] = relationship(back_populates="labs")
 
@@ -241,6 +253,28 @@ class ClassSession(Base):
     begun_by: Mapped[str] = mapped_column(String(64))
     ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Attempt(Base):
+    """One student's time on one course lab: when their clock began (their first start of one of its machines), the
+    extra minutes granted to them, and when their time ended (``closed_at``, with why: "deadline", "submitted" or
+    "window"). One row per student and lab, made at the first start (labkit.services.lab_time)."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("student_id", "course_lab_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id", ondelete="CASCADE"), index=True)
+    course_lab_id: Mapped[int] = mapped_column(ForeignKey("course_labs.id", ondelete="CASCADE"), index=True)
+    began_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    extra_minutes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: when the student was warned that their time is about to end (once)
+    warned_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    closed_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+    student: Mapped[Student] = relationship()
+    course_lab: Mapped[CourseLab] = relationship()
 
 
 # ---- grading ----

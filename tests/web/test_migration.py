@@ -83,3 +83,35 @@ def test_upgrade_to_0007_adds_web_sessions_and_downgrades(web_settings: Settings
         assert "web_sessions" not in {row[0] for row in connection.execute(
             text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
     engine.dispose()
+
+
+def test_upgrade_to_0010_gives_old_labs_no_time_bounds_and_downgrades(web_settings: Settings) -> None:
+    engine = make_engine(web_settings)
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO courses (id, name, secret, max_running_per_student, created_at) "
+                                "VALUES (1, 'c1', 's', 4, '2026-01-01')"))
+        connection.execute(text("INSERT INTO course_labs (id, course_id, lab_id, path, version, files, reset_policy) "
+                                "VALUES (1, 1, 'l', '/x', 1, '{}', 'persist')"))
+    engine.dispose()
+    db = Database(web_settings)
+    with db.engine.begin() as connection:
+        row = connection.execute(text("SELECT opens_at, closes_at, allowance_minutes, idle_minutes, exam, "
+                                      "results_released_at, grade_policy FROM course_labs")).one()
+        assert tuple(row) == (None, None, None, None, 0, None, "best")
+        connection.execute(text("INSERT INTO students (id, course_id, sid, name, email) VALUES (1, 1, 'a', '', '')"))
+        connection.execute(text("INSERT INTO attempts (student_id, course_lab_id) VALUES (1, 1)"))
+        assert connection.execute(text("SELECT extra_minutes FROM attempts")).scalar() == 0
+    db.close()
+    engine = make_engine(web_settings)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0009")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT lab_id FROM course_labs")).scalar() == "l"
+        assert "attempts" not in {row[0] for row in connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    engine.dispose()
