@@ -103,7 +103,7 @@ def test_steps_must_be_a_list_of_tables(make_lab: MakeLab) -> None:
     (GUIDE.replace("<!-- step: fetch -->\n## Fetch", "<!-- step: serve -->\n## Fetch"), 13,
      "a second marker for step 'serve'"),
     (GUIDE.replace("run=b", "run=c"), 8, "run=c names no machine of the lab"),
-    (GUIDE.replace("<!-- steps end -->", "<!-- steps end -->\n<!-- steps end -->"), 18, "must come once"),
+    (GUIDE.replace("<!-- steps end -->", "<!-- steps end -->\n<!-- steps end -->"), 19, "must come once"),
 ])
 def test_bad_markers_are_reported_at_their_line(make_lab: MakeLab, guide: str, line: int, says: str) -> None:
     folder = stepped(make_lab, guide=guide)
