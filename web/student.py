@@ -253,8 +253,10 @@ def start(name: str) -> ResponseReturnValue:
         rows = state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
                                         progress=progress)
         after = next(str(row["state"]) for row in rows if row["name"] == owned.name)
-        progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}"))
-        return {"machine": owned.name, "state": after}
+        needed = sorted(str(row["machine"]) for row in rows if row["name"] != owned.name)
+        also = f" (and {', '.join(needed)}, which it depends on)" if needed else ""
+        progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}{also}"))
+        return {"machine": owned.name, "state": after, **({"also_started": needed} if needed else {})}
 
     _machine_job(owned, "start", run, "Starting")
     return _back(url_for(".machine", name=owned.name))
