@@ -140,8 +140,9 @@
 
     if (steps.length) {
       var start = stepFromHash();
-      if (start < 0) { start = Number(window.sessionStorage.getItem(pageKey + ":step")) || 0; }
-      showStep(start, false);
+      var named = start >= 0; // the address names a step (a step's Check comes back to it): show it
+      if (!named) { start = Number(window.sessionStorage.getItem(pageKey + ":step")) || 0; }
+      showStep(start, named);
       if (prev) { prev.addEventListener("click", function () { showStep(Number(current()) - 1, true); }); }
       if (next) { next.addEventListener("click", function () { showStep(Number(current()) + 1, true); }); }
     }
