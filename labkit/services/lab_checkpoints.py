@@ -50,7 +50,7 @@ class LabCheckpoints(Courses):
             for snap in self.machines.snapshots(target.name):
                 found.setdefault(str(snap["name"]), {})[target.machine] = dt.datetime.fromisoformat(
                     str(snap["created_at"]))
-        every = [t.machine for t in targets]
+        every = sorted(t.machine for t in targets)
         points = [Checkpoint(name, tuple(m for m in every if m in have), tuple(m for m in every if m not in have),
                              min(have.values())) for name, have in found.items()]
         return sorted(points, key=lambda c: (c.created_at, c.name))
@@ -60,8 +60,7 @@ class LabCheckpoints(Courses):
         """A snapshot ``name`` of every machine of the lab, or of none."""
         check_name(name, "checkpoint name")
         targets = self._lab_targets(course, student, lab)
-        clash = [t.machine for t in targets
-                 if any(s["name"] == name for s in self.machines.snapshots(t.name))]
+        clash = sorted(t.machine for t in targets if any(s["name"] == name for s in self.machines.snapshots(t.name)))
         if clash:
             raise ConflictError(f"checkpoint {name!r} already exists on {', '.join(clash)}: pick another name "
                                 "(nothing was saved)")
