@@ -120,6 +120,14 @@ def test_a_steps_check_runs_that_steps_checks_only(site: Site) -> None:
     assert feedback and 'data-check="lan-link"' in feedback.group(1) and "not checked" in feedback.group(1)
     assert page.count('<ul class="ws-feedback"') == 1  # only the step that was checked has feedback
     assert post(client, f"{PAGE}/steps/nope/check").status_code == 404
+    # a step with a hidden check (bound-to-service): it is neither run for the student nor shown
+    post(client, f"{PAGE}/steps/service/check")
+    done = job(site, "self-check", "check:c1/alice/two-hosts:service")
+    assert (done["state"], done["result"]["checks"]) == ("done", 1), done
+    page = client.get(PAGE).get_data(as_text=True)
+    feedback = re.search(r'<ul class="ws-feedback" data-step="service">(.*?)</ul>', page, re.S)
+    assert feedback and 'data-check="service-listens"' in feedback.group(1)
+    assert "bound-to-service" not in page and 'data-check="lan-link"' in page  # step 1's result is still shown
 
 
 def test_exam_mode_hides_check_buttons_and_feedback_until_released(site: Site) -> None:
