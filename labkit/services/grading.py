@@ -248,11 +248,12 @@ class Grading:
     def _grade_job(self, job: _Job, include_hidden: bool, step: str | None = None) -> list[CheckResult]:
         """One student's lab (only ``step``'s checks when given); never raises (a failure fails that student's checks
         with the reason)."""
-        checks = job.lab.step_checks(step) if step is not None else job.lab.checks
+        selected = job.lab.step_checks(step) if step is not None else None
+        checks = job.lab.checks if selected is None else selected
         try:
             with ExitStack() as stack:
                 guests = self._guests(stack, job)
-                return grade(job.lab, checks, guests, job.params, job.context, include_hidden=include_hidden)
+                return grade(job.lab, selected, guests, job.params, job.context, include_hidden=include_hidden)
         except Exception as err:  # the last resort: one student's trouble never stops the run, and is not theirs
             reason = f"labkit could not grade this lab: {type(err).__name__}: {err}"
             return [CheckResult(c.id, False, 0.0, float(c.points), reason, reason, "", 0.0, unchecked=reason)
