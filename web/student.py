@@ -14,21 +14,26 @@ only labkit's key or this password; students have no labkit key).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import OptionsDict
+from markupsafe import escape
 
 from labkit.errors import LabkitError
+from labkit.labs.guide import RUN_OPTION
 from labkit.names import check_name
 from labkit.progress import ProgressEvent, Reporter
 from labkit.services.accounts import OwnedMachine, UserView
 from labkit.services.jobs import JobView
 from labkit.services.machine_states import RUNNING_STATE, is_live
-from labkit.services.portal import Enrollment, Portal
+from labkit.services.portal import Enrollment, Portal, PortalMachine
 from web.access import actor, current_user, owned_machine_or_404, student_required
 from web.state import WebState, services
 
@@ -36,6 +41,21 @@ bp = Blueprint("student", __name__, url_prefix="/my")
 
 #: raw HTML in instructions stays text (labs are shared between instructors); links are checked by markdown-it
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+#: the workspace's guide: the same, and a code block whose info string says ``run=<machine>`` (labkit.labs.guide)
+#: is marked ``data-run`` for its "Run in" button, when the machine is one of the student's in this lab
+_GUIDE = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+
+
+def _fence(renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict,
+           env: dict[str, Any]) -> str:
+    html = RendererHTML.fence(renderer, tokens, idx, options, env)
+    run = RUN_OPTION.search(tokens[idx].info)
+    if run and run.group(1) in env.get("machines", ()) and html.startswith("<pre>"):
+        return f'<pre data-run="{escape(run.group(1))}">' + html[len("<pre>"):]
+    return html
+
+
+_GUIDE.add_render_rule("fence", _fence)
 #: a finished job stays on the page this long, so its error (or result) can be read after the reload
 RECENT = dt.timedelta(minutes=15)
 
@@ -146,27 +166,57 @@ def machine(name: str) -> ResponseReturnValue:
 @bp.get("/courses/<course>/labs/<lab>")
 @student_required
 def lab_page(course: str, lab: str) -> ResponseReturnValue:
+    """The lab's workspace: the guide in its steps beside a terminal tab for every machine (docs/web.md)."""
     place = _enrolled(course, lab)
     target = _lab_target(place)
-    jobs = _recent_jobs({f"check:{target}", f"submit:{target}"})  # first: see index()
     state = services()
+    jobs = _recent_jobs(None)  # first: see index()
     portal = _portal()
-    problem = None
+    machines = _lab_machines(place, portal)
+    problem, space = None, None
     try:
-        instructions = _MARKDOWN.render(portal.instructions(place.course, place.student, place.lab))
+        space = portal.workspace(place.course, place.student, place.lab)
     except LabkitError as err:  # a broken lab: say so on the page; the rest of it still works
-        instructions, problem = "", str(err)
-    checks = [grade for grade in state.grading(actor()).latest(place.course, place.student, include_hidden=False,
-                                                               kinds=("self-check",)) if grade.lab == place.lab]
+        problem = str(err)
+    hidden = space.feedback_hidden if space else False
+    newest = {} if hidden else _newest_results(state, place)
     from labkit.services.submissions import Submissions
 
     submitted = [s for s in Submissions(state.settings, state.db, actor()).list(place.course, place.student)
                  if s.lab == place.lab]
-    machines = [m for p in portal.labs_of(_user()) if (p.enrollment.course, p.enrollment.lab) == (course, lab)
-                for m in p.machines]
-    return render_template("student/lab.html", place=place, instructions=instructions, problem=problem,
-                           self_check=checks[0] if checks else None, submissions=list(reversed(submitted)),
-                           machines=machines, jobs=jobs)
+    checkpoints = _checkpoints(place) if machines else []
+    names = {m.machine for m in machines}
+    render = (lambda text: _GUIDE.render(text, {"machines": names})) if space else (lambda text: "")
+    return render_template("student/lab.html", place=place, space=space, problem=problem, render=render,
+                           newest=newest, feedback_hidden=hidden, submissions=list(reversed(submitted)),
+                           machines=machines, jobs=jobs, target=target, checkpoints=checkpoints)
+
+
+def _lab_machines(place: Enrollment, portal: Portal | None = None) -> list[PortalMachine]:
+    """The student's machines of this lab, by lab machine name, in their real states."""
+    return [m for p in (portal or _portal()).labs_of(_user())
+            if (p.enrollment.course, p.enrollment.lab) == (place.course, place.lab) for m in p.machines]
+
+
+def _newest_results(state: WebState, place: Enrollment) -> dict[str, tuple[Any, dt.datetime, str]]:
+    """Each visible check's newest self-check result (check id -> result, when, title): a step's Check runs only
+    that step's checks, so the newest result of a check may come from any earlier run."""
+    newest: dict[str, tuple[Any, dt.datetime, str]] = {}
+    for grade in state.grading(actor()).grades.history(place.course, place.student, place.lab, include_hidden=False,
+                                                        kinds=("self-check",)):
+        for result in grade.results:
+            newest[result.check_id] = (result, grade.graded_at, grade.titles.get(result.check_id, result.check_id))
+    return newest
+
+
+def _checkpoints(place: Enrollment) -> list[Any]:
+    from labkit.services.lab_checkpoints import LabCheckpoints
+
+    state = services()
+    try:
+        return LabCheckpoints(state.settings, state.db, actor()).checkpoints(place.course, place.student, place.lab)
+    except LabkitError:  # not provisioned yet: no machines, no checkpoints
+        return []
 
 
 # ---- machine actions ---------------------------------------------------------------------------------------------
@@ -203,8 +253,10 @@ def start(name: str) -> ResponseReturnValue:
         rows = state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
                                         progress=progress)
         after = next(str(row["state"]) for row in rows if row["name"] == owned.name)
-        progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}"))
-        return {"machine": owned.name, "state": after}
+        needed = sorted(str(row["machine"]) for row in rows if row["name"] != owned.name)
+        also = f" (and {', '.join(needed)}, which it depends on)" if needed else ""
+        progress(ProgressEvent("start", 1, 1, f"{owned.machine} is {after}{also}"))
+        return {"machine": owned.name, "state": after, **({"also_started": needed} if needed else {})}
 
     _machine_job(owned, "start", run, "Starting")
     return _back(url_for(".machine", name=owned.name))
@@ -383,3 +435,122 @@ def submit(course: str, lab: str) -> ResponseReturnValue:
 
     _submit("submit", f"submit:{_lab_target(place)}", place.course_id, run, "A submission")
     return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + "#submit", 303)
+
+
+# ---- the workspace's lab-wide actions ----------------------------------------------------------------------------
+def _to_lab(place: Enrollment, anchor: str = "") -> ResponseReturnValue:
+    return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + anchor, 303)
+
+
+@bp.post("/courses/<course>/labs/<lab>/start")
+@student_required
+def start_lab(course: str, lab: str) -> ResponseReturnValue:
+    """Every machine of the lab, in ``depends_on`` order (through the course: its memory budget applies)."""
+    place = _enrolled(course, lab)
+    state, who = services(), actor()
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        rows = state.courses(who).start(place.course, student=place.student, lab=place.lab, progress=progress)
+        states = {str(row["machine"]): str(row["state"]) for row in rows}
+        progress(ProgressEvent("start", len(rows), len(rows),
+                               ", ".join(f"{m} {s}" for m, s in sorted(states.items()))))
+        return {"machines": states}
+
+    _submit("start-lab", f"lab:{_lab_target(place)}", place.course_id, run, "Starting the lab")
+    return _to_lab(place)
+
+
+@bp.post("/courses/<course>/labs/<lab>/stop")
+@student_required
+def stop_lab(course: str, lab: str) -> ResponseReturnValue:
+    place = _enrolled(course, lab)
+    state, who = services(), actor()
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        rows = state.courses(who).stop(place.course, student=place.student, lab=place.lab, progress=progress)
+        progress(ProgressEvent("stop", len(rows), len(rows), "every machine of the lab is stopped"))
+        return {"machines": {str(row["machine"]): str(row["state"]) for row in rows}}
+
+    _submit("stop-lab", f"lab:{_lab_target(place)}", place.course_id, run, "Stopping the lab")
+    return _to_lab(place)
+
+
+@bp.post("/courses/<course>/labs/<lab>/checkpoints")
+@student_required
+def take_checkpoint(course: str, lab: str) -> ResponseReturnValue:
+    """A snapshot of the same name on every machine of the lab (`LabCheckpoints.take`: all or nothing)."""
+    place = _enrolled(course, lab)
+    wanted = request.form.get("checkpoint", "").strip()
+    try:
+        check_name(wanted, "checkpoint name")
+    except LabkitError as err:
+        flash(f"No checkpoint taken: {err}.", "error")
+        return _to_lab(place, "#checkpoints")
+    state, who = services(), actor()
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        from labkit.services.lab_checkpoints import LabCheckpoints
+
+        point = LabCheckpoints(state.settings, state.db, who).take(place.course, place.student, place.lab, wanted,
+                                                                   progress=progress)
+        return {"checkpoint": point.name, "machines": list(point.machines)}
+
+    _submit("checkpoint", f"lab:{_lab_target(place)}", place.course_id, run, "A checkpoint of the lab")
+    return _to_lab(place, "#checkpoints")
+
+
+@bp.post("/courses/<course>/labs/<lab>/checkpoints/<name>/restore")
+@student_required
+def restore_checkpoint(course: str, lab: str, name: str) -> ResponseReturnValue:
+    """The whole lab back at a checkpoint; refused (nothing changed) when a machine lacks it."""
+    place = _enrolled(course, lab)
+    if request.form.get("confirm") != "yes":
+        abort(400, "Restoring a checkpoint needs its confirmation: nothing was changed.")
+    point = next((c for c in _checkpoints(place) if c.name == name), None)
+    if point is None:
+        abort(404)
+    if not point.complete:
+        flash(f"Checkpoint {name} cannot be restored: {', '.join(point.missing)} has no snapshot {name}. "
+              "Nothing was changed.", "error")
+        return _to_lab(place, "#checkpoints")
+    state, who = services(), actor()
+    was_live = any(m.live for m in _lab_machines(place))
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        from labkit.services.lab_checkpoints import LabCheckpoints
+
+        rows = LabCheckpoints(state.settings, state.db, who).restore(place.course, place.student, place.lab, name,
+                                                                     start=was_live, progress=progress)
+        states = {str(row["machine"]): str(row["state"]) for row in rows}
+        progress(ProgressEvent("restore", 1, 1, f"back at {name}: "
+                                                + ", ".join(f"{m} {s}" for m, s in sorted(states.items()))))
+        return {"checkpoint": name, "machines": states}
+
+    _submit("restore-checkpoint", f"lab:{_lab_target(place)}", place.course_id, run, "Restoring a checkpoint")
+    return _to_lab(place, "#checkpoints")
+
+
+@bp.post("/courses/<course>/labs/<lab>/steps/<step>/check")
+@student_required
+def check_step(course: str, lab: str, step: str) -> ResponseReturnValue:
+    """The self-check of one guide step: only its (visible) checks run; its feedback shows under the step."""
+    place = _enrolled(course, lab)
+    try:
+        space = _portal().workspace(place.course, place.student, place.lab)
+    except LabkitError:
+        abort(404)
+    if step not in space.step_checks or not space.step_checks[step]:
+        abort(404)
+    state, who = services(), actor()
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        progress(ProgressEvent("self-check", 0, 1, f"checking step {step}"))
+        report = state.grading(who).self_check(place.course, place.student, place.lab, step=step)
+        grades = [g for g in report.grades if g.lab == place.lab]
+        passed = sum(g.passed for g in grades)
+        checks = sum(len(g.results) for g in grades)
+        progress(ProgressEvent("self-check", 1, 1, f"{passed} of {checks} checks of this step pass"))
+        return {"run": report.run_id, "step": step, "passed": passed, "checks": checks}
+
+    _submit("self-check", f"check:{_lab_target(place)}:{step}", place.course_id, run, "A check of this step")
+    return _to_lab(place, f"#step-{step}")

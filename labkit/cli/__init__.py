@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vm": ("labkit.cli.vm", "command"),
     "lab": ("labkit.cli.lab", "command"),
     "course": ("labkit.cli.course", "command"),
+    "checkpoint": ("labkit.cli.checkpoint", "command"),
     "doctor": ("labkit.cli.doctor", "command"),
     "user": ("labkit.cli.user", "command"),
     "serve": ("labkit.cli.serve", "command"),

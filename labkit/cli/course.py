@@ -209,7 +209,8 @@ def _table(views: list[dict[str, object]]) -> None:
 @select
 @pass_app
 def start(app: App, name: str, student: str | None, machine: str | None, lab: str | None) -> None:
-    """Start the class's machines (in depends_on order, the rest in parallel), within the memory budget."""
+    """Start the class's machines (in depends_on order, the rest in parallel), within the memory budget. With
+    --machine, the machines it depends on start too (first)."""
     with StatusLine() as status:
         rows = app.courses.start(name, student, machine, lab, progress=status)
     _table(rows)

@@ -99,9 +99,10 @@ def _summary(lab: Lab) -> dict[str, object]:
         "params": {name: {"kind": p.kind, **dict(p.options)} for name, p in lab.params.items()},
         "checks": [
             {"id": c.id, "kind": c.kind, "title": c.title, "machine": c.machine, "points": c.points,
-             "hidden": c.hidden, "baseline_pass": c.baseline_pass, "depends_on": list(c.depends_on)}
+             "hidden": c.hidden, "baseline_pass": c.baseline_pass, "depends_on": list(c.depends_on), "step": c.step}
             for c in lab.checks
         ],
+        "steps": [{"id": s.id, "title": s.title, "checks": [c.id for c in lab.step_checks(s.id)]} for s in lab.steps],
         "points": {"total": sum(c.points for c in lab.checks),
                    "visible": sum(c.points for c in lab.checks if not c.hidden)},
     }
@@ -140,6 +141,10 @@ def show(app: App, path: Path, as_json: bool) -> None:
         for name, p in summary["params"].items():  # type: ignore[attr-defined]
             options = " ".join(f"{k}={v!r}" for k, v in p.items() if k != "kind")
             click.echo(f"  {name}: {p['kind']} {options}".rstrip())
+    if summary["steps"]:
+        click.echo("steps:")
+        for number, step in enumerate(summary["steps"], start=1):  # type: ignore[arg-type]
+            click.echo(f"  {number}. {step['id']}: {step['title']} (checks: {_words(step['checks'])})")
     points = summary["points"]
     click.echo(f"checks ({points['total']:g} points, {points['visible']:g} visible to students):")  # type: ignore
     for c in summary["checks"]:  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.errors import LabFormatError
+from labkit.labs.guide import guide_problems
 from labkit.labs.locate import KeyLocator, KeyPath, format_key
 from labkit.labs.model import (
     DEFAULT_INSTRUCTIONS,
@@ -29,6 +30,7 @@ from labkit.labs.model import (
     NetworkDef,
     ParamDef,
     Problems,
+    StepDef,
     cross_problems,
     host_port_problems,
     is_template,
@@ -55,6 +57,7 @@ from labkit.labs.schema import (
     NETWORK_TABLE,
     PORT,
     REACH_TABLE,
+    STEP_TABLE,
     STR,
     TableSpec,
 )
@@ -203,6 +206,16 @@ def _check(index: int, raw: object, report: _Report, machines: Sequence[str]) ->
     return check_id, check if isinstance(check, CheckDef) else None
 
 
+def _step(index: int, raw: object, report: _Report) -> tuple[str | None, StepDef | None]:
+    path: KeyPath = ("steps", index)
+    values = _table(raw, path, STEP_TABLE, report)
+    step_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    if values is None:
+        return step_id, None
+    step = _build(report, path, StepDef, **values)
+    return step_id, step if isinstance(step, StepDef) else None
+
+
 @dataclass
 class _Parts:
     """The sound parts of a lab, kept even when other parts are broken so their files can still be checked."""
@@ -214,6 +227,10 @@ class _Parts:
     param_names: set[str]
     machine_names: set[str]
     lab: Lab | None
+    #: the sound steps with their index in [[steps]]
+    steps: list[tuple[int, StepDef]]
+    #: every step id of [[steps]], broken steps' too (markers naming them are not reported again)
+    step_ids: list[str]
 
 
 def _structure(data: dict[str, object], root: Path, report: _Report,
@@ -248,12 +265,14 @@ def _structure(data: dict[str, object], root: Path, report: _Report,
         params[name] = built if isinstance(built, ParamDef) else None
     raw_checks = top.get("checks", [])
     checks = [_check(i, raw, report, machine_names) for i, raw in enumerate(raw_checks)]  # type: ignore[arg-type]
+    raw_steps = top.get("steps", [])
+    steps = [_step(i, raw, report) for i, raw in enumerate(raw_steps)]  # type: ignore[arg-type]
     lab_id = top.get("id") if isinstance(top.get("id"), str) else "lab"
     version = top.get("version", 1)
     policy = top.get("reset_policy", DEFAULT_RESET_POLICY)
     count = len(machines) if isinstance(data.get("machines", {}), dict) else 1  # a wrong type is reported already
     report.relative((), lab_field_problems(str(lab_id), int(version), str(policy), count))  # type: ignore
-    report.relative((), cross_problems(machines, networks, checks))
+    report.relative((), cross_problems(machines, networks, checks, [step_id for step_id, _ in steps]))
     sound_machines = {k: v for k, v in machines.items() if v}
     sound_networks = {k: v for k, v in networks.items() if v}
     sound_checks = [(i, c) for i, (_id, c) in enumerate(checks) if c]
@@ -267,8 +286,10 @@ def _structure(data: dict[str, object], root: Path, report: _Report,
         machines=sound_machines, networks=sound_networks, params={k: v for k, v in params.items() if v},
         checks=tuple(c for _i, c in sound_checks), folder=root,
         host_ports=host_ports, outbound=bool((reach or {}).get("outbound", True)),
+        steps=tuple(step for _id, step in steps if step),
     ) if not report.items else None
-    return _Parts(instructions, sound_machines, sound_networks, sound_checks, set(params), set(machines), lab)
+    return _Parts(instructions, sound_machines, sound_networks, sound_checks, set(params), set(machines), lab,
+                  [(i, step) for i, (_id, step) in enumerate(steps) if step], [i for i, _ in steps if i])
 
 
 @dataclass
@@ -345,6 +366,24 @@ def _files(parts: _Parts, root: Path, report: _Report, known: set[str], out: lis
             if ("files", child.name) not in claimed:
                 report.file(child, None, f"files/{child.name} belongs to no machine (machines: "
                                          f"{', '.join(parts.machines)})")
+
+
+def _guide(parts: _Parts, root: Path, report: _Report) -> None:
+    """The instructions' step markers and ``run=`` code blocks (labkit.labs.guide) against [[steps]] and machines."""
+    path, _why = lab_path(root, parts.instructions)
+    if path is None or not path.is_file():
+        return  # reported with the instructions
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # reported with the instructions
+    problems, unmarked = guide_problems(text, parts.step_ids, parts.machine_names)
+    for line, message in problems:
+        report.file(root / parts.instructions, line, message)
+    for i, step in parts.steps:
+        if step.id in unmarked:
+            report.key(("steps", i, "id"), f"step {step.id} has no line <!-- step: {step.id} --> in "
+                                           f"{parts.instructions} (where its part of the guide starts)")
 
 
 def _grader(parts: _Parts, root: Path, report: _Report) -> None:
@@ -517,6 +556,7 @@ def _load(path: Path | str, known_images: Mapping[str, str] | None) -> tuple[Lab
     known = parts.param_names | RESERVED_VARIABLES
     templates: list[_Template] = []
     _files(parts, root, report, known, templates)
+    _guide(parts, root, report)
     _grader(parts, root, report)
     if known_images is not None:
         _images(parts, known_images, report)

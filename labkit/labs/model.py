@@ -249,6 +249,21 @@ class ParamDef:
 
 
 @dataclass(frozen=True)
+class StepDef:
+    """One step of the lab's guide, in the order of ``[[steps]]``: its part of the instructions starts at the line
+    ``<!-- step: <id> -->`` (labkit.labs.guide), and checks name it with ``step = "<id>"``."""
+
+    id: str
+    title: str
+
+    def __post_init__(self) -> None:
+        problems = [("id", message) for _key, message in _name_problem(self.id, "step id")]
+        if not self.title.strip():
+            problems.append(("title", f"step {self.id} needs a title"))
+        _raise(f"step {self.id!r}", problems)
+
+
+@dataclass(frozen=True)
 class CheckDef:
     """One graded check: common fields plus the options of its ``kind`` (schema.CHECK_KINDS). String options other
     than ``via``, ``function`` and ``mode`` are templates over the student's parameters."""
@@ -265,6 +280,8 @@ class CheckDef:
     baseline_pass: bool = False
     timeout: float = DEFAULT_TIMEOUT
     options: Mapping[str, object] = field(default_factory=dict)
+    #: the guide step this check belongs to (its Check button runs it), or None
+    step: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -358,6 +375,7 @@ def cross_problems(
     machines: Mapping[str, MachineDef | None],
     networks: Mapping[str, NetworkDef | None],
     checks: Sequence[tuple[str | None, CheckDef | None]],
+    steps: Sequence[str | None] = (),
 ) -> Problems:
     """Problems between parts of a lab, with keys from the lab's root. A part that is None was declared but is broken
     itself: references to it are accepted and its own references are not followed."""
@@ -397,11 +415,32 @@ def cross_problems(
         if machine and check.options.get("via") == "host" and isinstance(port, int) and port not in machine.forwards:
             problems.append((f"checks[{i}].port", f"check {check.id} reaches guest port {port} from the host, but "
                                                   f"machine {machine.name} does not forward it"))
+    problems += _step_problems(steps, checks)
     check_graph = {c.id: c.depends_on for _i, c in checks if c is not None}
     if cycle := _cycle(check_graph):
         where = index.get(cycle[0], 0)
         message = f"checks depend on each other in a cycle: {' -> '.join(cycle)}"
         problems.append((f"checks[{where}].depends_on", message))
+    return problems
+
+
+def _step_problems(steps: Sequence[str | None], checks: Sequence[tuple[str | None, CheckDef | None]]) -> Problems:
+    """Step ids used once; a check's ``step`` names a step (``steps`` holds the ids, None for a broken entry)."""
+    problems: Problems = []
+    first: dict[str, int] = {}
+    for i, step_id in enumerate(steps):
+        if step_id is None:
+            continue
+        if step_id in first:
+            problems.append((f"steps[{i}].id", f"step id {step_id!r} is already used by steps[{first[step_id]}]"))
+        else:
+            first[step_id] = i
+    for i, (_check_id, check) in enumerate(checks):
+        if check is None or check.step is None or check.step in steps:
+            continue
+        known = ", ".join(dict.fromkeys(s for s in steps if s)) or "none: add [[steps]] tables"
+        problems.append((f"checks[{i}].step", f"check {check.id} belongs to step {check.step!r}, which is not "
+                                              f"defined (steps: {known})"))
     return problems
 
 
@@ -435,6 +474,8 @@ class Lab:
     #: ``[reach]``: ports of the lab host's loopback every guest may reach (as 10.0.2.2:PORT), and outbound traffic
     host_ports: tuple[int, ...] = ()
     outbound: bool = True
+    #: ``[[steps]]``: the guide's steps in order (empty: the guide is one page)
+    steps: tuple[StepDef, ...] = ()
 
     def __post_init__(self) -> None:
         for attr in ("machines", "networks", "params"):
@@ -455,8 +496,32 @@ class Lab:
             for key, value in table.items():
                 if key != value.name:
                     problems.append((f"{kind}.{key}", f"is filed under {key!r} but named {value.name!r}"))
-        problems += cross_problems(self.machines, self.networks, [(c.id, c) for c in self.checks])
+        problems += cross_problems(self.machines, self.networks, [(c.id, c) for c in self.checks],
+                                   [s.id for s in self.steps])
         return problems
+
+    def step(self, step_id: str) -> StepDef:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise LabFormatError(f"lab {self.id} has no step {step_id!r}")
+
+    def step_checks(self, step_id: str, include_hidden: bool = True) -> tuple[CheckDef, ...]:
+        """The checks tied to step ``step_id``, in lab order (hidden ones left out unless ``include_hidden``)."""
+        self.step(step_id)
+        return tuple(c for c in self.checks if c.step == step_id and (include_hidden or not c.hidden))
+
+    def needs(self, machine: str) -> list[str]:
+        """The machines ``machine`` depends on, directly or not, in start order (itself not included)."""
+        self.machine(machine)
+        wanted: set[str] = set()
+        todo = list(self.machines[machine].depends_on)
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(self.machines[name].depends_on)
+        return [name for wave in self.start_order() for name in wave if name in wanted]
 
     def machine(self, name: str) -> MachineDef:
         try:

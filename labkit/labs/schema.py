@@ -49,6 +49,7 @@ MODE = ValueType("an octal mode such as \"0644\"", lambda v: isinstance(v, str) 
 
 
 CHECK_LIST = ValueType("an array of tables [[checks]]", _list_of(lambda v: isinstance(v, dict)))
+STEP_LIST = ValueType("an array of tables [[steps]]", _list_of(lambda v: isinstance(v, dict)))
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ LAB_TABLE = TableSpec(
     keys={
         "id": STR, "title": STR, "version": INT, "instructions": STR, "reset_policy": STR,
         "machines": TABLE, "networks": TABLE, "params": TABLE, "checks": CHECK_LIST, "reach": TABLE,
+        "steps": STEP_LIST,
     },
     required=frozenset({"id", "title"}),
 )
@@ -78,6 +80,9 @@ MACHINE_TABLE = TableSpec(
     required=frozenset({"image"}),
 )
 
+#: one [[steps]] entry: a step of the guide (docs/lab-format.md, "Steps")
+STEP_TABLE = TableSpec(keys={"id": STR, "title": STR}, required=frozenset({"id", "title"}))
+
 NETWORK_TABLE = TableSpec(keys={"subnet": STR}, required=frozenset({"subnet"}))
 
 #: keys every [params.<name>] table has besides its generator's options
@@ -88,6 +93,7 @@ CHECK_COMMON = TableSpec(
     keys={
         "id": STR, "title": STR, "points": NUMBER, "machine": STR, "hidden": BOOL, "depends_on": STR_LIST,
         "feedback_pass": STR, "feedback_fail": STR, "kind": STR, "baseline_pass": BOOL, "timeout": NUMBER,
+        "step": STR,
     },
     required=frozenset({"id", "kind"}),
 )

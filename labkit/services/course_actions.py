@@ -47,17 +47,38 @@ class CourseActions(CourseProvisioning):
         with ExitStack() as promised:
             with self._locked(name):  # only while admitting: the boots of several starts overlap
                 targets = self.targets(name, student, machine, lab)
+                if machine is not None:
+                    targets = self._with_needs(name, student, lab, targets, progress)
                 wanted = self._admit(name, targets)
                 promised.enter_context(starting.promise(self.settings.run_dir, name,
                                                         {t.name: t.memory_mb for t in wanted}))
             started: dict[str, MachineView] = {}
             progress(ProgressEvent("start", 0, len(wanted), f"{len(wanted)} machines"))
+            by_name = {t.name: t for t in wanted}
             for wave in sorted({t.wave for t in wanted}):
                 batch = [t for t in wanted if t.wave == wave]
                 for view in self._parallel(batch, lambda t: self.machines.start(t.name, timeout=180), workers):
                     started[view.name] = view
-                    progress(ProgressEvent("start", len(started), len(wanted), "starting"))
+                    progress(ProgressEvent("start", len(started), len(wanted),
+                                           f"{by_name[view.name].machine} is {view.state}"))
         return self._rows(targets, started)  # what each start left is not read again
+
+    def _with_needs(self, name: str, student: str | None, lab: str | None, targets: list[Target],
+                    progress: Reporter) -> list[Target]:
+        """``targets`` (one lab machine's) with the machines they depend on, directly or not: a machine never starts
+        before what it depends on (``depends_on`` in lab.toml), and the progress line says which were added."""
+        with self.db.transaction() as session:
+            labs = {cl.lab_id: cl for cl in course_by_name(session, name).labs}
+            needs = {(t.lab, t.student): self._lab(labs[t.lab]).needs(t.machine) for t in targets}
+        if not any(needs.values()):
+            return targets
+        everything = self.targets(name, student, None, lab)
+        added = [t for t in everything if t.machine in needs.get((t.lab, t.student), ()) and t not in targets]
+        for machine in sorted({t.machine for t in added}):
+            dependants = sorted({t.machine for t in targets if machine in needs[(t.lab, t.student)]})
+            progress(ProgressEvent("start", 0, None, f"also starting {machine}: {', '.join(dependants)} "
+                                                     "depends on it"))
+        return sorted([*added, *targets], key=lambda t: (t.wave, t.name))
 
     def stop(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
              workers: int = 8, progress: Reporter = silent) -> list[dict[str, object]]:

@@ -65,6 +65,19 @@ class Grades:
             history = self._history(session, course_row, kinds, one.id, include_hidden)
             return [grades[-1] for _, grades in sorted(history.items())]
 
+    def history(self, course: str, student: str, lab: str, include_hidden: bool = True,
+                kinds: Sequence[str] = GRADED_KINDS) -> list[StudentGrade]:
+        """Every result of ``kinds`` the student has in ``lab``, oldest first (a step's self-check holds only that
+        step's checks: the workspace shows each check's newest result)."""
+        check_student_id(student)
+        with self.db.transaction() as session:
+            course_row = course_by_name(session, course)
+            one = next((s for s in course_row.students if s.sid == student), None)
+            if one is None:
+                raise NotFoundError(f"course {course} has no student {student!r}")
+            history = self._history(session, course_row, kinds, one.id, include_hidden)
+            return next((grades for (_sid, lab_id), grades in history.items() if lab_id == lab), [])
+
     def _history(self, session: Session, course: Course, kinds: Sequence[str], student_pk: int | None = None,
                  include_hidden: bool = True) -> dict[tuple[str, str], list[StudentGrade]]:
         """For every (student, lab): the results of every run of ``kinds`` that graded it, oldest first."""

@@ -166,15 +166,20 @@ class Grading:
         session.flush()
         session.add_all(self._rows(run.id, job, results, submission.id))
 
-    def self_check(self, course: str, student: str, lab: str | None = None) -> RunReport:
-        """A student's own check of their live machines: only the checks that are not hidden."""
-        return self._run(course, SELF_CHECK, lab, student, False, DEFAULT_WORKERS, silent)
+    def self_check(self, course: str, student: str, lab: str | None = None, step: str | None = None) -> RunReport:
+        """A student's own check of their live machines: only the checks that are not hidden; with ``step`` (of
+        ``lab``), only that guide step's checks (`labkit.labs.model.Lab.step_checks`)."""
+        if step is not None and lab is None:
+            raise NotFoundError("a step's self-check needs its lab")
+        return self._run(course, SELF_CHECK, lab, student, False, DEFAULT_WORKERS, silent, step)
 
     def _run(self, course: str, kind: str, lab: str | None, student: str | None, include_hidden: bool,
-             workers: int, progress: Reporter) -> RunReport:
+             workers: int, progress: Reporter, step: str | None = None) -> RunReport:
         if student is not None:
             check_student_id(student)
         jobs, missing = self._plan(course, kind, lab, student)
+        for job in jobs if step is not None else ():
+            job.lab.step(step)  # an unknown step is refused before a run is recorded
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
             run = GradeRun(course_id=course_row.id, kind=kind, actor=self.actor, lab_filter=lab,
@@ -185,7 +190,7 @@ class Grading:
         grades: list[StudentGrade] = []
         progress(ProgressEvent("grade", 0, len(jobs), f"{len(jobs)} student labs"))
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool:
-            futures = {pool.submit(self._grade_job, job, include_hidden): job for job in jobs}
+            futures = {pool.submit(self._grade_job, job, include_hidden, step): job for job in jobs}
             for done, future in enumerate(as_completed(futures), start=1):
                 job = futures[future]
                 results = future.result()  # _grade_job turns every failure into failed results
@@ -240,16 +245,19 @@ class Grading:
             raise NotFoundError(f"nothing to grade for {student} in course {course}: " + "; ".join(missing))
         return jobs, missing
 
-    def _grade_job(self, job: _Job, include_hidden: bool) -> list[CheckResult]:
-        """One student's lab; never raises (a failure fails that student's checks with the reason)."""
+    def _grade_job(self, job: _Job, include_hidden: bool, step: str | None = None) -> list[CheckResult]:
+        """One student's lab (only ``step``'s checks when given); never raises (a failure fails that student's checks
+        with the reason)."""
+        selected = job.lab.step_checks(step) if step is not None else None
+        checks = job.lab.checks if selected is None else selected
         try:
             with ExitStack() as stack:
                 guests = self._guests(stack, job)
-                return grade(job.lab, None, guests, job.params, job.context, include_hidden=include_hidden)
+                return grade(job.lab, selected, guests, job.params, job.context, include_hidden=include_hidden)
         except Exception as err:  # the last resort: one student's trouble never stops the run, and is not theirs
             reason = f"labkit could not grade this lab: {type(err).__name__}: {err}"
             return [CheckResult(c.id, False, 0.0, float(c.points), reason, reason, "", 0.0, unchecked=reason)
-                    for c in job.lab.checks if include_hidden or not c.hidden]
+                    for c in checks if include_hidden or not c.hidden]
 
     def _guests(self, stack: ExitStack, job: _Job) -> dict[str, Any]:
         """Guest handles for the job's machines, closed with ``stack``.

@@ -19,6 +19,7 @@ from sqlalchemy import Row, Select, and_, bindparam, select
 
 from labkit.config import Settings
 from labkit.errors import LabFormatError, LabkitError, NotFoundError
+from labkit.labs.guide import Guide, split_guide
 from labkit.labs.loader import load_lab
 from labkit.labs.model import Lab
 from labkit.labs.render import LAB_FILE, render_instructions
@@ -90,6 +91,22 @@ class PortalLab:
     enrollment: Enrollment
     #: empty until the instructor provisions the course
     machines: list[PortalMachine]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What the student's lab workspace shows besides the machines: the guide in its steps and the lab's shape."""
+
+    guide: Guide
+    #: step id -> ids of the checks its Check button runs (hidden checks left out; empty: nothing to check there)
+    step_checks: dict[str, tuple[str, ...]]
+    #: lab machine names in start order (``depends_on`` first)
+    machines: tuple[str, ...]
+    #: lab machine -> the machines it depends on, directly or not
+    needs: dict[str, tuple[str, ...]]
+    networks: tuple[str, ...]
+    #: exam mode before the results are released: no Check buttons and no feedback
+    feedback_hidden: bool
 
 
 @functools.lru_cache(maxsize=256)
@@ -192,6 +209,26 @@ class Portal:
             path, secret = row.path, row.course.secret
         loaded = _lab(path)
         return render_instructions(loaded, for_student(loaded, course, student, secret).context)
+
+    def workspace(self, course: str, student: str, lab: str) -> Workspace:
+        """The student's guide (rendered with their values, cut into its steps) and what the workspace needs of the
+        lab. In exam mode, until the instructor releases the results, ``feedback_hidden`` is true."""
+        with self.db.read() as session:
+            row = session.scalar(select(CourseLab).join(Course).where(Course.name == course, CourseLab.lab_id == lab))
+            if row is None:
+                raise NotFoundError(f"course {course} has no lab {lab!r}")
+            path, secret = row.path, row.course.secret
+            hidden = bool(row.exam) and row.results_released_at is None
+        loaded = _lab(path)
+        text = render_instructions(loaded, for_student(loaded, course, student, secret).context)
+        return _workspace(loaded, text, hidden)
+
+
+def _workspace(loaded: Lab, text: str, feedback_hidden: bool) -> Workspace:
+    order = tuple(name for wave in loaded.start_order() for name in wave)
+    return Workspace(split_guide(text, loaded.steps),
+                     {s.id: tuple(c.id for c in loaded.step_checks(s.id, include_hidden=False)) for s in loaded.steps},
+                     order, {m: tuple(loaded.needs(m)) for m in order}, tuple(loaded.networks), feedback_hidden)
 
 
 def _titled(path: str, enrollment: Enrollment) -> Enrollment:

@@ -102,6 +102,7 @@ def test_show(cli_env: dict[str, str]) -> None:
     assert code == 0
     assert "a: image tiny, 64 MB" in out and "start order: [b] then [a]" in out
     assert "route-on-a" in out and "[hidden]" in out
+    assert "  3. service: Start b's web service (checks: service-listens, bound-to-service)" in out
     code, out, _err = run(cli_env, "lab", "show", str(LABS / "intro-shell"), "--json")
     shown = json.loads(out)
     assert shown["id"] == "intro-shell" and list(shown["machines"]) == ["box"]
