@@ -30,6 +30,7 @@ from labkit.services.jobs import JobView
 from labkit.services.machine_states import RUNNING_STATE, is_live
 from labkit.services.portal import Enrollment, Portal
 from web.access import actor, current_user, owned_machine_or_404, student_required
+from web.capture import DURATIONS, lab_networks, pcap_download
 from web.state import WebState, services
 
 bp = Blueprint("student", __name__, url_prefix="/my")
@@ -383,3 +384,16 @@ def submit(course: str, lab: str) -> ResponseReturnValue:
 
     _submit("submit", f"submit:{_lab_target(place)}", place.course_id, run, "A submission")
     return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + "#submit", 303)
+
+
+# ---- packet capture (web/capture.py; the buttons are student/_capture.html) -----------------------------------------
+@bp.post("/courses/<course>/labs/<lab>/capture/<network>")
+@student_required
+def capture(course: str, lab: str, network: str) -> ResponseReturnValue:
+    place = _enrolled(course, lab)
+    return pcap_download(place.course, place.student, place.lab, network)
+
+
+@bp.context_processor
+def _capture_helpers() -> dict[str, Any]:
+    return {"capture_networks": lab_networks, "capture_durations": DURATIONS}

@@ -29,7 +29,7 @@ import signal
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +173,8 @@ class Tap:
             self._proc.wait()
             raise
         self._stream = FrameStream()
+        #: whether the switch repeats every frame to this plug (a hub), or only broadcasts and frames for it
+        self.sees_all = True
 
     def wait_joined(self, timeout: float = 5.0) -> None:
         """Return once the plug has joined the switch (so the capture's time counts from there)."""
@@ -232,7 +234,7 @@ class CaptureStats:
     stopped_by: str = ""
 
 
-def pcap_chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats) -> Iterator[bytes]:
+def pcap_chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats) -> Generator[bytes, None, None]:
     """The capture as pcap bytes, a chunk per frame: the global header, then records until ``seconds`` pass or the
     next record would take the file past ``max_bytes``. The tap is closed (its plug ended by PID) however it ends,
     including when the reader stops early (Ctrl-C, a closed download)."""

@@ -306,6 +306,7 @@ class VdeNetworks:
             raise ConfigError(f"the VDE plug {self.plug!r} is not installed or not on PATH (Debian package "
                               "'vdeplug'); packet capture needs it")
         tap = Tap(plug, net.switch_dir.absolute(), net.taps, owner, time.time() + seconds, net.path / "taps.log")
+        tap.sees_all = self.sees_all(spec)
         tap.wait_joined()
         return tap
 
