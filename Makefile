@@ -19,7 +19,7 @@ DEB_PACKAGES += qemu-system-x86
 DEB_PACKAGES += tmux
 
 # Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
-# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.
+# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono. tcpdump reads packet captures back.
 TEST_DEB_PACKAGES := chromium fonts-dejavu-core tcpdump
 
 .PHONY: run test lint system-deps system-packages venv vendor clean-venv
