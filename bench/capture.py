@@ -143,15 +143,16 @@ def main(argv: list[str]) -> int:
                 record.send(9)
         shutil.rmtree(root, ignore_errors=True)
     rows.append(load_row())
-    notes = """What it means: a lab network carries a few machines' traffic, so a hub costs little. With 2 ports a \
+    notes = """\
+What it means: a lab network carries a few machines' traffic, so a hub costs little. With 2 ports a hub and a
 switch do the same work (every frame goes to the one other port; the difference is noise). With more ports a hub
 copies each frame to every port, and the switch's CPU per frame grows with them: here from about 4 to 7 µs at 4
-ports and to about 16 µs at 8, against a lab's traffic of a few frames a second (pings, a page, an SSH session) or a
-few thousand for a file copy. The capture is one more port. Frames are lost in every mode at these rates: the sender
-blasts them without pause and the plugs' sockets overflow (vde_plug's limit, not the hub's). The machine was busy
-(load average above), so the figures move between runs. Without a hub, a capture would see broadcasts and the first
-frames after it joins only (a VDE switch forgets what it learned when a port joins, then learns again): that is why
-lab networks are hubs (docs/runtime.md, "Packet capture")."""
+ports and to about 16 µs at 8, against a lab's traffic of a few frames a second (pings, a page, an SSH session)
+or a few thousand for a file copy. The capture is one more port. Frames are lost in every mode at these rates:
+the sender blasts them without pause and the plugs' sockets overflow (vde_plug's limit, not the hub's). The
+machine was busy (load average above), so the figures move between runs. Without a hub, a capture would see
+broadcasts and the first frames after it joins only (a VDE switch forgets what it learned when a port joins,
+then learns again): that is why lab networks are hubs (docs/runtime.md, "Packet capture")."""
     show_rows(SECTION, "bench/capture.py", rows, not args.small, notes)
     return 0
 
