@@ -28,6 +28,7 @@ import select
 import signal
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -187,15 +188,16 @@ class Tap:
                 return  # no wchan on this kernel: the plug joins within milliseconds all the same
             time.sleep(0.005)
 
-    def frames(self, deadline: float) -> Iterator[tuple[float, bytes]]:
-        """(time, frame) for every frame that passes until ``deadline`` (monotonic) or the switch goes away."""
+    def frames(self, deadline: float, stop: threading.Event | None = None) -> Iterator[tuple[float, bytes]]:
+        """(time, frame) for every frame that passes until ``deadline`` (monotonic), ``stop`` is set (within 0.2 s:
+        a Ctrl-C handler sets it) or the switch goes away."""
         assert self._proc.stdout is not None
         out = self._proc.stdout.fileno()
-        while True:
+        while stop is None or not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            ready, _, _ = select.select([out], [], [], min(left, 0.5))
+            ready, _, _ = select.select([out], [], [], min(left, 0.2))
             if not ready:
                 continue
             data = os.read(out, 65536)
@@ -234,17 +236,42 @@ class CaptureStats:
     stopped_by: str = ""
 
 
-def pcap_chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats) -> Generator[bytes, None, None]:
-    """The capture as pcap bytes, a chunk per frame: the global header, then records until ``seconds`` pass or the
-    next record would take the file past ``max_bytes``. The tap is closed (its plug ended by PID) however it ends,
-    including when the reader stops early (Ctrl-C, a closed download)."""
+class PcapStream:
+    """The capture as pcap bytes, a chunk per frame (`pcap_chunks`); `close` ends the plug by its PID even when
+    nobody read a byte (a generator's ``finally`` runs only once it has started)."""
+
+    def __init__(self, tap: Tap, chunks: Generator[bytes, None, None]) -> None:
+        self._tap = tap
+        self._chunks = chunks
+
+    def __iter__(self) -> PcapStream:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._tap.close()
+
+
+def pcap_chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats,
+                stop: threading.Event | None = None) -> PcapStream:
+    """The capture as pcap bytes: the global header, then a record per frame until ``seconds`` pass, ``stop`` is
+    set, or the next record would take the file past ``max_bytes``. The tap is closed (its plug ended by PID)
+    however it ends, including when the reader stops early (a closed download) and closes the stream."""
+    return PcapStream(tap, _chunks(tap, seconds, max_bytes, stats, stop))
+
+
+def _chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats,
+            stop: threading.Event | None) -> Generator[bytes, None, None]:
     stats.stopped_by = "interrupted"
     try:
         header = pcap_header()
         stats.bytes = len(header)
         yield header
         deadline = time.monotonic() + seconds
-        for stamp, frame in tap.frames(deadline):
+        for stamp, frame in tap.frames(deadline, stop):
             record = pcap_record(stamp, frame)
             if stats.bytes + len(record) > max_bytes:
                 stats.stopped_by = "size"
@@ -252,6 +279,8 @@ def pcap_chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats) -
             stats.bytes += len(record)
             stats.packets += 1
             yield record
+        if stop is not None and stop.is_set():
+            return
         stats.stopped_by = "duration" if time.monotonic() >= deadline else "network"
     finally:
         tap.close()

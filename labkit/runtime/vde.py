@@ -307,7 +307,11 @@ class VdeNetworks:
                               "'vdeplug'); packet capture needs it")
         tap = Tap(plug, net.switch_dir.absolute(), net.taps, owner, time.time() + seconds, net.path / "taps.log")
         tap.sees_all = self.sees_all(spec)
-        tap.wait_joined()
+        try:
+            tap.wait_joined()
+        except BaseException:
+            tap.close()
+            raise
         return tap
 
     def sees_all(self, spec: NetworkSpec) -> bool:

@@ -13,7 +13,7 @@ ended by its PID when the duration, the size cap or the reader ends it. Each cap
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from labkit.errors import BadNameError, ConfigError, NotFoundError
 from labkit.names import check_name
 from labkit.runtime import get_backend
 from labkit.runtime.base import NetworkSpec
-from labkit.runtime.capture import CaptureStats, pcap_chunks
+from labkit.runtime.capture import CaptureStats, PcapStream, pcap_chunks
 from labkit.services.accounts import Accounts, UserView
 from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
@@ -68,7 +68,7 @@ class Capture:
 
     network: LabNetwork
     seconds: float
-    chunks: Generator[bytes, None, None]
+    chunks: PcapStream
     stats: CaptureStats
     #: False when the switch is not a hub (started before lab networks were): it shows broadcasts and its own only
     sees_all: bool
@@ -146,9 +146,10 @@ class Captures:
         return place
 
     def start(self, course: str, student: str, network: str, *, seconds: float, lab: str | None = None,
-              user: UserView | None = None, limit: float = MAX_SECONDS, max_bytes: int = MAX_BYTES) -> Capture:
+              user: UserView | None = None, limit: float = MAX_SECONDS, max_bytes: int = MAX_BYTES,
+              stop: threading.Event | None = None) -> Capture:
         """Start capturing the network now; the caller iterates the capture's chunks (the plug ends when they end,
-        or when the caller closes them early)."""
+        when ``stop`` is set, or when the caller closes them early)."""
         seconds = check_seconds(seconds, limit)
         place = self._find(course, student, network, lab, user)
         spec = NetworkSpec(network, place.folder)
@@ -162,4 +163,4 @@ class Captures:
             tap.close()
             raise
         stats = CaptureStats()
-        return Capture(place.network, seconds, pcap_chunks(tap, seconds, max_bytes, stats), stats, tap.sees_all)
+        return Capture(place.network, seconds, pcap_chunks(tap, seconds, max_bytes, stats, stop), stats, tap.sees_all)

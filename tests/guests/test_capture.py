@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from labkit.errors import ConfigError, NotFoundError
 from labkit.images.recipe import find_recipe
 from labkit.images.store import ImageStore
+from labkit.runtime.capture import TapRecord
 from labkit.services.accounts import Accounts
 from labkit.services.captures import Captures
 from labkit.services.courses import Courses
@@ -144,6 +146,26 @@ def test_a_ping_is_captured_by_its_student_only(klass: Class) -> None:
                           check=True).stdout
     assert icmp(klass.home / "bob.pcap") == [] and a not in bobs and b not in bobs
     assert not list((klass.home / "home").rglob("taps/*.json"))  # every plug ended and its record removed
+
+
+def test_ctrl_c_ends_the_capture_and_keeps_the_file(klass: Class) -> None:
+    """SIGINT to ``labkit capture`` (what Ctrl-C sends it; its plug is in a session of its own): the plug is ended by
+    its PID, its record removed, and the file holds what was captured."""
+    out = klass.home / "interrupted.pcap"
+    run = subprocess.Popen([LABKIT, "capture", "net", "alice", "lan", "-o", str(out), "--duration", "60"],
+                           env=klass.lk.env, stderr=subprocess.PIPE, text=True)
+    taps = klass.home / "home"
+    deadline = time.monotonic() + 30
+    while not (records := list(taps.rglob("taps/*.json"))):
+        assert run.poll() is None and time.monotonic() < deadline, "the capture did not start"
+        time.sleep(0.05)
+    plug = TapRecord.read(records[0])
+    assert plug is not None and plug.owner and plug.process().alive()
+    run.send_signal(signal.SIGINT)
+    _, errors = run.communicate(timeout=30)
+    assert run.returncode == 0 and "stopped: interrupted" in errors, errors
+    assert not plug.process().alive() and not list(taps.rglob("taps/*.json"))
+    icmp(out)  # a whole pcap file: tcpdump reads it
 
 
 def session_client(app: Flask, username: str) -> FlaskClient:

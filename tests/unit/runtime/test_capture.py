@@ -135,6 +135,11 @@ def test_the_plug_ends_by_pid_when_the_reader_stops_and_limits_hold(root: Path) 
     chunks.close()
     assert not plug.alive() and stats.stopped_by == "interrupted"
     assert [r.owner for r in taps.live()] == ["teacher"]
+    # ... also when nobody read a byte (a download closed before it began)
+    unread = networks.tap(spec, owner="bob", seconds=30)
+    pcap_chunks(unread, 30, 1 << 20, CaptureStats()).close()
+    assert not unread.record.process().alive()
+    assert [r.owner for r in taps.live()] == ["teacher"]
     # The size cap: the header alone fits, the first frame does not.
     sender = Plug(NetworkDir(spec.folder).switch_dir)
     try:
