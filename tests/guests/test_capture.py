@@ -28,7 +28,7 @@ from labkit.runtime.capture import TapRecord
 from labkit.services.accounts import Accounts
 from labkit.services.captures import Captures
 from labkit.services.courses import Courses
-from labkit.services.models import Machine
+from labkit.services.models import Event, Machine
 from web import create_app
 from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
@@ -213,6 +213,10 @@ def test_the_capture_buttons_download_pcaps(klass: Class) -> None:
         (klass.home / f"web-{name}.pcap").write_bytes(data)
         seen = icmp(klass.home / f"web-{name}.pcap")
         assert any(f"IP {a} > {b}: ICMP echo request" in line for line in seen), (name, seen)
+    with klass.state.db.transaction() as session:  # each capture is in the audit log, with who asked
+        found = session.scalars(select(Event).where(Event.action == "capture"))
+        events = {(e.actor, e.target, e.detail) for e in found}
+    assert {("alice", "net/alice/two-hosts/lan", "2 s"), ("teacher", "net/alice/two-hosts/lan", "2 s")} <= events
 
 
 def test_who_may_capture_what_and_bad_input(klass: Class) -> None:
