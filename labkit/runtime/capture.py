@@ -270,7 +270,8 @@ def _chunks(tap: Tap, seconds: float, max_bytes: int, stats: CaptureStats,
         header = pcap_header()
         stats.bytes = len(header)
         yield header
-        deadline = time.monotonic() + seconds
+        # no later than the deadline the tap was recorded with (`TapRecords.live` ends a plug 5 s past it)
+        deadline = time.monotonic() + min(seconds, tap.record.until - time.time())
         for stamp, frame in tap.frames(deadline, stop):
             record = pcap_record(stamp, frame)
             if stats.bytes + len(record) > max_bytes:
