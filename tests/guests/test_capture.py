@@ -1,6 +1,7 @@
 """Packet capture on real guests: the two-hosts lab booted for alice and bob (four tiny guests, once for the module);
-a ping between alice's two machines is captured by ``labkit capture`` and by her Capture button, and read back with
-``tcpdump -r``; bob's capture of his network of the same name sees none of it; who may capture what, and bad input.
+a ping between alice's two machines is captured by ``labkit capture`` and by her Capture button (through the routes,
+and once in Debian's chromium against ``labkit serve``), and read back with ``tcpdump -r``; bob's capture of his
+network of the same name sees none of it; Ctrl-C; who may capture what, and bad input.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -266,3 +269,60 @@ def test_who_may_capture_what_and_bad_input(klass: Class) -> None:
             machine.networks = [["lan", str(klass.home / "elsewhere")]]
     with pytest.raises(ConfigError, match="not under"):
         Captures(state.settings, state.db, "teacher").start("net", "carol", "lan", seconds=1)
+
+
+@pytest.mark.browser
+def test_the_capture_button_in_chromium(klass: Class) -> None:
+    """The button as a student uses it: ``labkit serve`` (gunicorn streams the capture), Debian's chromium logs in as
+    alice, picks 5 s on her lab page and presses "Capture lan"; the download is a pcap with her ping in it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    accounts = Accounts(klass.state.settings, klass.state.db, "teacher")
+    accounts.use_link(accounts.create_links("net", ["alice"])[0].token, "alice's long password")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    with (klass.home / "serve.log").open("wb") as log:
+        server = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "4"], env=klass.lk.env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/login", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "labkit serve did not answer"
+                time.sleep(0.1)
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(accept_downloads=True)
+            page.set_default_timeout(30_000)
+            page.goto(f"{base}/login")
+            page.fill("#username", "alice")
+            page.fill("#password", "alice's long password")
+            page.click("button[type=submit]")
+            page.goto(f"{base}/my/courses/net/labs/two-hosts")
+            form = page.locator("form.capture-form[data-network=lan]")
+            expect(form).to_be_visible()
+            form.locator("select[name=duration]").select_option("5")
+            ping = Ping(klass)
+            try:
+                with page.expect_download() as download:
+                    form.locator("button[data-action=capture]").click()
+                path = klass.home / "browser.pcap"
+                download.value.save_as(path)
+                assert download.value.suggested_filename == "net-alice-two-hosts-lan.pcap"
+                assert ping.still_running()
+            finally:
+                ping.stop()
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGTERM)  # our own server, by its PID
+        server.wait(20)
+    a, b = klass.lan["alice"]
+    seen = icmp(path)
+    assert any(f"IP {a} > {b}: ICMP echo request" in line for line in seen), seen
+    assert any(f"IP {b} > {a}: ICMP echo reply" in line for line in seen), seen
