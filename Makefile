@@ -19,8 +19,8 @@ DEB_PACKAGES += qemu-system-x86
 DEB_PACKAGES += tmux
 
 # Only the tests need these: the browser tests drive Debian's chromium (no browser download); the console's pixels
-# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono.
-TEST_DEB_PACKAGES := chromium fonts-dejavu-core
+# (the underscore check, the screenshots in docs/) are those of DejaVu Sans Mono. tcpdump reads packet captures back.
+TEST_DEB_PACKAGES := chromium fonts-dejavu-core tcpdump
 
 .PHONY: run test lint system-deps system-packages venv vendor clean-venv
 

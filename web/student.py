@@ -35,6 +35,7 @@ from labkit.services.jobs import JobView
 from labkit.services.machine_states import RUNNING_STATE, is_live
 from labkit.services.portal import Enrollment, Portal, PortalMachine
 from web.access import actor, current_user, owned_machine_or_404, student_required
+from web.capture import DURATIONS, lab_networks, pcap_download
 from web.state import WebState, services
 
 bp = Blueprint("student", __name__, url_prefix="/my")
@@ -554,3 +555,15 @@ def check_step(course: str, lab: str, step: str) -> ResponseReturnValue:
 
     _submit("self-check", f"check:{_lab_target(place)}:{step}", place.course_id, run, "A check of this step")
     return _to_lab(place, f"#step-{step}")
+
+# ---- packet capture (web/capture.py; the buttons are student/_capture.html) -----------------------------------------
+@bp.post("/courses/<course>/labs/<lab>/capture/<network>")
+@student_required
+def capture(course: str, lab: str, network: str) -> ResponseReturnValue:
+    place = _enrolled(course, lab)
+    return pcap_download(place.course, place.student, place.lab, network)
+
+
+@bp.context_processor
+def _capture_helpers() -> dict[str, Any]:
+    return {"capture_networks": lab_networks, "capture_durations": DURATIONS}

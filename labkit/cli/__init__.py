@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("labkit.cli.grade", "check"),
     "submit": ("labkit.cli.grade", "submit"),
     "submissions": ("labkit.cli.grade", "submissions"),
+    "capture": ("labkit.cli.capture", "command"),
 }
 
 

@@ -16,6 +16,10 @@ from labkit.errors import StateError
 from labkit.images.guest_contract import SLIRP_GUEST_ADDRESS as GUEST_ADDRESS
 from labkit.progress import Reporter, silent
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from labkit.runtime.capture import Tap
+
 
 class State(enum.StrEnum):
     """Where a machine is in its life (qemu.qmp's Runstate is the model)."""
@@ -214,6 +218,13 @@ class Backend(ABC):
     @abstractmethod
     def network_status(self, spec: NetworkSpec) -> NetworkStatus:
         """Tell the truth about the network, cleaning up what a dead switch left."""
+
+    # ---- packet capture (optional: backends whose lab networks have a place to listen)
+
+    def open_tap(self, spec: NetworkSpec, *, owner: str, seconds: float) -> Tap:
+        """A plug on the running lab network that sees every frame on it, recorded with ``owner``, ended by its PID
+        when closed and no later than ``seconds`` from now (`labkit.runtime.capture`)."""
+        raise StateError(f"{self.kind} lab networks cannot be captured")
 
     # ---- running state (optional: only backends with ``capabilities.ram_snapshots`` have it)
 

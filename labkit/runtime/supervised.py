@@ -18,6 +18,7 @@ from pathlib import Path
 from labkit.errors import ConflictError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER
 from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.capture import Tap
 from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes
 from labkit.runtime.rundir import RunDir
@@ -292,3 +293,6 @@ class SupervisedBackend(Backend):
 
     def network_status(self, spec: NetworkSpec) -> NetworkStatus:
         return self.lab_networks.status(spec)
+
+    def open_tap(self, spec: NetworkSpec, *, owner: str, seconds: float) -> Tap:
+        return self.lab_networks.tap(spec, owner, seconds)

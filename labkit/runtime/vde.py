@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.atomic import locked, write_atomic
-from labkit.errors import BadNameError, ConfigError, RuntimeBackendError, StateError
+from labkit.errors import BadNameError, ConfigError, ConflictError, RuntimeBackendError, StateError
 from labkit.logtail import tail
 from labkit.names import check_name
 from labkit.runtime.base import MachineSpec, NetworkSpec, NetworkStatus, State
+from labkit.runtime.capture import Tap, TapRecords
 from labkit.runtime.network import check_mac, network_mac
 from labkit.runtime.process import (
     ProcessRecord,
@@ -74,6 +75,11 @@ class NetworkDir:
     def log(self) -> Path:
         """The switch's stdout and stderr, across starts."""
         return self.path / "switch.log"
+
+    @property
+    def taps(self) -> TapRecords:
+        """The records of the capture plugs on this network (`labkit.runtime.capture`)."""
+        return TapRecords(self.path / "taps")
 
     @property
     def lock(self) -> Path:
@@ -138,14 +144,17 @@ def _symlink_atomic(link: Path, target: Path) -> None:
 class VdeNetworks:
     """Starts, stops and reports lab networks as ``vde_switch`` processes, and plugs machines into them."""
 
-    def __init__(self, binary: str = "vde_switch", hub: bool = False) -> None:
+    def __init__(self, binary: str = "vde_switch", hub: bool = True, plug: str = "vde_plug") -> None:
         self.binary = binary
-        #: a hub repeats every frame to every port (students can watch each other's traffic with tcpdump)
+        #: a hub repeats every frame to every port, so a capture plug sees the traffic between two machines (and a
+        #: machine of the lab sees its neighbours' traffic with tcpdump); a switch sends unicast to one port only
         self.hub = hub
+        #: the program a capture joins the switch with (`tap`)
+        self.plug = plug
 
     def requirements(self) -> dict[str, str]:
         """Host programs lab networks run: program -> Debian package that provides it."""
-        return {self.binary: "vde2"}
+        return {self.binary: "vde2", self.plug: "vdeplug"}
 
     def find_binary(self) -> str:
         found = shutil.which(self.binary)
@@ -270,11 +279,45 @@ class VdeNetworks:
                 record.wait_gone(2.0)
             if record is not None:
                 _reap(record)
+            net.taps.end_all()
             left = end_processes(None, net.argv(), timeout=2.0)
             if left:
                 raise RuntimeBackendError(f"cannot end the vde_switch of network {spec.name} (pids {left})")
             net.clean()
             return self.status(spec)
+
+    # ---- capture
+
+    def tap(self, spec: NetworkSpec, owner: str, seconds: float, max_taps: int = 2) -> Tap:
+        """A capture plug on the running network, recorded with ``owner`` and a deadline ``seconds`` from now.
+
+        Refuses a network that is not running, and a third capture at once (each holds a process and a reader)."""
+        current = self.status(spec)
+        if current.state != State.RUNNING:
+            raise StateError(f"cannot capture network {spec.name}: it is {current.state.value} (its switch runs "
+                             "while a machine on it runs; start the lab's machines first)", current.state)
+        net = NetworkDir(spec.folder)
+        running = net.taps.live()
+        if len(running) >= max_taps:
+            raise ConflictError(f"network {spec.name} already has {len(running)} captures running (by "
+                                f"{', '.join(sorted({r.owner for r in running}))}); wait until one ends")
+        plug = shutil.which(self.plug)
+        if plug is None:
+            raise ConfigError(f"the VDE plug {self.plug!r} is not installed or not on PATH (Debian package "
+                              "'vdeplug'); packet capture needs it")
+        tap = Tap(plug, net.switch_dir.absolute(), net.taps, owner, time.time() + seconds, net.path / "taps.log")
+        tap.sees_all = self.sees_all(spec)
+        try:
+            tap.wait_joined()
+        except BaseException:
+            tap.close()
+            raise
+        return tap
+
+    def sees_all(self, spec: NetworkSpec) -> bool:
+        """Whether the running switch repeats every frame to every port (a switch started before lab networks were
+        hubs sends a capture only broadcasts and its own frames)."""
+        return "--hub" in (NetworkDir(spec.folder).argv() or [])
 
     # ---- machines
 
