@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("labkit.cli.grade", "check"),
     "submit": ("labkit.cli.grade", "submit"),
     "submissions": ("labkit.cli.grade", "submissions"),
+    "recordings": ("labkit.cli.recordings", "command"),
 }
 
 
