@@ -1,0 +1,66 @@
+"""The instructor's console replays: only the course's owner lists and fetches a student's recordings; another
+course's instructor, the student and strangers get 404 (or the login page), and no name in a URL reaches a path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+
+from sqlalchemy import select
+
+from labkit.runtime.recorder import SessionRecorder, hello_line
+from labkit.services.models import Course, GradeRun
+from labkit.services.recordings import Recordings
+
+from .conftest import state
+from .test_instructor_pages import Teaching, teaching_fixture  # noqa: F401  (the shared fixture)
+
+
+def record_session(teaching: Teaching, student: str) -> str:
+    """A browser session of ``student``'s machine as its supervisor writes it, and a self-check during it."""
+    settings = state(teaching.app).settings
+    machine = teaching.machines[student]
+    started = float(int(time.time()) - 60)  # whole seconds, as a cast's header keeps them
+    rec = SessionRecorder({"folder": str(settings.recordings / machine), "machine": machine, "max_bytes": 1 << 20},
+                          started)
+    rec.from_client(hello_line("browser", student, 90, 20), started)
+    rec.from_client(b"ls /\r", started + 1)
+    rec.output(b"ls /\r\nbin  etc  root\r\n# ", started + 1.5)
+    rec.output(b"done\r\n", started + 30)
+    rec.close(started + 31)
+    with state(teaching.app).db.transaction() as session:
+        course_id = session.scalar(select(Course.id).where(Course.name == "c1"))
+        session.add(GradeRun(course_id=course_id, kind="self-check", actor=student, student_filter=student,
+                             started_at=dt.datetime.fromtimestamp(started + 10, dt.UTC)))
+    return Recordings(settings, state(teaching.app).db).of_machine(machine)[0].id
+
+
+def test_only_the_course_owner_replays_a_students_console(teaching: Teaching) -> None:
+    recording = record_session(teaching, "alice")
+    alice, carol = teaching.machines["alice"], teaching.machines["carol"]
+    listing = f"/teach/courses/c1/recordings/{alice}"
+    cast = f"{listing}/{recording}.cast"
+
+    answer = teaching.teacher.get(listing)
+    assert answer.status_code == 200
+    body = answer.get_data(as_text=True)
+    assert f'data-recording="{recording}"' in body and f'data-src="{cast}"' in body
+    markers = re.search(r"data-markers='([^']*)'", body)
+    assert markers and json.loads(markers.group(1).replace("&#34;", '"')) == [[10.0, "self-check"]], body[-3000:]
+    assert "'wasm-unsafe-eval'" in answer.headers["Content-Security-Policy"]
+    assert teaching.teacher.get(cast).get_data(as_text=True).startswith('{"version": 2, "width": 90, "height": 20')
+    console = teaching.teacher.get(f"/teach/courses/c1/machines/{alice}/console").get_data(as_text=True)
+    assert f'href="{listing}"' in console
+
+    for client in (teaching.other, teaching.student):  # another course's instructor; the student herself
+        assert client.get(listing).status_code == 404
+        assert client.get(cast).status_code == 404
+    assert teaching.other.get(f"/teach/courses/c2/recordings/{alice}").status_code == 404  # not c2's machine
+    assert teaching.teacher.get(f"/teach/courses/c1/recordings/{carol}").status_code == 404  # not c1's machine
+    assert teaching.anonymous.get(cast).status_code == 302
+    for bad in ("..%2F..%2Flabkit.db", "20260101T000000Z-browser-1-1", recording + "x"):
+        assert teaching.teacher.get(f"{listing}/{bad}.cast").status_code == 404
+    assert teaching.teacher.get(f"{listing}?r=nonexistent").status_code == 404
+    assert teaching.other.get(f"/teach/courses/c2/recordings/{carol}").status_code == 200  # theirs: no recordings
