@@ -154,6 +154,31 @@ class Recordings:
         marks = [(_utc(t), "self-check") for t in checks] + [(_utc(t), "submitted") for t in submits]
         return sorted((round(at - start, 3), label) for at, label in marks if start <= at <= end)
 
+    def cast_with_markers(self, machine: str, recording: str) -> bytes:
+        """The recording's file with its `markers` as ``[t, "m", label]`` events in time order, for the player (whose
+        idle-time limit then moves them along with the rest; its ``markers`` option would not)."""
+        path = self.path(machine, recording)
+        info = read_info(path)
+        data = path.read_bytes()
+        marks = self.markers(machine, info) if info is not None else []
+        if not marks:
+            return data
+        head, _, body = data.partition(b"\n")
+        out = [head]
+        pending = [json.dumps([at, "m", label]).encode() for at, label in marks]
+        times = [at for at, _ in marks]
+        for line in body.splitlines():
+            try:
+                at = float(line[1:line.index(b",")])
+            except ValueError:
+                at = 0.0
+            while times and times[0] <= at:
+                out.append(pending.pop(0))
+                times.pop(0)
+            out.append(line)
+        out += pending
+        return b"\n".join(out) + b"\n"
+
     def prune(self) -> list[Path]:
         """Apply the retention policy to every machine's recordings now (the supervisor does it at each start)."""
         removed: list[str] = []

@@ -36,11 +36,14 @@ def _recordings() -> Recordings:
 @bp.get("/courses/<course>/recordings/<name>")
 @instructor_required
 def recordings(course: str, name: str) -> ResponseReturnValue:
-    """The machine's recordings, newest first, and one of them (``?r=<id>``, default the newest) in the player."""
+    """The machine's recordings, newest first, and one of them (``?r=<id>``, default the newest that is not an
+    instructor watching) in the player."""
     course_name, machine = _course_machine(course, name)
     found = _recordings().of_machine(machine.name)
     wanted = request.args.get("r")
-    chosen = next((r for r in found if r.id == wanted), None) if wanted else (found[0] if found else None)
+    # by default the newest session someone typed in (an instructor watching is rarely what is looked for)
+    default = next((r for r in found if not r.read_only), found[0] if found else None)
+    chosen = next((r for r in found if r.id == wanted), None) if wanted else default
     if wanted and chosen is None:
         abort(404)
     markers = _recordings().markers(machine.name, chosen) if chosen else []
@@ -53,13 +56,14 @@ def recordings(course: str, name: str) -> ResponseReturnValue:
 @bp.get("/courses/<course>/recordings/<name>/<recording>.cast")
 @instructor_required
 def recording_file(course: str, name: str, recording: str) -> ResponseReturnValue:
-    """One recording's file, for the player (or ``asciinema play``)."""
+    """One recording for the player, with the self-check and submission markers in it; ``?download=1``: the file as
+    the supervisor wrote it (``asciinema play`` replays either)."""
     _, machine = _course_machine(course, name)
     try:
-        path = _recordings().path(machine.name, recording)
+        if request.args.get("download") == "1":  # the file as recorded
+            return send_file(_recordings().path(machine.name, recording), mimetype="application/x-asciicast",
+                             as_attachment=True, download_name=f"{machine.name}-{recording}.cast", max_age=0)
+        data = _recordings().cast_with_markers(machine.name, recording)
     except NotFoundError:
         abort(404)
-    response = send_file(path, mimetype="application/x-asciicast", as_attachment=request.args.get("download") == "1",
-                         download_name=f"{machine.name}-{recording}.cast", max_age=0)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return data, 200, {"Content-Type": "application/x-asciicast", "Cache-Control": "no-store"}
