@@ -7,9 +7,12 @@ import datetime as dt
 import json
 import re
 import time
+from pathlib import Path
 
+from click.testing import CliRunner
 from sqlalchemy import select
 
+from labkit.cli import main
 from labkit.runtime.recorder import SessionRecorder, hello_line
 from labkit.services.models import Course, GradeRun
 from labkit.services.recordings import Recordings
@@ -68,3 +71,24 @@ def test_only_the_course_owner_replays_a_students_console(teaching: Teaching) ->
         assert teaching.teacher.get(f"{listing}/{bad}.cast").status_code == 404
     assert teaching.teacher.get(f"{listing}?r=nonexistent").status_code == 404
     assert teaching.other.get(f"/teach/courses/c2/recordings/{carol}").status_code == 200  # theirs: no recordings
+
+
+def test_the_cli_lists_and_exports_a_students_recordings(teaching: Teaching, tmp_path: Path) -> None:
+    from conftest import settings_env
+
+    recording = record_session(teaching, "alice")
+    env = settings_env(state(teaching.app).settings)
+    listed = CliRunner().invoke(main, ["recordings", "list", "c1", "alice", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    machines = json.loads(listed.output)
+    assert [(m["machine"], [r["id"] for r in m["recordings"]]) for m in machines] == [("box", [recording])]
+    assert machines[0]["recordings"][0]["source"] == "browser" and machines[0]["recordings"][0]["user"] == "alice"
+    out = tmp_path / "alice.cast"
+    exported = CliRunner().invoke(main, ["recordings", "export", "c1", "alice", "intro-shell/box", "-o", str(out)],
+                                  env=env)
+    assert exported.exit_code == 0, exported.output
+    folder = state(teaching.app).settings.recordings / teaching.machines["alice"]
+    assert out.read_bytes() == (folder / f"{recording}.cast").read_bytes()
+    wrong = CliRunner().invoke(main, ["recordings", "export", "c1", "alice", "nope", "-o", str(out)], env=env)
+    assert wrong.exit_code == 1 and "no machine 'nope'" in wrong.output and "intro-shell/box" in wrong.output
+    assert CliRunner().invoke(main, ["recordings", "list", "c1", "zed"], env=env).exit_code == 1
