@@ -40,7 +40,8 @@ def record_session(teaching: Teaching, student: str) -> str:
     return Recordings(settings, state(teaching.app).db).of_machine(machine)[0].id
 
 
-def test_only_the_course_owner_replays_a_students_console(teaching: Teaching) -> None:
+def test_only_the_course_owner_replays_a_students_console_and_the_cli_exports_it(teaching: Teaching,
+                                                                                 tmp_path: Path) -> None:
     recording = record_session(teaching, "alice")
     alice, carol = teaching.machines["alice"], teaching.machines["carol"]
     listing = f"/teach/courses/c1/recordings/{alice}"
@@ -71,12 +72,14 @@ def test_only_the_course_owner_replays_a_students_console(teaching: Teaching) ->
         assert teaching.teacher.get(f"{listing}/{bad}.cast").status_code == 404
     assert teaching.teacher.get(f"{listing}?r=nonexistent").status_code == 404
     assert teaching.other.get(f"/teach/courses/c2/recordings/{carol}").status_code == 200  # theirs: no recordings
+    cli_lists_and_exports(teaching, recording, tmp_path)
 
 
-def test_the_cli_lists_and_exports_a_students_recordings(teaching: Teaching, tmp_path: Path) -> None:
+def cli_lists_and_exports(teaching: Teaching, recording: str, tmp_path: Path) -> None:
+    """``labkit recordings list`` and ``export`` find the same recording (one fixture for both tests: it provisions
+    two courses)."""
     from conftest import settings_env
 
-    recording = record_session(teaching, "alice")
     env = settings_env(state(teaching.app).settings)
     listed = CliRunner().invoke(main, ["recordings", "list", "c1", "alice", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
