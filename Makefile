@@ -62,12 +62,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## The web app's front-end assets (xterm.js and its fit addon), copied from npm packages; no CDN at run time.
+## The web app's front-end assets (xterm.js and its fit addon, asciinema-player for replays), copied from npm packages; no CDN at run time.
 $(VENDOR)/.built: web/package.json web/package-lock.json | system-deps
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	@mkdir -p $(VENDOR)
 	cp web/node_modules/@xterm/xterm/lib/xterm.js web/node_modules/@xterm/xterm/css/xterm.css \
-	  web/node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
+	  web/node_modules/@xterm/addon-fit/lib/addon-fit.js \
+	  web/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js \
+	  web/node_modules/asciinema-player/dist/bundle/asciinema-player.css $(VENDOR)/
 	@touch $@
 
 vendor: $(VENDOR)/.built

@@ -7,6 +7,7 @@ can point a whole installation at a temporary folder with one variable.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ class Settings:
     recipes: Path
     cache: Path
     run_dir: Path
+    #: console recordings (docs/operations.md): the cap of one recording (0: consoles are not recorded), and how long
+    #: and how much (per machine) the recordings are kept (0: no limit)
+    recording_max_bytes: int = 8 << 20
+    recordings_keep_days: float = 90.0
+    recordings_keep_bytes: int = 256 << 20
 
     @property
     def images(self) -> Path:
@@ -46,6 +52,11 @@ class Settings:
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def recordings(self) -> Path:
+        """Console recordings, one folder per machine (kept across stops, unlike the run folder)."""
+        return self.home / "recordings"
 
     @property
     def keys(self) -> Path:
@@ -83,4 +94,21 @@ class Settings:
         recipes = Path(env.get("LABKIT_RECIPES") or _CHECKOUT_RECIPES).expanduser().absolute()
         cache = Path(env.get("LABKIT_CACHE") or Path.home() / ".cache/labkit").expanduser().absolute()
         run_dir = Path(env.get("LABKIT_RUN") or home / "run").expanduser().absolute()
-        return cls(home=home, db_url=db_url, recipes=recipes, cache=cache, run_dir=run_dir)
+        return cls(home=home, db_url=db_url, recipes=recipes, cache=cache, run_dir=run_dir,
+                   recording_max_bytes=int(_number(env, "LABKIT_RECORDING_MAX_MB", 8) * (1 << 20)),
+                   recordings_keep_days=_number(env, "LABKIT_RECORDINGS_KEEP_DAYS", 90),
+                   recordings_keep_bytes=int(_number(env, "LABKIT_RECORDINGS_KEEP_MB", 256) * (1 << 20)))
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    """A non-negative number from the environment, or one clear error."""
+    text = env.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a number of 0 or more, not {text!r}")
+    return value

@@ -44,4 +44,4 @@ def console_socket(ws: WebSocketLike, machine_name: str) -> None:
     except LabkitError as err:  # StateError: not running; anything else is said the same way, in one sentence
         refuse(ws, owned.name, str(err))
         return
-    ConsoleRelay(owned.name, access.socket, access.log, read_only=owned.read_only).run(ws)
+    ConsoleRelay(owned.name, access.socket, access.log, read_only=owned.read_only, user=actor()).run(ws)

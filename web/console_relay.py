@@ -14,6 +14,10 @@ small protocol:
   no say over it) and ``{"type": "ping"}``.
 
 A read-only relay (an instructor watching a student) drops every keystroke; it still answers resize and ping.
+
+The supervisor records each relay's session (`labkit.runtime.recorder`). The relay's hello to it, which names the web
+user and the terminal size, waits for the browser's first resize (the page sends one as soon as it opens), for up to
+`HELLO_WAIT` seconds, and always goes before any keystroke.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +36,7 @@ from simple_websocket import ConnectionClosed
 from labkit.errors import LabkitError
 from labkit.logtail import tail
 from labkit.runtime.console import connect
+from labkit.runtime.recorder import DEFAULT_SIZE, hello_line
 
 #: How much of the console log a new tab sees first, so the prompt (and what led to it) is on the screen at once.
 REPLAY_BYTES = 8192
@@ -43,6 +49,8 @@ MAX_COLS, MAX_ROWS = 1000, 500
 #: Terminal queries (device status, device attributes) that a replayed screen must not repeat: the new tab would
 #: answer them, and the answer would reach whatever program reads the console now.
 _QUERIES = re.compile(rb"\x1b\[[0-9;?>=]*[nc]")
+#: how long the relay waits for the browser's size before it tells the supervisor the default one
+HELLO_WAIT = 1.0
 
 
 class WebSocketLike(Protocol):
@@ -81,8 +89,10 @@ class ConsoleRelay:
     """
 
     def __init__(self, machine: str, console_socket: Path, log: Path | None = None, read_only: bool = False,
-                 replay_bytes: int = REPLAY_BYTES, poll: float = 0.5) -> None:
+                 replay_bytes: int = REPLAY_BYTES, poll: float = 0.5, user: str = "") -> None:
         self.machine = machine
+        self.user = user
+        self._hello_due: float | None = None  # until the hello is sent: when it is sent with the default size
         self.console_socket = console_socket
         self.log = log
         self.read_only = read_only
@@ -110,6 +120,7 @@ class ConsoleRelay:
             replay = replay_tail(self.log, self.replay_bytes)
             if replay and not self._send(ws, replay):
                 return "client-closed"
+            self._hello_due = time.monotonic() + HELLO_WAIT
             reader = threading.Thread(target=self._pump_console, args=(sock, ws), daemon=True,
                                       name=f"console-relay-{self.machine}")
             reader.start()
@@ -158,6 +169,8 @@ class ConsoleRelay:
                 self._finish(ws, "client-closed")
                 return
             if message is None:
+                if self._hello_due is not None and time.monotonic() >= self._hello_due:
+                    self._hello(sock, *DEFAULT_SIZE)
                 continue
             if isinstance(message, bytes):
                 self._input(sock, ws, message)
@@ -176,6 +189,7 @@ class ConsoleRelay:
             cols, rows = message.get("cols"), message.get("rows")
             if (isinstance(cols, int) and isinstance(rows, int) and not isinstance(cols, bool)
                     and not isinstance(rows, bool) and 0 < cols <= MAX_COLS and 0 < rows <= MAX_ROWS):
+                self._hello(sock, cols, rows)
                 self._send(ws, json.dumps({"type": "resized", "cols": cols, "rows": rows}))
             else:
                 self._send(ws, json.dumps({"type": "error", "message": f"a resize needs whole numbers cols 1-"
@@ -186,10 +200,19 @@ class ConsoleRelay:
             self._send(ws, json.dumps({"type": "error", "message": "a text message must be JSON with type input, "
                                        f"resize or ping; got {text[:200]}"}))
 
+    def _hello(self, sock: socket.socket, cols: int, rows: int) -> None:
+        """Tell the supervisor who this session is (once): its recording's header."""
+        if self._hello_due is None:
+            return
+        self._hello_due = None
+        with contextlib.suppress(OSError):  # the console went away; the reader thread reports it
+            sock.sendall(hello_line("browser", self.user, cols, rows, read_only=self.read_only))
+
     def _input(self, sock: socket.socket, ws: WebSocketLike, data: bytes) -> None:
         if self.read_only:
             self.dropped_bytes += len(data)
             return
+        self._hello(sock, *DEFAULT_SIZE)
         try:
             sock.sendall(data[:INPUT_LIMIT])
         except OSError:

@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("labkit.cli.grade", "submit"),
     "submissions": ("labkit.cli.grade", "submissions"),
     "capture": ("labkit.cli.capture", "command"),
+    "recordings": ("labkit.cli.recordings", "command"),
 }
 
 

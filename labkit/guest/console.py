@@ -20,7 +20,8 @@ from pexpect import fdpexpect
 
 from labkit.errors import GuestError, GuestUnavailableError, LabkitError
 from labkit.guest.result import OUTPUT_LIMIT, Result
-from labkit.runtime.console import connect
+from labkit.runtime.console import connect, local_user
+from labkit.runtime.recorder import hello_line
 
 #: Terminal control sequences a shell may print after its prompt (busybox ash asks for the cursor position: ESC [6n).
 _CONTROL = rb"(?:\x1b\[[0-9;?]*[A-Za-z])*"
@@ -40,10 +41,12 @@ class ConsoleTransport:
         self.password = password
         self.user = user
         self.login_timeout = login_timeout
+        #: who the console recording names for this transport's sessions
+        self.recorded_as = f"grader ({local_user()})"
 
     def _open(self) -> tuple[socket.socket, fdpexpect.fdspawn]:
         try:
-            sock = connect(self.socket_path, timeout=None)
+            sock = connect(self.socket_path, timeout=None, hello=hello_line("grader", self.recorded_as))
         except LabkitError as err:
             raise GuestUnavailableError(f"cannot attach to the console at {self.socket_path}: {err}") from err
         return sock, fdpexpect.fdspawn(sock, timeout=self.login_timeout, maxread=65536)

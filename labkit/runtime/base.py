@@ -82,6 +82,22 @@ class NetworkStatus:
 
 
 @dataclass(frozen=True)
+class RecordingPolicy:
+    """Where the supervisor records the machine's console sessions (`labkit.runtime.recorder`) and how much it keeps:
+    ``max_bytes`` per recording (0: no recording), ``keep_days`` and ``keep_bytes`` for the folder (0: no limit)."""
+
+    folder: Path
+    max_bytes: int
+    keep_days: float = 0
+    keep_bytes: int = 0
+
+    def to_json(self, machine: str) -> dict[str, object]:
+        """The supervisor spec's ``recording`` entry."""
+        return {"folder": str(self.folder.absolute()), "machine": machine, "max_bytes": self.max_bytes,
+                "keep_days": self.keep_days, "keep_bytes": self.keep_bytes}
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything a backend needs to run one machine, and nothing about who owns it."""
 
@@ -102,6 +118,12 @@ class MachineSpec:
     host_ports: tuple[int, ...] = ()
     #: whether the guest reaches addresses beyond the host (the internet, the lab host's network) through NAT
     outbound: bool = True
+    #: console sessions are recorded under this policy (None: not recorded)
+    recording: RecordingPolicy | None = None
+
+    def recording_entry(self) -> dict[str, object] | None:
+        """The supervisor spec's ``recording`` entry, or None."""
+        return self.recording.to_json(self.name) if self.recording is not None else None
 
 
 @dataclass(frozen=True)

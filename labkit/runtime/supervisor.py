@@ -6,6 +6,9 @@ It outlives the CLI that started it (the backend starts it in a new session) and
   on its serial port); the supervisor holds the master.
 - Every byte the guest prints is appended to the console log and sent to every client of ``RUN_DIR/console.sock``
   (a UNIX stream socket, raw bytes both ways; input from any client goes to the guest).
+- Every client connection is recorded in asciicast v2 when the spec has a ``recording`` entry
+  (`labkit.runtime.recorder`: one file per session, in the machine's recordings folder, the client's hello taken off
+  its input).
 - When the readiness marker shows up in the output, it writes ``RUN_DIR/ready``; the guest's error marker gives
   ``RUN_DIR/guest-error``.
 - It writes pid files (with /proc start times) for itself and for the machine process, which leads its own process
@@ -45,6 +48,7 @@ from labkit.atomic import write_atomic
 from labkit.logtail import tail
 from labkit.runtime.netns import Isolation, Namespace, NamespaceError, Relays, start_slirp4netns, stop_process
 from labkit.runtime.process import ProcessRecord, end_processes
+from labkit.runtime.recorder import SessionRecorder, prune
 from labkit.runtime.rundir import RunDir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see "Memory" above)
@@ -61,9 +65,10 @@ _ADDR_NO_RANDOMIZE = 0x0040000
 
 
 class _Client:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, recorder: SessionRecorder | None = None) -> None:
         self.sock = sock
         self.pending = bytearray()
+        self.recorder = recorder
 
 
 class Supervisor:
@@ -87,6 +92,8 @@ class Supervisor:
         self.cpu: int | None = int(spec["cpu"]) if spec.get("cpu") is not None else None
         #: run the machine process without address-space randomization (`_ADDR_NO_RANDOMIZE`; UML, docs/runtime.md)
         self.fixed_layout = bool(spec.get("fixed_layout"))
+        #: where and how console sessions are recorded (folder, machine, max_bytes, keep_days, keep_bytes), or None
+        self.recording: dict[str, Any] | None = spec.get("recording") or None
         self.namespace: Namespace | None = None
         self.relays: Relays | None = None
         self.slirp4netns: subprocess.Popen[bytes] | None = None
@@ -103,6 +110,9 @@ class Supervisor:
         self.run.clean_runtime_files()
         ProcessRecord.of(os.getpid()).write(self.run.supervisor_pid)
         self.log = open(self.console_log, "ab", buffering=0)  # noqa: SIM115 (held for the life of the machine)
+        if self.recording:
+            prune(str(self.recording["folder"]), float(self.recording.get("keep_days") or 0),
+                  int(self.recording.get("keep_bytes") or 0))
         join: tuple[int, int] | None = None
         if self.isolation is not None:
             # First, while this process has no threads and no other children: the agent is a fork of it.
@@ -228,6 +238,11 @@ class Supervisor:
                     client = self.clients.get(key.fd)
                     if client is not None:
                         self._serve_client(client, events)
+            if self.recording:
+                now = time.time()
+                for client in list(self.clients.values()):
+                    if client.recorder is not None and client.recorder.pending:
+                        client.recorder.tick(now)
             if not pty_open or self._machine_exited():
                 return self._wind_down()
 
@@ -326,7 +341,10 @@ class Supervisor:
                     write_atomic(path, f"{time.time()}\n")
                     del self.markers[marker]
             self.window = window[-max((len(m) for m in self.markers), default=0):] if self.markers else b""
+        now = time.time()
         for client in list(self.clients.values()):
+            if client.recorder is not None:
+                client.recorder.output(data, now)
             client.pending += data
             if len(client.pending) > CLIENT_BUFFER_LIMIT:
                 self._drop(client)
@@ -356,7 +374,8 @@ class Supervisor:
         except (BlockingIOError, InterruptedError):
             return
         sock.setblocking(False)
-        self.clients[sock.fileno()] = _Client(sock)
+        recorder = SessionRecorder(self.recording, time.time()) if self.recording else None
+        self.clients[sock.fileno()] = _Client(sock, recorder)
         self.selector.register(sock, selectors.EVENT_READ, "client")
 
     def _serve_client(self, client: _Client, events: int) -> None:
@@ -370,6 +389,8 @@ class Supervisor:
             if data == b"":
                 self._drop(client)
                 return
+            if data and client.recorder is not None:
+                data = client.recorder.from_client(data, time.time())
             if data:
                 room = INPUT_BUFFER_LIMIT - len(self.to_guest)
                 self.to_guest += data[:max(room, 0)]
@@ -397,6 +418,8 @@ class Supervisor:
             self.selector.unregister(client.sock)
         self.clients.pop(fd, None)
         client.sock.close()
+        if client.recorder is not None:
+            client.recorder.close(time.time())
 
 
 # ---- the backend's side: starting a supervisor, reading what it wrote

@@ -17,7 +17,15 @@ from labkit.config import Settings
 from labkit.errors import OverlayError
 from labkit.overlays import get_overlay
 from labkit.runtime import backend_class
-from labkit.runtime.base import Forward, MachineSpec, MachineStatus, NetworkAttachment, NetworkSpec, State
+from labkit.runtime.base import (
+    Forward,
+    MachineSpec,
+    MachineStatus,
+    NetworkAttachment,
+    NetworkSpec,
+    RecordingPolicy,
+    State,
+)
 from labkit.services.machine_states import LIVE, snapshot_kind
 
 SSH_PORT = 22
@@ -84,6 +92,9 @@ def machine_spec(settings: Settings, machine: MachineFacts) -> MachineSpec:
         networks=tuple(NetworkAttachment(NetworkSpec(net, Path(folder))) for net, folder in machine.networks),
         host_ports=tuple(machine.host_ports or ()),
         outbound=bool(machine.outbound),
+        recording=RecordingPolicy(settings.recordings / machine.name, settings.recording_max_bytes,
+                                  settings.recordings_keep_days, settings.recordings_keep_bytes)
+        if settings.recording_max_bytes > 0 else None,
     )
 
 

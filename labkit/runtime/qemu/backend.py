@@ -297,6 +297,7 @@ class QemuBackend(SupervisedBackend):
             "error_marker": None if ready_when_running else ERROR_MARKER,
             "remove_after": [str(self.qmp_path(spec))],
             "isolation": isolation.to_json(),
+            "recording": spec.recording_entry(),
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name} ({accel})"))
         deadline = time.monotonic() + timeout

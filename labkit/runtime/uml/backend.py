@@ -226,6 +226,7 @@ class UmlBackend(SupervisedBackend):
             "isolation": plan.isolation.to_json() if plan.isolation is not None else None,
             "cpu": next_cpu(spec.run_dir.parent) if self.pin_cpu else None,
             "fixed_layout": FIXED_LAYOUT,
+            "recording": spec.recording_entry(),
         })
         progress(ProgressEvent("boot", message=f"starting {spec.name}"))
         deadline = time.monotonic() + timeout
