@@ -37,7 +37,8 @@ LABS = ROOT / "labs"
 #: the packages above the line, as folders of the repository
 ABOVE = ("labkit/services", "labkit/labs", "labkit/grading", "labkit/guest", "labkit/cli", "web")
 #: what code above the line may import from below it: the interfaces and backend-neutral helpers
-NEUTRAL = {"labkit.runtime": {"base", "capture", "console", "network", "process"}, "labkit.overlays": {"base"}}
+NEUTRAL = {"labkit.runtime": {"base", "capture", "console", "network", "process", "recorder"},
+           "labkit.overlays": {"base"}}
 
 
 def _concrete_names(package: str) -> set[str]:
