@@ -121,7 +121,8 @@ def grid_events(course: str) -> ResponseReturnValue:
     config = current_app.config
     tick = float(config.get("LABKIT_GRID_TICK_S", TICK_S))
     lifetime = float(config.get("LABKIT_GRID_STREAM_S", LIFETIME_S))
-    seen = request.headers.get("Last-Event-ID", "")
+    # the version the browser has: from its page (``since``) on the first connection, then EventSource's own header
+    seen = request.headers.get("Last-Event-ID") or request.args.get("since", "")
     job_url = url_for("instructor.job_status", course=owned.name, job_id=1)
     who = actor()
 
