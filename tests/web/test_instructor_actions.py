@@ -152,4 +152,5 @@ def test_grading_stopped_machines_fills_the_grades_page(teaching: Teaching) -> N
     grid = teaching.teacher.get("/teach/courses/c1/grid.json").get_json()  # not checked, never 0 passed
     assert [s["checks"] for s in grid["students"]] == [
         {"intro-shell": {"passed": 0, "total": 8, "kind": "grade", "unchecked": 8}}] * 2
-    assert 'title="latest grade: 8 not checked">not checked</td>' in teaching.teacher.get("/teach/courses/c1/grid").get_data(as_text=True)
+    page = teaching.teacher.get("/teach/courses/c1/grid").get_data(as_text=True)
+    assert 'title="latest grade: 8 not checked">not checked</td>' in page
