@@ -28,6 +28,7 @@ from labkit.services.course_view import CourseView
 from labkit.services.courses import RESET_EACH_SESSION
 from labkit.services.extra_time import MAX_GRANT_MINUTES, ExtraTime
 from web.access import actor, instructor_required, owned_course_or_404, owned_machine_or_404
+from web.closing import closing
 from web.ids import record_id
 from web.instructor import bp
 from web.instructor.actions import JOB_TITLES, course_jobs
@@ -137,8 +138,9 @@ def grid_events(course: str) -> ResponseReturnValue:
         if jobs:
             yield _event("jobs", jobs)
         said = reconciled = time.monotonic()
-        while time.monotonic() + tick < ends:
-            time.sleep(tick)
+        while time.monotonic() + tick < ends and not closing.is_set():
+            if closing.wait(tick):
+                return
             if time.monotonic() - reconciled >= RECONCILE_S:
                 reconciled = time.monotonic()
                 live = reader.live_machines(owned.name)
