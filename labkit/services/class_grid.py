@@ -10,10 +10,12 @@ service reconciling, now and then, the machines `GridReader.live_machines` names
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 from sqlalchemy import case, func, select
 
@@ -95,18 +97,22 @@ class ClassGrid:
     def running(self) -> int:
         return sum(1 for c in self.cells if c.state == "running")
 
-    def shape(self) -> str:
-        """What the page's table is made of (students, columns and which cells exist): a change needs a new page."""
+    @functools.cached_property
+    def _shape(self) -> str:
         return _digest([self.labs, [asdict(c) for c in self.columns], [s.id for s in self.students],
                         sorted(c.name for c in self.cells)])
 
+    def shape(self) -> str:
+        """What the page's table is made of (students, columns and which cells exist): a change needs a new page."""
+        return self._shape
+
     def row_facts(self, student: GridStudent) -> dict[str, object]:
         """A student's checks and time, without the running clock (only what changes by an event)."""
-        return {"checks": {lab: asdict(c) for lab, c in student.checks.items()},
+        return {"checks": {lab: [c.passed, c.total, c.kind, c.unchecked] for lab, c in student.checks.items()},
                 "time": {lab: [t.used is None, t.remaining is None, t.extra_minutes, t.closed]
                          for lab, t in student.time.items()}}
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         return _digest([self.shape(), [(c.name, c.state) for c in self.cells],
                         [self.row_facts(s) for s in self.students]])
@@ -116,6 +122,9 @@ class ClassGrid:
                 "students": [asdict(s) for s in self.students], "cells": [asdict(c) for c in self.cells],
                 "running": self.running, "machines": len(self.cells), "at": self.at.isoformat(),
                 "version": self.version, "shape": self.shape()}
+
+
+_NOT_STARTED = LabTime(None, None, 0)
 
 
 def _digest(value: object) -> str:
@@ -134,8 +143,9 @@ class GridReader:
             course_pk = rows.scalar(select(Course.id).where(Course.name == course))
             if course_pk is None:
                 raise NotFoundError(f"no course named {course!r}")
-            labs = list(rows.execute(select(CourseLab).where(CourseLab.course_id == course_pk)
-                                     .order_by(CourseLab.id)))
+            # as plain objects: a Row's attributes are slow to read, and the clock reads each of them per student
+            labs = [SimpleNamespace(**row._mapping) for row in rows.execute(
+                select(CourseLab).where(CourseLab.course_id == course_pk).order_by(CourseLab.id))]
             lab_ids = {lab.id: lab.lab_id for lab in labs}
             people = list(rows.execute(select(Student.id, Student.sid, Student.name)
                                        .where(Student.course_id == course_pk, Student.archived_at.is_(None))))
@@ -145,38 +155,47 @@ class GridReader:
                 .join(Machine, Assignment.machine_id == Machine.id)
                 .join(Student, Assignment.student_id == Student.id)
                 .where(Student.course_id == course_pk, Student.archived_at.is_(None))))
-            attempts = {(a.student_id, a.course_lab_id): a for a in rows.execute(
+            attempts = {(a.student_id, a.course_lab_id): SimpleNamespace(**a._mapping) for a in rows.execute(
                 select(Attempt).join(CourseLab, Attempt.course_lab_id == CourseLab.id)
                 .where(CourseLab.course_id == course_pk))}
             checks = self._latest_checks(rows, course_pk)
         people.sort(key=lambda p: natural_key(p.sid))
+        rank = {p.id: i for i, p in enumerate(people)}
         sids = {p.id: p.sid for p in people}
-        order = {lab.lab_id: i for i, lab in enumerate(labs)}
-        cells = sorted((GridCell(sids[m.student_id], lab_ids[m.course_lab_id], m.machine, m.name, m.state)
-                        for m in machines if m.student_id in sids),
-                       key=lambda c: (natural_key(c.student), order[c.lab], natural_key(c.machine)))
+        order = {lab.id: i for i, lab in enumerate(labs)}
+        machine_keys = {name: natural_key(name) for name in {m.machine for m in machines}}
+        shown = sorted((m for m in machines if m.student_id in rank),
+                       key=lambda m: (rank[m.student_id], order[m.course_lab_id], machine_keys[m.machine]))
+        cells = [GridCell(sids[m.student_id], lab_ids[m.course_lab_id], m.machine, m.name, m.state) for m in shown]
         columns: list[GridColumn] = []
         for lab in labs:
-            names = sorted({m.machine for m in machines if m.course_lab_id == lab.id}, key=natural_key)
+            names = sorted({m.machine for m in machines if m.course_lab_id == lab.id}, key=machine_keys.__getitem__)
             columns += [GridColumn(lab.lab_id, name) for name in names]
+        checked: dict[int, dict[str, LabChecks]] = {}
+        for (student_pk, lab_pk), found in checks.items():
+            checked.setdefault(student_pk, {})[lab_ids[lab_pk]] = found
         students = []
         for person in people:
             times = {}
             for lab in labs:
                 attempt = attempts.get((person.id, lab.id))
-                clock = Clock.of(lab, attempt)  # type: ignore[arg-type]  # plain rows with the model's names
-                closed = attempt.closed_at if attempt is not None else None
-                used = clock.used(closed or now)
-                remaining = clock.remaining(now) if clock.limited and closed is None else None
-                times[lab.lab_id] = LabTime(None if used is None else int(used.total_seconds()),
-                                            None if remaining is None else int(remaining.total_seconds()),
-                                            attempt.extra_minutes if attempt is not None else 0,
-                                            attempt.closed_reason or "ended" if closed is not None else None)
-            students.append(GridStudent(person.sid, person.name,
-                                        {lab_ids[lab]: found for (pk, lab), found in checks.items()
-                                         if pk == person.id},
-                                        times))
+                times[lab.lab_id] = self._time(lab, attempt, now)
+            students.append(GridStudent(person.sid, person.name, checked.get(person.id, {}), times))
         return ClassGrid(course, [lab.lab_id for lab in labs], columns, students, cells, now)
+
+    @staticmethod
+    def _time(lab: object, attempt: object | None, now: dt.datetime) -> LabTime:
+        """``Clock.used`` (up to the attempt's end) and what is left, from plain rows with the models' names."""
+        if attempt is None and getattr(lab, "closes_at", None) is None:
+            return _NOT_STARTED  # the common case, without a clock: no time bound can have begun
+        clock = Clock.of(lab, attempt)  # type: ignore[arg-type]
+        closed = getattr(attempt, "closed_at", None)
+        used = clock.used(closed or now)
+        remaining = clock.remaining(now) if clock.limited and closed is None else None
+        return LabTime(None if used is None else int(used.total_seconds()),
+                       None if remaining is None else int(remaining.total_seconds()),
+                       getattr(attempt, "extra_minutes", 0) or 0,
+                       (getattr(attempt, "closed_reason", None) or "ended") if closed is not None else None)
 
     @staticmethod
     def _latest_checks(rows: object, course_pk: int) -> dict[tuple[int, int], LabChecks]:
