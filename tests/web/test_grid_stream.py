@@ -11,6 +11,7 @@ import time
 from sqlalchemy import select
 
 from labkit.services.models import Attempt, Event, Machine
+from web.closing import closing
 
 from .conftest import csrf_token, state
 from .test_instructor_pages import Teaching, teaching_fixture  # noqa: F401 - the fixture
@@ -79,6 +80,17 @@ def test_the_stream_sends_the_grid_then_changes_and_ends(teaching: Teaching) -> 
     assert [e[0] for e in events_of(stale)] == ["grid"]
     since = teaching.teacher.get(f"{EVENTS}?since={newer}").get_data(as_text=True)
     assert events_of(since) == []
+
+
+def test_a_stopping_server_ends_the_stream_at_once(teaching: Teaching) -> None:
+    fast(teaching, 60.0)
+    closing.set()  # what the gunicorn worker does when it is asked to stop
+    try:
+        began = time.monotonic()
+        body = teaching.teacher.get(EVENTS).get_data(as_text=True)
+        assert time.monotonic() - began < 5 and [e[0] for e in events_of(body)] == ["grid"]
+    finally:
+        closing.clear()
 
 
 def test_extend_from_the_grid_is_recorded(teaching: Teaching) -> None:

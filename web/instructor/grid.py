@@ -14,6 +14,7 @@ it is open, and a few milliseconds of database reads a second.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, NotFoundError
 from labkit.services.accounts import OwnedCourse
 from labkit.services.class_grid import ClassGrid, GridReader
 from labkit.services.course_view import CourseView
@@ -34,6 +35,8 @@ from web.ids import record_id
 from web.instructor import bp
 from web.instructor.actions import JOB_TITLES, course_jobs
 from web.state import WebState, services
+
+log = logging.getLogger(__name__)
 
 #: how often the stream reads the grid (seconds)
 TICK_S = 1.0
@@ -154,14 +157,20 @@ def grid_events(course: str) -> ResponseReturnValue:
         while time.monotonic() + tick < ends and not closing.is_set():
             if closing.wait(tick):
                 return
-            if time.monotonic() - reconciled >= RECONCILE_S:
-                reconciled = time.monotonic()
-                live = reader.live_machines(owned.name)
-                if live:
-                    state.machines(who).status(names=live)  # writes back the records found out of date
-            now = reader.read(owned.name)
-            found = _active_jobs(state, owned, job_url)
-            if found != jobs:
+            try:
+                if time.monotonic() - reconciled >= RECONCILE_S:
+                    reconciled = time.monotonic()
+                    live = reader.live_machines(owned.name)
+                    if live:
+                        state.machines(who).status(names=live)  # writes back the records found out of date
+                now = reader.read(owned.name)
+                found = _active_jobs(state, owned, job_url)
+            except NotFoundError:  # the course was removed meanwhile
+                return
+            except LabkitError as err:  # e.g. the database busy for too long: try again at the next tick
+                log.warning("class grid stream of %s: %s", owned.name, err)
+                continue
+            if [j["id"] for j in found] != [j["id"] for j in jobs]:  # progress itself the page polls per job
                 jobs = found
                 yield _event("jobs", jobs)
                 said = time.monotonic()

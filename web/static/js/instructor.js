@@ -141,6 +141,7 @@
   }
 
   function applyGrid(data) {
+    if (data.shape && data.shape !== grid.dataset.shape) { window.location.reload(); return; }  // rows came or went
     const elapsed = (performance.now() - clockBase) / 1000;
     if (Array.isArray(data.cells)) data.cells.forEach(function (c) { setCell(c.name, c.state); });
     else Object.keys(data.cells || {}).forEach(function (name) { setCell(name, data.cells[name]); });
