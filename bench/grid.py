@@ -16,7 +16,9 @@ its pid at the end; the browser is Debian's Chromium through Playwright, logged 
 - pushed changes: while the page is open, machine states are changed in the database the way a start or stop
   writes them (one transaction each, each cell once, at a steady rate), then a burst of 200 at once; a
   MutationObserver in the page stamps each cell's change. Latency = the page's stamp - the commit's (same clock).
-- server cost: one reading of the grid (`GridReader.read`, what the stream does every second) in this process.
+- server cost: one reading of the grid (`GridReader.read`, what the stream does every second) in this process;
+  then 20 grids kept open at once (event streams read by threads of this script) while nothing changes, and the CPU
+  time the server's worker processes used meanwhile (/proc).
 
 Every figure is measured here, in this run, on this machine.
 """
@@ -179,8 +181,46 @@ class GridBench:
                 page.wait_for_url(f"{self.base}/teach/")
                 self.first_paint(page)
                 self.pushed(page)
+                cookie = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
             finally:
                 browser.close()
+        self.open_grids(cookie, 5 if self.students < 200 else 20)
+
+    def server_cpu(self) -> float:
+        """CPU seconds used so far by the server's worker processes (children of the arbiter)."""
+        assert self.server is not None
+        total = 0.0
+        for child in Path(f"/proc/{self.server.pid}/task/{self.server.pid}/children").read_text().split():
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def open_grids(self, cookie: str, count: int) -> None:
+        """``count`` grids open at once (event streams read by threads here): the server's CPU for them."""
+        url = f"{self.base}/teach/courses/{COURSE}/grid/events"
+        stop = threading.Event()
+        opened: list[int] = []
+
+        def listen() -> None:
+            request = urllib.request.Request(url, headers={"Cookie": cookie, "Accept": "text/event-stream"})
+            with urllib.request.urlopen(request, timeout=30) as stream:
+                opened.append(1)
+                while not stop.is_set() and stream.readline():
+                    pass
+
+        readers = [threading.Thread(target=listen, daemon=True) for _ in range(count)]
+        for reader in readers:
+            reader.start()
+        time.sleep(3)  # every stream has sent its whole grid
+        before, began = self.server_cpu(), time.monotonic()
+        time.sleep(20)
+        used = (self.server_cpu() - before) / (time.monotonic() - began)
+        stop.set()
+        self.rows.append((f"{count} grids open at once, nothing changing (each an event stream reading the grid "
+                          "every second)", "report",
+                          f"{len(opened)} streams open; the server's workers used {used * 100:.0f}% of a core in "
+                          f"all ({used * 100 / count:.1f}% per open grid, measured over 20 s), one thread each",
+                          "reported"))
 
     def first_paint(self, page: object) -> None:
         found = []
@@ -256,6 +296,7 @@ def main() -> None:
     try:
         print("setting up ...", file=sys.stderr)
         bench.setup()
+        bench.rows.append(load_row("when the run began"))
         bench.server_cost()
         bench.browser()
         bench.rows.append(load_row())
