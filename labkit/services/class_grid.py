@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Connection, case, func, select
 
 from labkit.errors import NotFoundError
 from labkit.services.db import Database
@@ -198,7 +198,7 @@ class GridReader:
                        (getattr(attempt, "closed_reason", None) or "ended") if closed is not None else None)
 
     @staticmethod
-    def _latest_checks(rows: object, course_pk: int) -> dict[tuple[int, int], LabChecks]:
+    def _latest_checks(rows: Connection, course_pk: int) -> dict[tuple[int, int], LabChecks]:
         """(student pk, course lab pk) -> the checks passed in the latest run that checked them."""
         latest = (select(GradeResult.student_id, GradeResult.course_lab_id, func.max(GradeResult.run_id).label("run"))
                   .join(GradeRun, GradeResult.run_id == GradeRun.id).where(GradeRun.course_id == course_pk)
@@ -211,7 +211,7 @@ class GridReader:
                        & (latest.c.course_lab_id == GradeResult.course_lab_id) & (latest.c.run == GradeResult.run_id))
                  .group_by(GradeResult.student_id, GradeResult.course_lab_id, GradeRun.kind))
         return {(student, lab): LabChecks(int(passed or 0), int(total), kind, int(unchecked or 0))
-                for student, lab, kind, passed, total, unchecked in rows.execute(query)}  # type: ignore[attr-defined]
+                for student, lab, kind, passed, total, unchecked in rows.execute(query)}
 
     def live_machines(self, course: str) -> list[str]:
         """The course's machines recorded as live (running, starting, ...): the only ones whose record can be out of
