@@ -8,7 +8,7 @@ the last one sent, and sends the difference; it never holds a worker's thread fo
 (the browser's EventSource reconnects by itself, sending the last version it saw as ``Last-Event-ID``: an unchanged
 grid costs nothing more, a changed one is sent whole), and a comment every `HEARTBEAT_S` finds a browser that left.
 Each open grid costs one server thread (``labkit serve`` runs gthread workers with ``--threads`` each) for as long as
-it is open, and a few milliseconds of database reads a second.
+it is open, and one reading of the grid a second (about 2% of a core at 200 students: docs/benchmarks.md).
 """
 
 from __future__ import annotations
