@@ -147,11 +147,16 @@ SCHEMAS: dict[str, Schema] = {
                             ("added", "updated", "archived", "restored", "purged")),
     "SessionBegun": _object({"course": {"type": "string"}, "session": {"type": "integer"},
                              "begun_at": {"type": "string"}}, ("course", "session", "begun_at"), closed=False),
+    "Extension": _object({"course": _NAME, "student": _SID, "lab": _NAME, "added": {"type": "integer"},
+                          "extra_minutes": {"type": "integer"}, "deadline": _NULLABLE_STRING},
+                         ("course", "student", "lab", "added", "extra_minutes", "deadline"), closed=False),
     # request bodies
     "Selection": _object({"student": _SID, "lab": _NAME, "machine": _NAME}),
     "Provision": _object({"upgrade": {"type": "boolean"}}),
     "GradeRequest": _object({"lab": _NAME, "student": _SID, "submissions": {"type": "boolean"}}),
     "LabChoice": _object({"lab": _NAME}),
+    "ExtendRequest": _object({"lab": _NAME, "minutes": {"type": "integer", "minimum": 1, "maximum": 1440}},
+                             ("lab", "minutes")),
     "Reset": _object({"confirm": {"const": True}, "discard": {"type": "boolean"}}, ("confirm",)),
     "NewSnapshot": _object({"name": {"type": "string", "maxLength": 32, "pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"}},
                            ("name",)),
@@ -213,6 +218,10 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/v1/courses/{course}/students/{sid}/submit": {"post": _op(
         "Freeze a student's machines as a submission (the instructor, or the student)", "submissions", _JOB,
         (400, 404, 409, 415), body=_ref("LabChoice"))},
+    "/api/v1/courses/{course}/students/{sid}/extend": {"post": _op(
+        "Give one student extra minutes on a lab: their allowance and the lab's close move (instructor)", "courses",
+        {200: _json(_ref("Extension"), "Their extra minutes in all and their deadline now (null: no limit).")},
+        (400, 403, 404, 415), body=_ref("ExtendRequest"), body_required=True)},
     "/api/v1/labs/{course}/{lab}/self-check": {"post": _op(
         "Run the lab's non-hidden checks on the caller's machines (student)", "labs", _JOB,
         (400, 403, 404, 409, 415), body=_EMPTY)},

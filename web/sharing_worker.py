@@ -21,6 +21,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from web.closing import closing
+
 #: how many more connections than the least loaded worker a worker may hold
 SLACK = 1
 #: rows of the shared table: more than `labkit serve --workers` allows
@@ -55,6 +57,11 @@ class SharingWorker(ThreadWorker):  # type: ignore[misc]
         """gthread's main loop calls this at every turn (the arbiter's heartbeat); it stamps the table too."""
         super().notify()
         _TABLE[self._row + BEAT] = _now_ms()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """Asked to stop: long responses (event streams) end now, not at the graceful timeout."""
+        closing.set()
+        super().handle_exit(sig, frame)
 
     def run(self) -> None:
         try:

@@ -142,6 +142,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/api/v1/courses/c1/students/alice/grades", None, "self"),
     ("GET", "/api/v1/courses/c1/students/alice/submissions", None, "self"),
     ("POST", "/api/v1/courses/c1/students/alice/submit", {}, "self"),
+    ("POST", "/api/v1/courses/c1/students/alice/extend", {"lab": "intro-shell", "minutes": 5}, "owner"),
     ("POST", "/api/v1/labs/c1/intro-shell/self-check", {}, "student"),
     ("POST", "/api/v1/labs/c1/intro-shell/submit", {}, "student"),
     ("GET", "/api/v1/machines/{alice}", None, "machine"),
@@ -191,6 +192,25 @@ def test_every_route_refuses_what_is_not_the_callers(world: World) -> None:
     missing = world.call("teacher", "GET", "/api/v1/jobs/999999").get_json()["error"]
     other = world.call("other", "GET", f"/api/v1/jobs/{values['job']}").get_json()["error"]
     assert missing.replace("999999", "N") == other.replace(str(values["job"]), "N")
+
+
+def test_extra_time_for_one_student(world: World) -> None:
+    path = "/api/v1/courses/c1/students/alice/extend"
+    granted = world.call("teacher", "POST", path, {"lab": "intro-shell", "minutes": 30})
+    assert granted.status_code == 200
+    assert granted.get_json() == {"course": "c1", "student": "alice", "lab": "intro-shell", "added": 30,
+                                  "extra_minutes": 30, "deadline": None}
+    for body, status, words in (({"lab": "intro-shell", "minutes": 0}, 400, "from 1 to 1440"),
+                                ({"lab": "intro-shell", "minutes": True}, 400, "must be an integer"),
+                                ({"lab": "intro-shell"}, 400, "'minutes' is required"),
+                                ({"lab": "nope", "minutes": 5}, 404, "has no lab 'nope'")):
+        answer = world.call("teacher", "POST", path, body)
+        assert answer.status_code == status and words in answer.get_json()["error"], answer.get_json()
+    assert world.call("teacher", "POST", path.replace("alice", "zed"), {"lab": "intro-shell", "minutes": 5}) \
+        .status_code == 404
+    with state(world.app).db.read() as session:
+        assert [e.detail for e in session.scalars(select(Event).where(Event.action == "time-extend"))] == [
+            "student alice, lab intro-shell: +30 min (extra time now 30 min)"]
 
 
 def test_the_rights_table_covers_every_route(app: Flask) -> None:

@@ -149,5 +149,8 @@ def test_grading_stopped_machines_fills_the_grades_page(teaching: Teaching) -> N
                        re.S)
     assert points and points.group(1) == ""
     assert "Nothing graded yet" in html and 'id="runs-table"' in html
-    grid = teaching.teacher.get("/teach/courses/c1/grid.json").get_json()
-    assert all(cell["grade"] == "" for cell in grid["cells"])
+    grid = teaching.teacher.get("/teach/courses/c1/grid.json").get_json()  # not checked, never 0 passed
+    assert [s["checks"] for s in grid["students"]] == [
+        {"intro-shell": {"passed": 0, "total": 8, "kind": "grade", "unchecked": 8}}] * 2
+    page = teaching.teacher.get("/teach/courses/c1/grid").get_data(as_text=True)
+    assert 'title="latest grade: 8 not checked">not checked</td>' in page

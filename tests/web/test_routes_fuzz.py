@@ -157,6 +157,7 @@ def fuzz_rule(world: World, clients: dict[str, FlaskClient], tokens: dict[str, s
 
 def test_no_route_answers_500_to_fuzzed_input(world: World) -> None:  # noqa: F811
     app = world.app
+    app.config.update(LABKIT_GRID_TICK_S=0.05, LABKIT_GRID_STREAM_S=0.1)  # the grid's event stream ends at once
     clients = {name: app.test_client() for name in ("teacher", "alice", "anonymous")}
     tokens: dict[str, str] = {}
     values = real_values(world)
@@ -186,6 +187,7 @@ def test_every_route_with_every_hostile_value(world: World) -> None:  # noqa: F8
     """A sweep: each value of SWEEP in each path parameter (the others real), in every known query key, and in every
     known form field (with a valid CSRF token), for the instructor and the student."""
     app = world.app
+    app.config.update(LABKIT_GRID_TICK_S=0.05, LABKIT_GRID_STREAM_S=0.1)  # the grid's event stream ends at once
     clients = {name: app.test_client() for name in ("teacher", "alice", "anonymous")}
     tokens: dict[str, str] = {}
     values = real_values(world)

@@ -1,5 +1,5 @@
 """API routes of the caller and their courses: who am I, my courses, a course's status, and the instructor's
-class-wide actions (start, stop, provision, roster, sessions)."""
+class-wide actions (start, stop, provision, roster, sessions) and one student's extra time."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import UnsupportedMediaType
 
 from labkit.errors import StateError
+from labkit.services.extra_time import ExtraTime
 from labkit.services.memberships import Membership, Memberships
 from labkit.services.roster import parse_roster
 from web.api import bp, scope
@@ -129,3 +130,12 @@ def session_end(course: str) -> ResponseReturnValue:
     service = services().courses(scope.user().username)
     return submit("session-end", f"course:{course}", lambda progress: service.session_end(course, progress),
                   found.course_id)
+
+
+@bp.post("/courses/<course>/students/<sid>/extend")
+def student_extend(course: str, sid: str) -> ResponseReturnValue:
+    """Extra minutes for one student on one lab (as ``labkit course extend``), recorded in the audit log."""
+    scope.owned_course(course)
+    body = json_body({"lab": Field(str, required=True), "minutes": Field(int, required=True)})
+    granted = ExtraTime(services().db, scope.user().username).extend(course, sid, body["lab"], body["minutes"])
+    return jsonify(granted.as_dict())

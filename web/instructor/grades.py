@@ -31,10 +31,13 @@ def grades(course: str) -> ResponseReturnValue:
     grading = services().grading(actor())
     book = grading.gradebook(owned.name, detail=True)
     rows = [[cell(value) for value in row] for row in book.rows]
+    only = request.args.get("student") or None  # the class grid links to one student's grades
+    if only is not None:
+        rows = [row for row in rows if row[0] == only]
     rates = sorted(grading.pass_rates(owned.name), key=lambda r: (str(r["lab"]), str(r["check"])))
     labs = [lab["id"] for lab in services().courses(actor()).show(owned.name)["labs"]]  # type: ignore[attr-defined]
     return render_template("instructor/grades.html", course=owned.name, columns=book.columns, rows=rows,
-                           person=_PERSON, totals=_TOTALS, rates=rates,
+                           person=_PERSON, totals=_TOTALS, rates=rates, only=only,
                            titles={f"{r['lab']}:{r['check']}": r["title"] for r in rates},
                            runs=grading.runs(owned.name), labs=labs, policies=grading.policies(owned.name),
                            jobs=course_jobs(owned), follow=request.args.get("job", type=record_id))
