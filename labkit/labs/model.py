@@ -14,7 +14,7 @@ import keyword
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from labkit.errors import BadNameError, LabFormatError
@@ -98,6 +98,12 @@ def backend_problems(machine: str, backend: str, networked: bool, memory: int = 
         return [("memory", f"memory {memory} MB is too little for machine {machine} on backend {backend}: it needs at "
                            f"least {least} MB")]
     return []
+
+
+def startup_name(rel: str) -> str:
+    """The name a startup script has in the seed: its file name without ``.j2`` and ``.sh`` (the seed adds ``.sh``
+    back), so ``startup/a.sh.j2`` is ``a``."""
+    return PurePosixPath(rel).name.removesuffix(".j2").removesuffix(".sh")
 
 
 def parse_mode(value: int | str) -> int | None:
@@ -208,6 +214,17 @@ class MachineDef:
             if self.startup.count(script) > 1:
                 problems.append(("startup", f"startup script {script!r} is listed twice"))
                 break
+        seen: dict[str, str] = {}
+        for script in dict.fromkeys(self.startup):
+            name = startup_name(script)
+            try:
+                check_name(name, f"startup script {script!r}: its name without .j2 and .sh")
+            except BadNameError as err:
+                problems.append(("startup", str(err)))
+            if name in seen:
+                problems.append(("startup", f"startup scripts {seen[name]!r} and {script!r} would both be {name!r} "
+                                            "in the guest"))
+            seen[name] = script
         return problems
 
 

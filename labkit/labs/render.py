@@ -23,7 +23,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from labkit.atomic import write_atomic
 from labkit.errors import LabFormatError
-from labkit.labs.model import RESERVED_VARIABLES, CheckDef, Lab, MachineDef, is_template
+from labkit.labs.model import RESERVED_VARIABLES, CheckDef, Lab, MachineDef, is_template, startup_name
 from labkit.labs.schema import CHECK_KINDS, CHECK_LITERAL_OPTIONS, PORT, STR
 
 TEMPLATE_SUFFIX = ".j2"
@@ -390,10 +390,9 @@ def render_startup(lab: Lab, machine: str, context: Mapping[str, object]) -> lis
             raise LabFormatError(why or "bad path", str(root / LAB_FILE))
         shown = str(root / rel)
         text = _read_text(path, shown)
-        name = PurePosixPath(rel).name
-        if name.endswith(TEMPLATE_SUFFIX):
-            text, name = render_text(text, context, rel, shown), name[: -len(TEMPLATE_SUFFIX)]
-        scripts.append((name, text))
+        if rel.endswith(TEMPLATE_SUFFIX):
+            text = render_text(text, context, rel, shown)
+        scripts.append((startup_name(rel), text))
     return scripts
 
 

@@ -226,6 +226,19 @@ def test_paths_escaping_or_missing(make_lab: MakeLab, replace: dict[str, str], k
     assert any(p.key == key and says in p.message and p.line for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("replace", "says"),
+    [
+        ({'"startup/common.sh"': '"startup/Common_1.sh"'}, "lower-case"),
+        ({'"startup/common.sh"': '"startup/a.sh"'}, "would both be 'a'"),
+    ],
+)
+def test_startup_names_the_guest_cannot_take(make_lab: MakeLab, replace: dict[str, str], says: str) -> None:
+    """Found by ``lab validate``, not first at provisioning (the seed names each script after its file)."""
+    problems = problems_of(make_lab(replace=replace))
+    assert any(p.key == "machines.a.startup" and says in p.message for p in problems), problems
+
+
 def test_symlinks_out_of_the_lab_are_refused(make_lab: MakeLab, tmp_path: Path, valid_toml: str) -> None:
     folder = make_lab()
     outside = tmp_path / "outside"

@@ -82,8 +82,8 @@ def test_render_instructions_and_startup(make_lab: MakeLab) -> None:
     assert f"Machine b is at {ctx['addresses']['b']['lan']} on {ctx['lan']}, port {ctx['port']}." in text  # type: ignore[index]
     scripts = render_startup(lab, "a", ctx)
     assert scripts == [
-        ("a.sh", f"ip addr add {ctx['addresses']['a']['lan']}/24 dev eth1\n"),  # type: ignore[index]
-        ("common.sh", "echo {{ kept as is }}\n"),
+        ("a", f"ip addr add {ctx['addresses']['a']['lan']}/24 dev eth1\n"),  # type: ignore[index]
+        ("common", "echo {{ kept as is }}\n"),
     ]
 
 
@@ -170,3 +170,12 @@ def test_plan_topology_raises_with_every_problem(make_lab: MakeLab) -> None:
     bad = {**context_for(lab, "alice"), "lan": "10.0.0.0/8"}
     with pytest.raises(LabFormatError, match=r"overlaps 10\.0\.2\.0/24"):
         plan_topology(lab, bad)
+
+
+def test_startup_script_names_are_those_the_seed_takes(make_lab: MakeLab) -> None:
+    """``startup/a.sh.j2`` (as lab-format.md shows it) provisions as the seed's ``a``: the seed adds ``.sh`` itself."""
+    from labkit.images.seed import SeedSpec
+
+    lab = load_lab(make_lab())
+    scripts = render_startup(lab, "a", context_for(lab, "alice"))
+    SeedSpec(hostname="a", startup_scripts=scripts).validate()
