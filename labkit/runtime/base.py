@@ -8,6 +8,7 @@ Its own truth lives in the machine's run folder and the process table, never in 
 from __future__ import annotations
 
 import enum
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,21 @@ from labkit.progress import Reporter, silent
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from labkit.runtime.capture import Tap
+
+
+#: set once when the process is ending (Ctrl-C of a command): see `end_waits`
+_WAITS_ENDED = threading.Event()
+
+
+def end_waits() -> None:
+    """Make every wait for a starting machine in this process give up at once. For a command interrupted by Ctrl-C:
+    the threads that start machines side by side then end (each machine it was waiting for is stopped, as any start
+    that fails is), instead of holding the process until their boots are done. For good: the process is ending."""
+    _WAITS_ENDED.set()
+
+
+def waits_ended() -> bool:
+    return _WAITS_ENDED.is_set()
 
 
 class State(enum.StrEnum):

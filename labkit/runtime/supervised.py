@@ -17,7 +17,16 @@ from pathlib import Path
 
 from labkit.errors import ConflictError, RuntimeBackendError, StateError
 from labkit.images.guest_contract import ERROR_MARKER
-from labkit.runtime.base import Backend, Forward, MachineSpec, MachineStatus, NetworkSpec, NetworkStatus, State
+from labkit.runtime.base import (
+    Backend,
+    Forward,
+    MachineSpec,
+    MachineStatus,
+    NetworkSpec,
+    NetworkStatus,
+    State,
+    waits_ended,
+)
 from labkit.runtime.capture import Tap
 from labkit.runtime.netns import isolation_problems
 from labkit.runtime.process import ProcessRecord, end_processes
@@ -180,6 +189,8 @@ class SupervisedBackend(Backend):
                 raise ended
             if time.monotonic() > deadline:
                 raise self._failure(spec, "was not started by its supervisor in time")
+            if waits_ended():
+                raise RuntimeBackendError(f"machine {spec.name}: its start was interrupted")
             time.sleep(0.02)
 
     def _wait_until_ready(self, spec: MachineSpec, deadline: float) -> None:
@@ -201,6 +212,8 @@ class SupervisedBackend(Backend):
                 raise ended
             if time.monotonic() > deadline:
                 raise self._failure(spec, f"did not print {self.ready_marker!r} in time")
+            if waits_ended():
+                raise RuntimeBackendError(f"machine {spec.name}: its start was interrupted")
             time.sleep(0.01)  # a stat; a warm start is ready within a second or two, so poll finely
 
     # ---- stop, kill

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from labkit.errors import LabkitError, StateError
 from labkit.progress import ProgressEvent, Reporter, silent
+from labkit.runtime.base import end_waits
 from labkit.services import starting
 from labkit.services.course_admission import Limits, Target, admit, default_budget_mb
 from labkit.services.course_provisioning import CourseProvisioning
@@ -137,10 +138,15 @@ class CourseActions(CourseProvisioning):
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [(t, pool.submit(action, t)) for t in targets]
-            for target, future in futures:
-                try:
-                    yield future.result()
-                except LabkitError as err:
-                    failures.append(f"{target.student}/{target.lab}/{target.machine}: {err}")
+            try:
+                for target, future in futures:
+                    try:
+                        yield future.result()
+                    except LabkitError as err:
+                        failures.append(f"{target.student}/{target.lab}/{target.machine}: {err}")
+            except KeyboardInterrupt:  # Ctrl-C: nothing new starts, and the starts under way stop waiting
+                pool.shutdown(wait=False, cancel_futures=True)
+                end_waits()
+                raise
         if failures:
             raise LabkitError(f"{len(failures)} of {len(targets)} machines failed: " + "; ".join(failures))
