@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 CLIENT_BUFFER_LIMIT = 1 << 20
 #: Input waiting for the guest beyond this is dropped (a paused guest reads nothing).
 INPUT_BUFFER_LIMIT = 1 << 16
+#: The activity mark (``RUN_DIR/activity``) is touched at most this often (seconds): on console input, and while a
+#: forwarded connection (SSH) is open. The idle sweep reads its time (labkit.services.sweeper).
+ACTIVITY_EVERY = 10.0
 _PR_SET_PDEATHSIG = 1
 #: personality(2) flag: no address-space randomization (what ``setarch -R`` sets)
 _ADDR_NO_RANDOMIZE = 0x0040000
@@ -96,6 +99,7 @@ class Supervisor:
         self.window = b""
         self.terminating = False
         self.proc: subprocess.Popen[bytes] | None = None
+        self.active_at = 0.0
 
     # ---- start
 
@@ -165,6 +169,7 @@ class Supervisor:
             for fd in join or ():
                 os.close(fd)
         ProcessRecord.of(self.proc.pid).write(self.run.machine_pid)
+        self._mark_active()  # a machine just started counts as used: the idle time runs from here
         if self.relays is not None:
             self.relays.start()
 
@@ -228,8 +233,18 @@ class Supervisor:
                     client = self.clients.get(key.fd)
                     if client is not None:
                         self._serve_client(client, events)
+            if self.relays is not None and self.relays.open_forwards:
+                self._mark_active()
             if not pty_open or self._machine_exited():
                 return self._wind_down()
+
+    def _mark_active(self) -> None:
+        """A user is there (console input, an open SSH session): touch the activity mark, at most every few s."""
+        now = time.monotonic()
+        if now - self.active_at >= ACTIVITY_EVERY:
+            self.active_at = now
+            with contextlib.suppress(OSError):
+                self.run.mark_activity()
 
     def _machine_exited(self) -> bool:
         """Look without reaping, so the PID (and group id) stay reserved until the group is killed."""
@@ -371,6 +386,7 @@ class Supervisor:
                 self._drop(client)
                 return
             if data:
+                self._mark_active()
                 room = INPUT_BUFFER_LIMIT - len(self.to_guest)
                 self.to_guest += data[:max(room, 0)]
                 self._write_guest()
