@@ -12,7 +12,6 @@ from sqlalchemy import select
 
 from labkit.errors import ConflictError, LabkitError, StateError
 from labkit.progress import ProgressEvent, Reporter, silent
-from labkit.runtime.base import State
 from labkit.services import starting
 from labkit.services.course_admission import Limits, Target, admit, default_budget_mb
 from labkit.services.course_provisioning import CourseProvisioning
@@ -20,6 +19,7 @@ from labkit.services.lookup import course_by_name
 from labkit.services.machines import LIVE, MachineView
 from labkit.services.models import Machine
 from labkit.services.submissions import Submissions
+from labkit.services.sweeper import resume_paused
 from labkit.services.timing import Timing, now_utc
 
 T = TypeVar("T")
@@ -95,9 +95,7 @@ class CourseActions(CourseProvisioning):
     def _resume_paused(self, targets: list[Target]) -> None:
         """A start of a paused machine (paused by the idle sweep, `labkit.services.sweeper`) resumes it where it
         was: the student came back."""
-        for view in self.machines.status(names=[t.name for t in targets]):
-            if view.state == State.PAUSED.value:
-                self.machines.resume(view.name)
+        resume_paused(self.machines, [t.name for t in targets])
 
     def stop(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
              workers: int = 8, progress: Reporter = silent) -> list[dict[str, object]]:

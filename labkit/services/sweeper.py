@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
@@ -35,6 +36,9 @@ from labkit.services.db import Database
 from labkit.services.lab_time import Clock
 from labkit.services.models import Assignment, Attempt, Course, CourseLab, Machine, Student
 from labkit.services.timing import DEADLINE, SUBMITTED, WARN_BEFORE, WINDOW, attempt_of, course_lab, now_utc
+
+if TYPE_CHECKING:
+    from labkit.services.machines import Machines
 
 #: the name the sweeper's actions carry in the audit log
 SWEEPER = "labkit-sweeper"
@@ -199,3 +203,28 @@ def sweep_if_due(settings: Settings, every: float, db: Database) -> SweepReport 
         return Sweeper(settings, db).sweep()
     finally:
         os.close(fd)
+
+
+def come_back(settings: Settings, db: Database, actor: str, course: str, student: str, lab: str) -> list[str]:
+    """The student is back (they opened the lab's workspace): resume their paused machines of ``lab`` where they
+    were. Returns the machines resumed."""
+    from labkit.services.machines import Machines
+
+    with db.transaction() as session:
+        row = course_lab(session, course, lab)
+        names = [a.vm.name for s in row.course.students if s.sid == student for a in s.assignments
+                 if a.course_lab_id == row.id]
+    return resume_paused(Machines(settings, db, actor), names)
+
+
+def resume_paused(machines: Machines, names: list[str]) -> list[str]:
+    """Resume those of ``names`` that are paused (an idle pause, or one by hand)."""
+    resumed = []
+    for view in machines.status(names=names) if names else []:
+        if view.state == State.PAUSED.value:
+            try:
+                machines.resume(view.name)
+            except LabkitError:  # it stopped or was resumed meanwhile
+                continue
+            resumed.append(view.name)
+    return resumed
