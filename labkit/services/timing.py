@@ -10,6 +10,7 @@ The arithmetic is `labkit.services.lab_time.Clock`; the sweeper (`labkit.service
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Iterable
@@ -96,11 +97,13 @@ class Countdown:
     exam: bool
     results_released: bool
     warned: bool
+    #: an exam's released result as the student sees it (no hidden checks): {"points", "max_points"}, else None
+    result: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"state": self.state, "deadline": self.deadline, "remaining_seconds": self.remaining_seconds,
                 "opens_at": self.opens_at, "closed_reason": self.closed_reason, "exam": self.exam,
-                "results_released": self.results_released, "warned": self.warned}
+                "results_released": self.results_released, "warned": self.warned, "result": self.result}
 
 
 def countdown_of(lab: CourseLab, attempt: Attempt | None, now: dt.datetime) -> Countdown:
@@ -246,7 +249,15 @@ class Timing:
             who = next((s for s in row.course.students if s.sid == student), None)
             if who is None:
                 raise NotFoundError(f"course {course} has no student {student!r}")
-            return countdown_of(row, attempt_of(session, who.id, row.id), now or now_utc())
+            shown = countdown_of(row, attempt_of(session, who.id, row.id), now or now_utc())
+        if shown.exam and shown.results_released:
+            from labkit.services.grading import Grading
+
+            grade = next((g for g in Grading(self.settings, self.db, self.actor).latest(course, student, False)
+                          if g.lab == lab), None)
+            if grade is not None:
+                shown = dataclasses.replace(shown, result={"points": grade.points, "max_points": grade.max_points})
+        return shown
 
     def results_hidden(self, course: str, lab: str) -> bool:
         """Whether students may not see their results of ``lab`` yet (exam mode, results not released)."""

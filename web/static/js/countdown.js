@@ -58,12 +58,16 @@
         label.textContent = "Time";
         show("waiting", "not started", "Your time starts when you start one of this lab's machines." + exam);
         return;
-      case "closed":
+      case "closed": {
         label.textContent = "Time left";
+        const result = info.result ? " Your result: " + info.result.points + " of " + info.result.max_points +
+          " points." : "";
         show("closed", "0:00", (info.exam && info.closed_reason !== "submitted"
           ? "Your time is up: your machines were frozen and submitted."
-          : ENDED[info.closed_reason] || "Your time has ended.") + (info.exam && !info.results_released ? " " + EXAM : ""));
+          : ENDED[info.closed_reason] || "Your time has ended.") + (info.exam && !info.results_released ? " " + EXAM : "")
+          + result);
         return;
+      }
       default: {
         label.textContent = "Time left";
         const seconds = endsAt === null ? 0 : (endsAt - Date.now()) / 1000;
