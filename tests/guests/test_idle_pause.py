@@ -28,7 +28,7 @@ LATER = dt.timedelta(minutes=2)
 
 def count(console: object, pid: str) -> int:
     """The guest's counter, after checking its loop (``pid``) still runs."""
-    out = console_run(console, f"kill -0 {pid} && cat /tmp/count").split()  # type: ignore[arg-type]
+    out = console_run(console, f"kill -0 {pid} && (cat /tmp/count 2>/dev/null || echo 0)").split()  # type: ignore[arg-type]
     return int(out[-1])
 
 
