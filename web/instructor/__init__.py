@@ -12,4 +12,4 @@ from flask import Blueprint
 bp = Blueprint("instructor", __name__, url_prefix="/teach")
 
 # the views register themselves on ``bp``
-from web.instructor import actions, audit, courses, grades, grid  # noqa: E402, F401
+from web.instructor import actions, audit, courses, grades, grid, timing  # noqa: E402, F401
