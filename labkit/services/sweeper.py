@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 
 from labkit.config import Settings
 from labkit.errors import ConflictError, LabkitError
+from labkit.runtime import get_backend
 from labkit.runtime.base import State
 from labkit.runtime.rundir import RunDir
 from labkit.services.audit import record
@@ -123,7 +124,7 @@ class Sweeper:
                 machine = session.scalar(select(Machine).where(Machine.name == view.name))
                 assert machine is not None
                 mark = RunDir(machines.spec(machine).run_dir).activity
-                can_pause = machines._backend(machine).capabilities.pause
+                can_pause = get_backend(machine.backend).capabilities.pause
             last = _mtime(mark)
             if not can_pause or last is None:  # no mark: a supervisor from before marks were kept
                 continue
@@ -150,13 +151,42 @@ def _mtime(path: Path) -> float | None:
 
 def finish(settings: Settings, db: Database, actor: str, course: str, sid: str, lab: str, reason: str,
            now: dt.datetime | None = None) -> str | None:
-    """End a student's attempt on a lab: close it (once: None when it was closed already), then in exam mode freeze
-    and submit their machines (graded with every check; returns "submitted"), and stop them (returns "stopped").
-    ``reason``: "deadline", "window" or "submitted" (the student's own Submit)."""
+    """End a student's attempt on a lab: in exam mode freeze and submit their machines (graded with every check;
+    returns "submitted"), stop them (returns "stopped"), and close the attempt (once: None when it was closed
+    already). ``reason``: "deadline" or "window" (the sweeper), or "submitted" (the student's own Submit).
+
+    At a deadline the attempt is closed first, so a second sweeper finds nothing to do; if the submission fails
+    then, the machines still stop (their disks keep the work for a later ``labkit submit``) and the error is raised.
+    A student's Submit submits first and closes after: if the submission fails, they can try again."""
     from labkit.services.courses import Courses
     from labkit.services.submissions import Submissions
 
     now = now or now_utc()
+    courses = Courses(settings, db, actor)
+    with db.transaction() as session:
+        exam = course_lab(session, course, lab).exam
+    if reason == SUBMITTED:
+        if exam:
+            Submissions(settings, db, actor).submit(course, sid, lab)
+        if not _close(db, actor, course, sid, lab, reason, now):
+            return None
+        courses.stop(course, student=sid, lab=lab)
+        return SUBMITTED if exam else "stopped"
+    if not _close(db, actor, course, sid, lab, reason, now):
+        return None
+    if exam:
+        try:
+            Submissions(settings, db, actor).submit(course, sid, lab, skip_untouched=True)
+        finally:  # whatever the submission did, the time is over: the machines stop
+            courses.stop(course, student=sid, lab=lab)
+        return SUBMITTED
+    courses.stop(course, student=sid, lab=lab)
+    return "stopped"
+
+
+def _close(db: Database, actor: str, course: str, sid: str, lab: str, reason: str, now: dt.datetime) -> bool:
+    """Close the student's attempt (made if missing) unless it is closed already: a conditional UPDATE, so of two
+    callers at once exactly one gets True."""
     with db.transaction() as session:
         row = course_lab(session, course, lab)
         student = next((s for s in row.course.students if s.sid == sid), None)
@@ -169,20 +199,9 @@ def finish(settings: Settings, db: Database, actor: str, course: str, sid: str, 
             session.flush()
         done = session.execute(update(Attempt).where(Attempt.id == attempt.id, Attempt.closed_at.is_(None))
                                .values(closed_at=now, closed_reason=reason)).rowcount
-        exam = row.exam
         if done:
-            record(session, actor, "lab-close", f"{course}/{sid}/{lab}", reason + (" (exam)" if exam else ""))
-    if not done:
-        return None
-    courses = Courses(settings, db, actor)
-    if exam:
-        try:
-            Submissions(settings, db, actor).submit(course, sid, lab, skip_untouched=reason != SUBMITTED)
-        finally:  # whatever the submission did, the time is over: the machines stop
-            courses.stop(course, student=sid, lab=lab)
-        return SUBMITTED
-    courses.stop(course, student=sid, lab=lab)
-    return "stopped"
+            record(session, actor, "lab-close", f"{course}/{sid}/{lab}", reason + (" (exam)" if row.exam else ""))
+        return bool(done)
 
 
 def sweep_if_due(settings: Settings, every: float, db: Database) -> SweepReport | None:

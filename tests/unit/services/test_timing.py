@@ -196,3 +196,24 @@ def test_paused_machines_count_in_memory_but_not_in_the_running_limit(courses: C
     held = next(v.memory_mb for v in views if v.name == alice.name)
     with pytest.raises(AdmissionError, match=f"; {held} MB of it by 1 paused machines"):
         admit(courses.settings.run_dir, "c1", [bob], paused, Limits(held + bob.memory_mb - 1, 4, limits.owners), {})
+
+
+def test_an_exam_submit_is_final(courses: Courses) -> None:
+    from labkit.services.exams import Exams
+
+    timing(courses).set_exam("c1", "intro-shell", True)
+    exams = Exams(courses.settings, courses.db, "alice-web")
+    [submitted] = exams.submit("c1", "alice", "intro-shell")  # the machine never ran: graded from its disk
+    assert submitted.student == "alice" and submitted.lab == "intro-shell"
+    closed = attempt(courses, "alice")
+    assert closed is not None and closed.closed_reason == "submitted"
+    with pytest.raises(ConflictError, match=r"your exam intro-shell has ended .submitted at"):
+        exams.submit("c1", "alice", "intro-shell")
+    with pytest.raises(ConflictError, match=r"has ended .you submitted it"):
+        courses.start("c1", student="alice")
+    rows = {row["student"]: row for row in exams.status("c1", "intro-shell")}
+    assert rows["alice"]["closed"] == "submitted" and rows["alice"]["submitted_at"]
+    assert rows["bob"]["closed"] is None and rows["bob"]["submitted_at"] is None
+    # outside exam mode a Submit is the ordinary, repeatable one
+    timing(courses).set_exam("c1", "intro-shell", False)
+    assert len(exams.submit("c1", "bob", "intro-shell")) == 1 and attempt(courses, "bob") is None
