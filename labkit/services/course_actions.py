@@ -95,7 +95,10 @@ class CourseActions(CourseProvisioning):
     def _resume_paused(self, targets: list[Target]) -> None:
         """A start of a paused machine (paused by the idle sweep, `labkit.services.sweeper`) resumes it where it
         was: the student came back."""
-        resume_paused(self.machines, [t.name for t in targets])
+        with self.db.transaction() as session:  # as recorded (no process read per click): a pause records it
+            paused = sorted(session.scalars(select(Machine.name).where(Machine.name.in_([t.name for t in targets]),
+                                                                      Machine.state == "paused")))
+        resume_paused(self.machines, paused)
 
     def stop(self, name: str, student: str | None = None, machine: str | None = None, lab: str | None = None,
              workers: int = 8, progress: Reporter = silent) -> list[dict[str, object]]:
