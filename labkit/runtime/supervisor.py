@@ -99,7 +99,7 @@ class Supervisor:
         self.window = b""
         self.terminating = False
         self.proc: subprocess.Popen[bytes] | None = None
-        self.active_at = 0.0
+        self.active_at = -1.0  # time.monotonic() of the last look at the activity mark
 
     # ---- start
 
@@ -239,11 +239,18 @@ class Supervisor:
                 return self._wind_down()
 
     def _mark_active(self) -> None:
-        """A user is there (console input, an open SSH session): touch the activity mark, at most every few s."""
+        """A user is there (console input, an open SSH session): touch the activity mark when it is older than
+        `ACTIVITY_EVERY` (looked at no more than once a second)."""
         now = time.monotonic()
-        if now - self.active_at >= ACTIVITY_EVERY:
-            self.active_at = now
-            with contextlib.suppress(OSError):
+        if now - self.active_at < 1.0:
+            return
+        self.active_at = now
+        with contextlib.suppress(OSError):
+            try:
+                age = time.time() - self.run.activity.stat().st_mtime
+            except FileNotFoundError:
+                age = ACTIVITY_EVERY
+            if age >= ACTIVITY_EVERY:
                 self.run.mark_activity()
 
     def _machine_exited(self) -> bool:

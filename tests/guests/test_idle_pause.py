@@ -6,6 +6,7 @@ waits for minutes."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import pytest
@@ -49,6 +50,11 @@ def test_an_idle_machine_is_paused_and_resumed_with_its_processes(lk_settings: S
                 assert time.monotonic() < deadline, "the counter loop does not count"
             assert time.time() - mark.stat().st_mtime < 30  # console input and the start marked it
             assert sweeper.sweep().paused == []  # in use: not paused
+            old = time.time() - 3600
+            os.utime(mark, (old, old))
+            while mark.stat().st_mtime == old:  # typing on the console marks it again (looked at once a second)
+                assert time.monotonic() < deadline, "console input does not mark the machine as used"
+                console_run(console, "true")
 
             # no console input and no SSH session for longer than the idle time: paused, its memory kept
             assert sweeper.sweep(dt.datetime.now(dt.UTC) + LATER).paused == [name]
