@@ -23,9 +23,8 @@ from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import Reporter, silent
 from labkit.runtime import backend_class
-from labkit.runtime.base import Backend, Forward, MachineSpec
+from labkit.runtime.base import Backend, Forward, MachineSpec, mark_activity
 from labkit.runtime.network import check_host_port, machine_mac
-from labkit.runtime.rundir import RunDir
 from labkit.services import images as image_service
 from labkit.services.audit import record
 from labkit.services.machine_disks import MachineDisks
@@ -165,7 +164,7 @@ class Machines(MachineDisks):
             view = self._settle(name, verbs[action](spec), action, detail)
             if action == "resume":  # back from a pause: the idle time runs again from now (labkit.services.sweeper)
                 with contextlib.suppress(OSError):
-                    RunDir(spec.run_dir).mark_activity()
+                    mark_activity(spec)
             if action in ("stop", "kill"):
                 self._release_networks(backend, spec)
             return view

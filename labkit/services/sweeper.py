@@ -30,8 +30,7 @@ from sqlalchemy import select, update
 from labkit.config import Settings
 from labkit.errors import ConflictError, LabkitError
 from labkit.runtime import get_backend
-from labkit.runtime.base import State
-from labkit.runtime.rundir import RunDir
+from labkit.runtime.base import State, last_activity
 from labkit.services.audit import record
 from labkit.services.db import Database
 from labkit.services.lab_time import Clock
@@ -123,9 +122,8 @@ class Sweeper:
             with self.db.transaction() as session:
                 machine = session.scalar(select(Machine).where(Machine.name == view.name))
                 assert machine is not None
-                mark = RunDir(machines.spec(machine).run_dir).activity
+                last = last_activity(machines.spec(machine))
                 can_pause = get_backend(machine.backend).capabilities.pause
-            last = _mtime(mark)
             if not can_pause or last is None:  # no mark: a supervisor from before marks were kept
                 continue
             idle = now.timestamp() - last
