@@ -221,7 +221,7 @@ def start(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
-        if is_live(before):
+        if is_live(before) and before != "paused":  # a paused machine is resumed by the course's start
             return _already(progress, "start", owned, before)
         # through the course: its memory budget and per-student limit apply to students too
         rows = state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
