@@ -25,7 +25,8 @@ from labkit.services.audit import current_actor, record
 from labkit.services.db import Database
 from labkit.services.lab_time import Clock
 from labkit.services.lookup import course_by_name
-from labkit.services.models import Assignment, Attempt, CourseLab, Student, User
+from labkit.services.machine_states import LIVE
+from labkit.services.models import Assignment, Attempt, CourseLab, Machine, Student, User
 
 #: how long before their deadline a student is warned (the countdown turns to a warning, the sweeper records it)
 WARN_BEFORE = dt.timedelta(minutes=5)
@@ -86,8 +87,8 @@ class Countdown:
     """What the workspace shows about one student's time on one lab (``/my/.../time`` answers it as JSON).
 
     ``state``: "unlimited" (no bound), "not-open" (before the window), "waiting" (bounded, their clock not begun),
-    "running", "warning" (less than `WARN_BEFORE` left), "over" (deadline passed, the sweeper not yet done),
-    "closed" (their attempt was closed)."""
+    "running", "warning" (less than `WARN_BEFORE` left), "over" (deadline passed, or the attempt closed while its
+    machines are still being frozen or stopped), "closed" (their attempt was closed and its machines stopped)."""
 
     state: str
     deadline: str | None
@@ -250,6 +251,12 @@ class Timing:
             if who is None:
                 raise NotFoundError(f"course {course} has no student {student!r}")
             shown = countdown_of(row, attempt_of(session, who.id, row.id), now or now_utc())
+            if shown.state == "closed" and session.scalar(
+                    select(Machine.id).join(Assignment, Assignment.machine_id == Machine.id)
+                    .where(Assignment.student_id == who.id, Assignment.course_lab_id == row.id,
+                           Machine.state.in_([s.value for s in LIVE])).limit(1)) is not None:
+                # closed, but its machines are still being frozen or stopped (as recorded): not over yet
+                shown = dataclasses.replace(shown, state="over")
         if shown.exam and shown.results_released:
             from labkit.services.grading import Grading
 

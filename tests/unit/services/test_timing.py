@@ -21,7 +21,7 @@ from labkit.services.course_admission import Limits, Target, admit
 from labkit.services.courses import Courses
 from labkit.services.db import Database
 from labkit.services.grading import Grading
-from labkit.services.models import Attempt, Event, Student, User
+from labkit.services.models import Attempt, Event, Machine, Student, User
 from labkit.services.sweeper import Sweeper
 from labkit.services.timing import Timing, parse_minutes, parse_moment
 
@@ -158,6 +158,9 @@ def test_the_sweeper_warns_then_closes_and_the_student_can_change_nothing(course
     with pytest.raises(ConflictError, match="has ended"):
         courses.start("c1", student="alice")
     assert t.countdown("c1", "alice", "intro-shell").state == "closed"
+    with courses.db.transaction() as session:  # as while the sweeper still freezes or stops it
+        session.scalars(select(Machine).where(Machine.name == machine)).one().state = "stopping"
+    assert t.countdown("c1", "alice", "intro-shell").state == "over"
     with courses.db.transaction() as session:
         assert [e.target for e in session.scalars(select(Event).where(Event.action == "lab-close"))] == [
             "c1/alice/intro-shell"]
