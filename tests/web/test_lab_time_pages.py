@@ -65,3 +65,5 @@ def test_instructor_sets_time_and_exam_and_the_student_sees_the_countdown(
     with state(app).db.transaction() as session:
         actions = [e.action for e in session.scalars(select(Event).where(Event.target == "c1/intro-shell"))]
     assert actions == ["lab-time", "lab-exam", "lab-release"]
+    audit = teacher.get("/teach/courses/c1/audit").get_data(as_text=True)  # the course's audit page shows them
+    assert all(action in audit for action in actions) and "c1/intro-shell" in audit
