@@ -28,7 +28,7 @@ DEFAULT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-
                "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
 
 #: blueprints of other parts of the app, registered when present: each module has ``bp`` and may have ``init_app``
-OPTIONAL_MODULES = ("api", "console", "jobs_view")
+OPTIONAL_MODULES = ("api", "console", "jobs_view", "sweeper")
 
 
 def secret_key(settings: Settings) -> str:

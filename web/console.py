@@ -40,6 +40,10 @@ def check_rights() -> None:
 def console_socket(ws: WebSocketLike, machine_name: str) -> None:
     owned = g.console_machine
     try:
+        if not owned.read_only:  # the student is back: a machine paused for being idle goes on where it was
+            from labkit.services.sweeper import resume_paused
+
+            resume_paused(services().machines(actor()), [owned.name])
         access = services().machines(actor()).console(owned.name)
     except LabkitError as err:  # StateError: not running; anything else is said the same way, in one sentence
         refuse(ws, owned.name, str(err))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
@@ -220,6 +220,30 @@ def _checkpoints(place: Enrollment) -> list[Any]:
         return []
 
 
+@bp.get("/courses/<course>/labs/<lab>/time")
+@student_required
+def lab_time(course: str, lab: str) -> ResponseReturnValue:
+    """The workspace's countdown (static/js/countdown.js): the state of the student's time, their deadline and the
+    seconds left (`labkit.services.timing.Countdown`)."""
+    from labkit.services.timing import Timing
+
+    place = _enrolled(course, lab)
+    state = services()
+    return jsonify(Timing(state.settings, state.db, actor()).countdown(place.course, place.student,
+                                                                       place.lab).to_json())
+
+
+@bp.post("/courses/<course>/labs/<lab>/here")
+@student_required
+def lab_here(course: str, lab: str) -> ResponseReturnValue:
+    """The student opened the lab's workspace: their machines paused for being idle go on where they were."""
+    from labkit.services.sweeper import come_back
+
+    place = _enrolled(course, lab)
+    state = services()
+    return jsonify(resumed=come_back(state.settings, state.db, actor(), place.course, place.student, place.lab))
+
+
 # ---- machine actions ---------------------------------------------------------------------------------------------
 def _state_of(state: WebState, who: str, name: str) -> str:
     return state.machines(who).status(name)[0].state
@@ -248,7 +272,7 @@ def start(name: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         before = _state_of(state, who, owned.name)
-        if is_live(before):
+        if is_live(before) and before != "paused":  # a paused machine is resumed by the course's start
             return _already(progress, "start", owned, before)
         # through the course: its memory budget and per-student limit apply to students too
         rows = state.courses(who).start(owned.course, student=owned.student, machine=owned.machine, lab=owned.lab,
@@ -426,10 +450,10 @@ def submit(course: str, lab: str) -> ResponseReturnValue:
     state, who = services(), actor()
 
     def run(progress: Reporter) -> dict[str, Any]:
-        from labkit.services.submissions import Submissions
+        from labkit.services.exams import Exams
 
         progress(ProgressEvent("submit", 0, 1, "checking and freezing your machines"))
-        views = Submissions(state.settings, state.db, who).submit(place.course, place.student, place.lab)
+        views = Exams(state.settings, state.db, who).submit(place.course, place.student, place.lab)  # final in exams
         progress(ProgressEvent("submit", 1, 1, "submitted"))
         return {"submissions": [{"id": v.id, "created_at": v.created_at.isoformat(), "machines": v.machines}
                                 for v in views]}

@@ -349,3 +349,116 @@ def session_end(app: App, name: str, yes: bool, as_json: bool) -> None:
                + (f"; kept (persist): {', '.join(result['kept'])}" if result["kept"] else ""))  # type: ignore[arg-type]
     for line in result["not_reset"]:  # type: ignore[attr-defined]
         click.echo(f"  not reset (could not be submitted): {line}", err=True)
+
+
+# ---- time and exams ------------------------------------------------------------------------------------------------
+def _time_line(row: dict[str, object]) -> str:
+    parts = [f"opens {row['opens_at'] or '-'}", f"closes {row['closes_at'] or '-'}",
+             f"allowance {row['allowance_minutes'] or '-'} min", f"idle pause {row['idle_minutes'] or '-'} min",
+             f"exam {'on' if row['exam'] else 'off'}"]
+    if row["exam"]:
+        parts.append(f"results released {row['results_released_at']}" if row["results_released_at"]
+                     else "results held back")
+    return f"{row['lab']:<20} " + ", ".join(parts)
+
+
+@command.command("time")
+@click.argument("name")
+@click.argument("lab", required=False)
+@click.option("--opens", metavar="ISO", help="When students may start (ISO 8601, e.g. 2026-12-08T09:00; without an "
+                                             "offset: the server's local time); 'none' removes it.")
+@click.option("--closes", metavar="ISO", help="When the lab closes: machines are stopped (exam: frozen and "
+                                              "submitted); 'none' removes it.")
+@click.option("--allowance", metavar="DURATION", help="Time each student has from their first start (90m, 1h30m); "
+                                                      "'none' removes it.")
+@click.option("--idle", metavar="DURATION", help="Pause machines without console input or SSH session for this "
+                                                 "long (15m); 'none' removes it.")
+@click.option("--clear", is_flag=True, help="Remove every time setting not given with this command.")
+@json_option
+@pass_app
+def time_(app: App, name: str, lab: str | None, opens: str | None, closes: str | None, allowance: str | None,
+          idle: str | None, clear: bool, as_json: bool) -> None:
+    """Show or set LAB's time window, per-student allowance and idle pause (all labs shown without LAB)."""
+    from labkit.services.timing import Timing, parse_minutes, parse_moment
+
+    timing = Timing(app.settings, app.db)
+    changes: dict[str, object] = {}
+    for key, text, parse in (("opens", opens, parse_moment), ("closes", closes, parse_moment),
+                             ("allowance", allowance, parse_minutes), ("idle", idle, parse_minutes)):
+        if text is not None:
+            changes[key] = None if text.strip().lower() == "none" else parse(text, f"--{key}")
+    if (changes or clear) and lab is None:
+        raise click.UsageError("name the lab to change: labkit course time COURSE LAB --closes ...")
+    rows = [timing.set_time(name, lab, clear=clear, **changes)] if (changes or clear) and lab else \
+        timing.show(name, lab)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(_time_line(row))
+
+
+@command.command("exam")
+@click.argument("name")
+@click.argument("lab")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@json_option
+@pass_app
+def exam(app: App, name: str, lab: str, mode: str, as_json: bool) -> None:
+    """Turn LAB's exam mode on or off: no self-check or feedback until 'labkit course release', no outbound network
+    or host reach from the next start, frozen and submitted at the deadline or the student's Submit."""
+    from labkit.services.timing import Timing
+
+    row = Timing(app.settings, app.db).set_exam(name, lab, mode == "on")
+    echo_json(row) if as_json else click.echo(_time_line(row))
+
+
+@command.command("release")
+@click.argument("name")
+@click.argument("lab")
+@json_option
+@pass_app
+def release(app: App, name: str, lab: str, as_json: bool) -> None:
+    """Release the results of exam LAB: students see their grades and feedback."""
+    from labkit.services.timing import Timing
+
+    row = Timing(app.settings, app.db).release(name, lab)
+    echo_json(row) if as_json else click.echo(_time_line(row))
+
+
+@command.command("exam-status")
+@click.argument("name")
+@click.argument("lab")
+@json_option
+@pass_app
+def exam_status(app: App, name: str, lab: str, as_json: bool) -> None:
+    """Who is in LAB (a machine running), their deadline and time left, and who has submitted."""
+    from labkit.services.exams import Exams
+
+    rows = Exams(app.settings, app.db).status(name, lab)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'student':<16} {'in':<4} {'left':>8}  {'deadline':<26} {'closed':<10} submitted")
+    for row in rows:
+        left = row["remaining_seconds"]
+        shown = "-" if left is None else f"{int(left) // 60}:{int(left) % 60:02d}"  # type: ignore[call-overload]
+        click.echo(f"{row['student']:<16} {'yes' if row['in'] else 'no':<4} {shown:>8}  {row['deadline'] or '-':<26} "
+                   f"{row['closed'] or '-':<10} {row['submitted_at'] or '-'}")
+
+
+@command.command("sweep")
+@json_option
+@pass_app
+def sweep(app: App, as_json: bool) -> None:
+    """One round of the sweeper (labkit serve runs it every few seconds): warn students near their deadline, stop
+    (exam: freeze and submit) at the deadline, pause idle machines."""
+    from labkit.services.sweeper import Sweeper
+
+    report = Sweeper(app.settings, app.db).sweep()
+    if as_json:
+        echo_json(report.to_json())
+        return
+    for what, items in report.to_json().items():
+        for item in items:
+            click.echo(f"{what:<10} {item}", err=what == "failed")

@@ -296,3 +296,23 @@ class Backend(ABC):
         """Start the stopped, fresh machine from ``warm``: its overlay becomes a copy of the warm disk, the state is
         loaded, then its seed is given to it and it takes its name, addresses, keys and clock from it."""
         raise StateError(f"{self.kind} machine {spec.name} cannot start from a warm state")
+
+
+# ---- the activity mark, for every backend: its supervisor touches it (labkit.runtime.supervisor)
+
+def last_activity(spec: MachineSpec) -> float | None:
+    """When the machine last showed a user (console input, an open SSH or other forwarded connection, its start), as
+    a UNIX time; None without a mark. Read from its run folder, without talking to its supervisor."""
+    from labkit.runtime.rundir import RunDir
+
+    try:
+        return RunDir(spec.run_dir).activity.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def mark_activity(spec: MachineSpec) -> None:
+    """Count now as use of the machine (a resume: its idle time runs again from here)."""
+    from labkit.runtime.rundir import RunDir
+
+    RunDir(spec.run_dir).mark_activity()

@@ -267,8 +267,11 @@ class Relays:
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self.listeners: list[socket.socket] = []
-        #: listeners bound but not served yet (`start`)
-        self.waiting: list[tuple[socket.socket, Callable[[], socket.socket]]] = []
+        #: listeners bound but not served yet (`start`), each with whether its connections are a user's (forwards)
+        self.waiting: list[tuple[socket.socket, Callable[[], socket.socket], bool]] = []
+        #: forwarded connections (SSH, a student's web port) open now: the supervisor's activity mark reads it
+        self.open_forwards = 0
+        self._count = threading.Lock()
 
     def listen_on_host(self, port: int, inner: int) -> None:
         """A host -> guest forward: listen on the host's 127.0.0.1 now (before the machine starts), relay into the
@@ -283,7 +286,7 @@ class Relays:
                 raise NamespaceError(f"host port {port} is already in use on {LOOPBACK}", conflict=True) from err
             raise NamespaceError(f"cannot listen on host port {port}: {err.strerror}") from err
         listener.listen(64)
-        self._serve(listener, lambda: self._inside(inner))
+        self._serve(listener, lambda: self._inside(inner), counted=True)
 
     def listen_in_namespace(self, port: int) -> None:
         """An allowed host port: listen on the namespace's 127.0.0.1 (the guest's 10.0.2.2) and relay to the host's."""
@@ -307,19 +310,18 @@ class Relays:
             raise
         return sock
 
-    def _serve(self, listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
+    def _serve(self, listener: socket.socket, connect: Callable[[], socket.socket], counted: bool = False) -> None:
         self.listeners.append(listener)
-        self.waiting.append((listener, connect))
+        self.waiting.append((listener, connect, counted))
 
     def start(self) -> None:
         """Start relaying. Only after the machine process was forked: its child runs code between fork and exec
         (joining the namespace), which must not meet a lock that one of our threads held at the fork."""
-        for listener, connect in self.waiting:
-            threading.Thread(target=self._accept_loop, args=(listener, connect), daemon=True).start()
+        for listener, connect, counted in self.waiting:
+            threading.Thread(target=self._accept_loop, args=(listener, connect, counted), daemon=True).start()
         self.waiting.clear()
 
-    @staticmethod
-    def _accept_loop(listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
+    def _accept_loop(self, listener: socket.socket, connect: Callable[[], socket.socket], counted: bool) -> None:
         while True:
             try:
                 client, _ = listener.accept()
@@ -328,7 +330,19 @@ class Relays:
                     time.sleep(0.05)
                     continue
                 return  # closed: the machine is going away
-            threading.Thread(target=Relays._connect_and_splice, args=(client, connect), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client, connect, counted), daemon=True).start()
+
+    def _relay(self, client: socket.socket, connect: Callable[[], socket.socket], counted: bool) -> None:
+        if not counted:
+            Relays._connect_and_splice(client, connect)
+            return
+        with self._count:
+            self.open_forwards += 1
+        try:
+            Relays._connect_and_splice(client, connect)
+        finally:
+            with self._count:
+                self.open_forwards -= 1
 
     @staticmethod
     def _connect_and_splice(client: socket.socket, connect: Callable[[], socket.socket]) -> None:

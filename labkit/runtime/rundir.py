@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 from labkit.atomic import write_atomic
@@ -77,6 +78,12 @@ class RunDir:
         return self.path / "paused"
 
     @property
+    def activity(self) -> Path:
+        """Touched by the supervisor on console input and while a forwarded connection (SSH) is open; its mtime is
+        the machine's last sign of a user (the idle sweep reads it without talking to the supervisor)."""
+        return self.path / "activity"
+
+    @property
     def supervisor_log(self) -> Path:
         """The supervisor's own stdout/stderr (its errors, not the guest console)."""
         return self.path / "supervisor.log"
@@ -94,6 +101,13 @@ class RunDir:
     @property
     def slirp4netns_log(self) -> Path:
         return self.path / "slirp4netns.log"
+
+    def mark_activity(self) -> None:
+        """Set the activity mark's time to now (made if missing)."""
+        try:
+            os.utime(self.activity)
+        except FileNotFoundError:
+            self.activity.touch()
 
     def helper_pid_files(self) -> tuple[Path, ...]:
         """Pid files of the supervisor's own helpers, which end with it; a clean-up after a crash ends them by PID."""

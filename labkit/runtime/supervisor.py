@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 CLIENT_BUFFER_LIMIT = 1 << 20
 #: Input waiting for the guest beyond this is dropped (a paused guest reads nothing).
 INPUT_BUFFER_LIMIT = 1 << 16
+#: The activity mark (``RUN_DIR/activity``) is touched at most this often (seconds): on console input, and while a
+#: forwarded connection (SSH) is open. The idle sweep reads its time (labkit.services.sweeper).
+ACTIVITY_EVERY = 10.0
 _PR_SET_PDEATHSIG = 1
 #: personality(2) flag: no address-space randomization (what ``setarch -R`` sets)
 _ADDR_NO_RANDOMIZE = 0x0040000
@@ -103,6 +106,7 @@ class Supervisor:
         self.window = b""
         self.terminating = False
         self.proc: subprocess.Popen[bytes] | None = None
+        self.active_at = -1.0  # time.monotonic() of the last look at the activity mark
 
     # ---- start
 
@@ -175,6 +179,7 @@ class Supervisor:
             for fd in join or ():
                 os.close(fd)
         ProcessRecord.of(self.proc.pid).write(self.run.machine_pid)
+        self._mark_active()  # a machine just started counts as used: the idle time runs from here
         if self.relays is not None:
             self.relays.start()
 
@@ -243,8 +248,25 @@ class Supervisor:
                 for client in list(self.clients.values()):
                     if client.recorder is not None and client.recorder.pending:
                         client.recorder.tick(now)
+            if self.relays is not None and self.relays.open_forwards:
+                self._mark_active()
             if not pty_open or self._machine_exited():
                 return self._wind_down()
+
+    def _mark_active(self) -> None:
+        """A user is there (console input, an open SSH session): touch the activity mark when it is older than
+        `ACTIVITY_EVERY` (looked at no more than once a second)."""
+        now = time.monotonic()
+        if now - self.active_at < 1.0:
+            return
+        self.active_at = now
+        with contextlib.suppress(OSError):
+            try:
+                age = time.time() - self.run.activity.stat().st_mtime
+            except FileNotFoundError:
+                age = ACTIVITY_EVERY
+            if age >= ACTIVITY_EVERY:
+                self.run.mark_activity()
 
     def _machine_exited(self) -> bool:
         """Look without reaping, so the PID (and group id) stay reserved until the group is killed."""
@@ -392,6 +414,7 @@ class Supervisor:
             if data and client.recorder is not None:
                 data = client.recorder.from_client(data, time.time())
             if data:
+                self._mark_active()
                 room = INPUT_BUFFER_LIMIT - len(self.to_guest)
                 self.to_guest += data[:max(room, 0)]
                 self._write_guest()

@@ -47,8 +47,9 @@ class AuditView:
                 .where(Student.course_id == found.id,
                        ~select(elsewhere.id).where(elsewhere.user_id == User.id,
                                                    elsewhere.course_id != found.id).exists())
-            query = (select(Event).where((Event.target == course) | Event.target.in_(machines)
-                                         | Event.target.in_(accounts))
+            # "COURSE/..." targets: a lab's time and exam settings, a student's time on a lab, submissions
+            own = (Event.target == course) | Event.target.startswith(f"{course}/", autoescape=True)
+            query = (select(Event).where(own | Event.target.in_(machines) | Event.target.in_(accounts))
                      .order_by(Event.id.desc()).limit(max(1, min(limit, 1000))))
             if before is not None:
                 query = query.where(Event.id < before)

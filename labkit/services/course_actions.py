@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from sqlalchemy import select
 
-from labkit.errors import LabkitError, StateError
+from labkit.errors import ConflictError, LabkitError, StateError
 from labkit.progress import ProgressEvent, Reporter, silent
 from labkit.runtime.base import end_waits
 from labkit.services import starting
@@ -20,6 +20,8 @@ from labkit.services.lookup import course_by_name
 from labkit.services.machines import LIVE, MachineView
 from labkit.services.models import Machine
 from labkit.services.submissions import Submissions
+from labkit.services.sweeper import resume_paused
+from labkit.services.timing import Timing, now_utc
 
 T = TypeVar("T")
 
@@ -47,10 +49,13 @@ class CourseActions(CourseProvisioning):
         """Start the class (or one student / machine), lab machines in ``depends_on`` order, the rest in parallel."""
         with ExitStack() as promised:
             with self._locked(name):  # only while admitting: the boots of several starts overlap
-                targets = self.targets(name, student, machine, lab)
+                every = self.targets(name, student, machine, lab)
                 if machine is not None:
-                    targets = self._with_needs(name, student, lab, targets, progress)
+                    every = self._with_needs(name, student, lab, every, progress)
+                targets = self._in_time(name, every, student is not None)
+                self._resume_paused(targets)
                 wanted = self._admit(name, targets)
+                self._begin_clocks(name, wanted)
                 promised.enter_context(starting.promise(self.settings.run_dir, name,
                                                         {t.name: t.memory_mb for t in wanted}))
             started: dict[str, MachineView] = {}
@@ -62,7 +67,43 @@ class CourseActions(CourseProvisioning):
                     started[view.name] = view
                     progress(ProgressEvent("start", len(started), len(wanted),
                                            f"{by_name[view.name].machine} is {view.state}"))
-        return self._rows(targets, started)  # what each start left is not read again
+        return self._rows(every, started)  # what each start left is not read again
+
+    def _in_time(self, name: str, targets: list[Target], one_student: bool) -> list[Target]:
+        """The targets whose students may start them now (`labkit.services.timing`): a start of one student is
+        refused with the reason; a class-wide start leaves those students out."""
+        timing = Timing(self.settings, self.db, self.actor)
+        with self.db.transaction() as session:
+            refused = timing.admit(session, name, {(t.student, t.lab) for t in targets}, now_utc())
+        if refused and one_student:
+            raise ConflictError(next(iter(refused.values())))
+        return [t for t in targets if (t.student, t.lab) not in refused]
+
+    def _begin_clocks(self, name: str, wanted: list[Target]) -> None:
+        """The first start of a student's lab begins their clock (`Attempt.began_at`); exam labs lose their
+        guests' outbound network and host reach, other labs get theirs back, from this start on."""
+        if not wanted:
+            return
+        with self.db.transaction() as session:
+            Timing(self.settings, self.db, self.actor).begin(session, name, [(t.student, t.lab) for t in wanted],
+                                                             now_utc())
+            course = course_by_name(session, name)
+            labs = {cl.lab_id: cl for cl in course.labs}
+            names = {t.name: t for t in wanted}
+            for machine in session.scalars(select(Machine).where(Machine.name.in_(names))):
+                target = names[machine.name]
+                lab = labs[target.lab]
+                host_ports, outbound = ([], False) if lab.exam else self._lab(lab).reach(target.machine)
+                if (sorted(machine.host_ports or []), bool(machine.outbound)) != (sorted(host_ports), outbound):
+                    machine.host_ports, machine.outbound = sorted(host_ports), outbound
+
+    def _resume_paused(self, targets: list[Target]) -> None:
+        """A start of a paused machine (paused by the idle sweep, `labkit.services.sweeper`) resumes it where it
+        was: the student came back."""
+        with self.db.transaction() as session:  # as recorded (no process read per click): a pause records it
+            paused = sorted(session.scalars(select(Machine.name).where(Machine.name.in_([t.name for t in targets]),
+                                                                      Machine.state == "paused")))
+        resume_paused(self.machines, paused)
 
     def _with_needs(self, name: str, student: str | None, lab: str | None, targets: list[Target],
                     progress: Reporter) -> list[Target]:

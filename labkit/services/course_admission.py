@@ -4,6 +4,10 @@ A start is refused whole rather than half-done. Machines that run, and machines 
 (`labkit.services.starting`), count as used. Only the course's own machines are read from their processes for it
 (reconciled); the budget counts the other machines of the installation as their records say, so a click does not scan
 every machine (each of them is reconciled by its own actions and status reads).
+
+Paused machines (paused by the idle sweep, `labkit.services.sweeper`, or by hand) are counted apart: a paused guest
+keeps its memory, so it counts in the memory budget (and a refusal says how much of it paused machines hold: stopping
+them frees it), but it uses no CPU, so it does not count in a student's limit of machines running at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.errors import AdmissionError
+from labkit.runtime.base import State
 from labkit.services import starting
 from labkit.services.machine_records import MachineView
 from labkit.services.machine_states import LIVE
@@ -66,17 +71,20 @@ def admit(run_dir: Path, course: str, targets: list[Target], views: list[Machine
     running = {v.name: v.memory_mb for v in by_name.values() if v.state in live} | booting | others
     used = sum(running.values())
     needed = sum(t.memory_mb for t in wanted)
+    paused = {v.name for v in by_name.values() if v.state == State.PAUSED.value}
     if used + needed > limits.budget_mb:
+        held = sum(mb for machine, mb in running.items() if machine in paused)
         by: dict[str, int] = {}
         for machine, memory in running.items():
             owner = limits.owners.get(machine, f"machine {machine}")
             by[owner] = by.get(owner, 0) + memory
         top = ", ".join(f"{who} {mb} MB" for who, mb in sorted(by.items(), key=lambda kv: -kv[1])[:8])
         raise AdmissionError(f"starting {len(wanted)} machines needs {needed} MB, but {used} MB of the "
-                             f"{limits.budget_mb} MB memory budget are in use" + (f" (by {top})" if top else ""))
+                             f"{limits.budget_mb} MB memory budget are in use" + (f" (by {top})" if top else "")
+                             + (f"; {held} MB of it by {len(paused)} paused machines" if held else ""))
     counts: dict[str, int] = {}
     for machine in running:
-        if machine in limits.owners:
+        if machine in limits.owners and machine not in paused:
             counts[limits.owners[machine]] = counts.get(limits.owners[machine], 0) + 1
     for target in wanted:
         counts[target.student] = counts.get(target.student, 0) + 1

@@ -63,7 +63,10 @@ class Grades:
             if one is None:
                 raise NotFoundError(f"course {course} has no student {student!r}")
             history = self._history(session, course_row, kinds, one.id, include_hidden)
-            return [grades[-1] for _, grades in sorted(history.items())]
+            # the student's view (no hidden checks) shows nothing of an exam lab until its results are released
+            held = {cl.lab_id for cl in course_row.labs if cl.exam and cl.results_released_at is None}
+            return [grades[-1] for (_, lab), grades in sorted(history.items())
+                    if include_hidden or lab not in held]
 
     def history(self, course: str, student: str, lab: str, include_hidden: bool = True,
                 kinds: Sequence[str] = GRADED_KINDS) -> list[StudentGrade]:

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labkit.config import Settings
-from labkit.errors import GuestUnavailableError, LabkitError, NotFoundError
+from labkit.errors import ConflictError, GuestUnavailableError, LabkitError, NotFoundError
 from labkit.grading.checks import NEEDS_RUNNING
 from labkit.grading.result import CheckResult
 from labkit.grading.runner import grade, total
@@ -168,9 +168,16 @@ class Grading:
 
     def self_check(self, course: str, student: str, lab: str | None = None, step: str | None = None) -> RunReport:
         """A student's own check of their live machines: only the checks that are not hidden; with ``step`` (of
-        ``lab``), only that guide step's checks (`labkit.labs.model.Lab.step_checks`)."""
+        ``lab``), only that guide step's checks (`labkit.labs.model.Lab.step_checks`). Refused on an exam lab until
+        the instructor releases its results (`labkit.services.timing`)."""
         if step is not None and lab is None:
             raise NotFoundError("a step's self-check needs its lab")
+        with self.db.transaction() as session:
+            held = sorted(cl.lab_id for cl in course_by_name(session, course).labs
+                          if cl.exam and cl.results_released_at is None and (lab is None or cl.lab_id == lab))
+        if held:
+            raise ConflictError(f"lab {', '.join(held)} is an exam: there is no self-check until your instructor "
+                                "releases the results")
         return self._run(course, SELF_CHECK, lab, student, False, DEFAULT_WORKERS, silent, step)
 
     def _run(self, course: str, kind: str, lab: str | None, student: str | None, include_hidden: bool,

@@ -29,6 +29,7 @@ from labkit.services.machine_guests import MachineGuests
 from labkit.services.machine_records import MachineView, SeedContent
 from labkit.services.machine_states import ACCEPTS, DISK, LIVE, RUNNING_STATE, snapshot_kind
 from labkit.services.models import Machine, Snapshot
+from labkit.services.timing import refuse_when_closed
 
 #: Seconds a guest's own ``sync`` may take before a copy of its disk; then the kernel's emergency sync is used,
 #: which only starts writing, so the copy waits this long for it.
@@ -150,6 +151,7 @@ class MachineDisks(MachineGuests):
         check_name(snapshot, "snapshot name")
         with self._locked(name), self.db.transaction() as session:
             machine = self._get(session, name)
+            refuse_when_closed(session, machine.id, self.actor, "snapshot")
             if any(s.name == snapshot for s in machine.snapshots):
                 raise ConflictError(f"machine {name} already has a snapshot named {snapshot!r}")
             dest = self._snapshot_dir(name) / self._overlay(machine).file_name(snapshot)

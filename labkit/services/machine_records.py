@@ -38,6 +38,7 @@ from labkit.services.machine_truth import (
     uptime,
 )
 from labkit.services.models import Machine
+from labkit.services.timing import refuse_when_closed
 
 __all__ = ["SSH_PORT", "ConsoleAccess", "MachineFacts", "MachineRecords", "MachineView", "SeedContent",
            "shown_forwards", "uptime"]
@@ -178,6 +179,8 @@ class MachineRecords:
     def _stopped(self, name: str, action: str) -> Iterator[tuple[Session, Machine]]:
         with self._locked(name), self.db.transaction() as session:
             machine = self._get(session, name)
+            if action in ("reset", "restore"):  # a student whose time ended no longer changes their machines
+                refuse_when_closed(session, machine.id, self.actor, action)
             status = self._reconcile(session, machine)
             if status.state not in AT_REST:
                 raise StateError(f"cannot {action} machine {name} while it is {status.state.value}; stop it first",

@@ -9,6 +9,7 @@ records and reconciling are in `machine_records`, Guest handles in `machine_gues
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from labkit.names import check_name
 from labkit.overlays import get_overlay
 from labkit.progress import Reporter, silent
 from labkit.runtime import backend_class
-from labkit.runtime.base import Backend, Forward, MachineSpec
+from labkit.runtime.base import Backend, Forward, MachineSpec, mark_activity
 from labkit.runtime.network import check_host_port, machine_mac
 from labkit.services import images as image_service
 from labkit.services.audit import record
@@ -38,6 +39,7 @@ from labkit.services.machine_records import (
 )
 from labkit.services.machine_states import ACCEPTS, LIVE
 from labkit.services.models import Machine
+from labkit.services.timing import refuse_when_closed
 
 
 class Machines(MachineDisks):
@@ -116,6 +118,7 @@ class Machines(MachineDisks):
         with self._locked(name):
             with self.db.transaction() as session:
                 machine = self._get(session, name)
+                refuse_when_closed(session, machine.id, self.actor, "start")
                 status = self._reconcile(session, machine)
                 if status.state not in ACCEPTS["start"]:
                     raise StateError(f"machine {name} is already {status.state.value}", status.state)
@@ -159,6 +162,9 @@ class Machines(MachineDisks):
                     raise StateError(f"cannot {action} machine {name}: it is {status.state.value}", status.state)
             verbs = {"stop": backend.stop, "kill": backend.kill, "pause": backend.pause, "resume": backend.resume}
             view = self._settle(name, verbs[action](spec), action, detail)
+            if action == "resume":  # back from a pause: the idle time runs again from now (labkit.services.sweeper)
+                with contextlib.suppress(OSError):
+                    mark_activity(spec)
             if action in ("stop", "kill"):
                 self._release_networks(backend, spec)
             return view

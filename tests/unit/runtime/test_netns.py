@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def test_inside_reaches_only_the_relayed_host_ports(namespace: Namespace) -> Non
         relays.start()
         seen = probe_inside(namespace, listener.getsockname()[1], allowed.getsockname()[1])
         assert seen == {listener.getsockname()[1]: "ConnectionRefusedError", allowed.getsockname()[1]: "allowed"}
+        assert relays.open_forwards == 0  # the guest's own connections out are no sign of a user
     finally:
         relays.close()
         listener.close()
@@ -100,6 +102,7 @@ def test_a_forward_listens_on_host_loopback_and_reaches_inside(namespace: Namesp
         assert {sock.getsockname() for sock in relays.listeners} == {("127.0.0.1", port)}
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             served, _ = inside.accept()
+            assert relays.open_forwards == 1  # an open forwarded connection (SSH) is a user there: the idle mark
             with served:
                 client.sendall(b"ping")
                 assert served.recv(4) == b"ping"
@@ -107,6 +110,10 @@ def test_a_forward_listens_on_host_loopback_and_reaches_inside(namespace: Namesp
                 served.shutdown(socket.SHUT_WR)  # the half-close reaches the host side
                 client.settimeout(5)
                 assert client.recv(4) == b"pong" and client.recv(4) == b""
+        deadline = time.monotonic() + 10
+        while relays.open_forwards:  # the relay's threads end once both sides closed
+            assert time.monotonic() < deadline, "the forwarded connection is still counted after it closed"
+            time.sleep(0.01)
         # a port the host already uses is a conflict, reported as such
         with pytest.raises(NamespaceError, match="already in use") as caught:
             relays.listen_on_host(port, 20001)

@@ -1,0 +1,149 @@
+"""An exam in a real Chromium against a real ``labkit serve`` (its sweeper every second) with a real tiny guest, from
+start to released results (issue 14, sections 3 and 4).
+
+The instructor turns exam mode on with the CLI; the student's self-check is refused; their guest, started in the
+browser, has no way out of its namespace and cannot reach the host's loopback (not even the port its lab allows
+outside exams: the web app's). The instructor then closes the window a few seconds ahead: the workspace's countdown
+reaches zero, the server freezes and submits the machine (graded) and stops it, the page says so, and the student can
+no longer start it. Results stay hidden until ``labkit course release``, then the countdown shows the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import LABS, make_settings, make_short_dir, settings_env
+from playwright.sync_api import Playwright, expect
+
+from labkit.runtime.process import ProcessRecord
+from labkit.runtime.rundir import RunDir
+
+from .test_browser import (
+    BOOT,
+    JOB,
+    LABKIT,
+    Site,
+    console_run,
+    free_port,
+    labkit,
+    log_in,
+    open_browser,
+    playwright,  # noqa: F401  (the shared fixture)
+    shot,
+    stop_guests,
+    stop_server,
+    wait_for,
+    wait_running_with_console,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.guest]
+
+COURSE, LAB = "demo", "intro-shell"
+
+
+@pytest.fixture(scope="module")
+def exam_site() -> Iterator[Site]:
+    """The demo course on a copy of intro-shell whose guests may reach the web app's port (outside exams)."""
+    home = make_short_dir("lke")
+    settings = make_settings(home / "home")
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), "LABKIT_SWEEP_SECONDS": "1"}
+    lab = home / LAB
+    shutil.copytree(LABS / LAB, lab)
+    with (lab / "lab.toml").open("a") as toml:
+        toml.write(f"\n[reach]\nhost_ports = [{port}]\n")
+    base = f"http://127.0.0.1:{port}"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        labkit(env, "image", "build", "tiny", "--if-missing")
+        labkit(env, "demo", "--url", base, "--lab", str(lab))
+        logins = json.loads((settings.home / "demo-logins.txt").read_text())
+        with (home / "serve.log").open("wb") as log:
+            process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        wait_for(f"{base}/login", process)
+        yield Site(base, settings, env, logins)
+    finally:
+        if process is not None:
+            stop_server(process)
+        stop_guests(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def namespace_links(pid: int) -> tuple[set[str], bool]:
+    """The interfaces of the network namespace of ``pid`` and whether it has a default route (read from /proc)."""
+    interfaces = {line.split(":")[0].strip() for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]}
+    routes = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
+    return interfaces, any(line.split()[1] == "00000000" for line in routes)
+
+
+def exam_row(site: Site) -> dict[str, object]:
+    rows = json.loads(labkit(site.env, "course", "exam-status", COURSE, LAB, "--json"))
+    return next(row for row in rows if row["student"] == "student1")
+
+
+def test_an_exam_from_start_to_released_results(exam_site: Site, playwright: Playwright,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    site = exam_site
+    port = int(site.base.rsplit(":", 1)[1])
+    assert "exam on, results held back" in labkit(site.env, "course", "exam", COURSE, LAB, "on")
+    browser = open_browser(playwright, tmp_path / "student-profile")
+    try:
+        student = browser.new_page()
+        log_in(student, site, "student1")
+        workspace = f"{site.base}/my/courses/{COURSE}/labs/{LAB}"
+        student.goto(workspace)
+        countdown = student.locator("#lk-countdown")
+        expect(countdown).to_have_attribute("data-state", "unlimited", timeout=JOB)
+        expect(countdown).to_contain_text("no self-check")
+        student.click("button[data-action=self-check]")
+        expect(student.locator(".lk-job-error").first).to_contain_text("is an exam: there is no self-check",
+                                                                      timeout=JOB)
+
+        # the guest: started in the browser, cut off from everything but its own forwards
+        machine = student.locator("li.machine").first.get_attribute("data-machine")
+        assert machine
+        student.goto(f"{site.base}/my/machines/{machine}")
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        linux = ProcessRecord.read(RunDir(site.settings.run_dir / machine).machine_pid)
+        assert linux is not None and namespace_links(linux.pid) == ({"lo"}, False)
+        answer = console_run(student, f"printf 'GET /login HTTP/1.0\\r\\n\\r\\n' | timeout 8 nc 10.0.2.2 {port} 2>&1"
+                                      " | head -c 300; echo", timeout=30)
+        assert "HTTP/" not in answer and "refused" in answer.lower(), answer
+        assert console_run(student, "echo my-answer > /root/exam.txt && sync && cat /root/exam.txt").strip() == \
+            "my-answer"
+        assert exam_row(site)["in"] is True
+
+        # the window closes in a few seconds: the countdown reaches zero and the machine is frozen and submitted
+        closes = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)).isoformat(timespec="seconds")
+        labkit(site.env, "course", "time", COURSE, LAB, "--closes", closes)
+        student.goto(workspace)
+        expect(countdown).to_have_attribute("data-state", "warning", timeout=JOB)
+        shot(student, "exam-countdown.png")
+        expect(countdown).to_have_attribute("data-state", "closed", timeout=BOOT)
+        expect(countdown).to_contain_text("frozen and submitted")
+        expect(countdown).not_to_contain_text("Your result")
+        row = exam_row(site)
+        assert (row["closed"], row["in"]) == ("window", False) and row["submitted_at"], row
+        status = json.loads(labkit(site.env, "course", "status", COURSE, "--student", "student1", "--json"))
+        assert [r["state"] for r in status] == ["stopped"]
+
+        # the student can no longer start it
+        student.goto(f"{site.base}/my/machines/{machine}")
+        student.click("button[data-action=start]")
+        expect(student.locator(".lk-job-error").first).to_contain_text("has ended", timeout=JOB)
+
+        # released: the countdown shows the result
+        labkit(site.env, "course", "release", COURSE, LAB)
+        student.goto(workspace)
+        expect(countdown).to_contain_text("Your result:", timeout=JOB)
+    finally:
+        browser.close()
