@@ -4,7 +4,8 @@ blame for): ``labkit course extend`` and the class grid's "extend" form.
 The minutes go on the student's `Attempt` (made here, not yet begun, when the student has not started the lab), so
 `labkit.services.lab_time.Clock` pushes back both their allowance and the window's close for them alone. Every grant
 is recorded in the audit log with who gave how many minutes to whom, under the course's name (the course's audit page
-shows it).
+shows it). A student whose time had run out (their attempt closed at the deadline or the window's close) gets it
+back when the new deadline is still ahead; one who pressed Submit on an exam stays submitted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from labkit.services.roster import check_student_id
 #: the most minutes one grant may add (a day): a typo of 600 for 60 is still sane, 60000 is refused
 MAX_GRANT_MINUTES = 24 * 60
 _WHOLE = re.compile(r"[0-9]{1,6}")
+#: attempts closed because time ran out, which extra time opens again (`Attempt.closed_reason`)
+REOPENED_BY_TIME = ("deadline", "window")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class ExtraTime:
         self.db = db
         self.actor = actor or current_actor()
 
-    def extend(self, course: str, student: str, lab: str, minutes: object) -> Extension:
+    def extend(self, course: str, student: str, lab: str, minutes: object,
+               now: dt.datetime | None = None) -> Extension:
         added = check_minutes(minutes)
         check_student_id(student)
         with self.db.transaction() as session:
@@ -85,7 +89,12 @@ class ExtraTime:
             session.execute(update(Attempt).where(Attempt.id == attempt.id)
                             .values(extra_minutes=Attempt.extra_minutes + added))
             session.refresh(attempt)
+            deadline = Clock.of(course_lab, attempt).deadline()
+            reopened = (attempt.closed_reason in REOPENED_BY_TIME and deadline is not None
+                        and deadline > (now or dt.datetime.now(dt.UTC)))
+            if reopened:  # their time had run out; the extra time gives it back (a Submit of their own stays final)
+                attempt.closed_at = attempt.closed_reason = attempt.warned_at = None
             record(session, self.actor, "time-extend", course,
-                   f"student {student}, lab {lab}: +{added} min (extra time now {attempt.extra_minutes} min)")
-            return Extension(course, student, lab, added, attempt.extra_minutes,
-                             Clock.of(course_lab, attempt).deadline())
+                   f"student {student}, lab {lab}: +{added} min (extra time now {attempt.extra_minutes} min)"
+                   + ("; their time had run out, it runs again" if reopened else ""))
+            return Extension(course, student, lab, added, attempt.extra_minutes, deadline)

@@ -106,3 +106,22 @@ def test_minutes_are_checked_before_anything_is_read() -> None:
 def test_an_unknown_course_is_not_found(course: Database) -> None:
     with pytest.raises(NotFoundError, match="no course named 'c9'"):
         ExtraTime(course).extend("c9", "s1", "intro-shell", 5)
+
+
+def test_extra_time_after_the_deadline_gives_the_time_back_but_a_submit_stays_final(course: Database) -> None:
+    """The sweeper closed s1's attempt at the window's close and s2 submitted; extra time reopens s1 only while the
+    new deadline is ahead of now."""
+    with course.transaction() as session:
+        lab = session.scalars(select(CourseLab)).one()
+        students = {s.sid: s for s in lab.course.students}
+        for sid, reason in (("s1", "window"), ("s2", "submitted")):
+            session.add(Attempt(student_id=students[sid].id, course_lab_id=lab.id, began_at=CLOSES, closed_at=CLOSES,
+                                closed_reason=reason, warned_at=CLOSES))
+    late = CLOSES + dt.timedelta(minutes=30)
+    ExtraTime(course).extend("c1", "s1", "intro-shell", 10, now=late)  # ends at 12:10, before now: still over
+    ExtraTime(course).extend("c1", "s1", "intro-shell", 30, now=late)  # 12:40, ahead: open again
+    ExtraTime(course).extend("c1", "s2", "intro-shell", 60, now=late)
+    with course.read() as session:
+        state = {a.student.sid: (a.closed_reason, a.closed_at, a.warned_at) for a in session.scalars(select(Attempt))}
+    assert state == {"s1": (None, None, None), "s2": ("submitted", CLOSES, CLOSES)}
+    assert [detail.endswith("it runs again") for *_, detail in events(course)] == [False, True, False]
