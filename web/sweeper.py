@@ -1,7 +1,9 @@
-"""The sweeper in the server process: a daemon thread per web worker runs `labkit.services.sweeper.sweep_if_due`
-every ``LABKIT_SWEEP_SECONDS`` (default 20; 0 turns it off). With several workers, a file lock and the time of the
-last sweep let one of them act per period (the others skip). Tests' apps (``TESTING``) run none unless the setting
-is given; ``labkit course sweep`` does one round from the command line (cron, tests)."""
+"""The sweeper in the server process: a daemon thread per web worker of ``labkit serve`` runs
+`labkit.services.sweeper.sweep_if_due` every ``LABKIT_SWEEP_SECONDS`` (default 20; 0 turns it off). With several
+workers, a file lock and the time of the last sweep let one of them act per period (the others skip). Only the
+served app sweeps (``labkit serve`` asks for it with ``LABKIT_SWEEPER``): an app made in another process (a test, a
+script) has no thread that outlives it, unless its config gives ``LABKIT_SWEEP_SECONDS``. ``labkit course sweep``
+does one round from the command line (cron, tests)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask) -> None:
     every = app.config.get("LABKIT_SWEEP_SECONDS")
     if every is None:
-        every = os.environ.get("LABKIT_SWEEP_SECONDS") or (0 if app.testing else DEFAULT_SECONDS)
+        served = app.config.get("LABKIT_SWEEPER") and not app.testing
+        every = (os.environ.get("LABKIT_SWEEP_SECONDS") or DEFAULT_SECONDS) if served else 0
     seconds = float(every)
     if seconds <= 0:
         return

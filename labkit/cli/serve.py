@@ -103,7 +103,7 @@ def make_server(settings: Settings, options: dict[str, Any], turns: int = 2) -> 
             # in the worker, after the fork: the database and the job threads belong to that process
             from web import create_app
 
-            app = create_app({"LABKIT_SETTINGS": settings, "LABKIT_TURNS": turns})
+            app = create_app({"LABKIT_SETTINGS": settings, "LABKIT_TURNS": turns, "LABKIT_SWEEPER": True})
             # what is loaded now lives as long as the worker: out of the collector's sight, full collections no
             # longer walk it (they pause every thread; measured in bench/web.py)
             gc.collect()

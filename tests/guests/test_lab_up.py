@@ -152,15 +152,14 @@ def machine_states(home: str) -> dict[str, str]:
         return dict(db.execute("select name, state from machines"))
 
 
-def held_first_boot(lab: Path, machine: str) -> Path:
-    """A copy of ``lab`` whose ``machine`` does not finish its first boot (a startup script that marks the disk and
-    waits for ten minutes; a later boot of the same disk goes on at once): a Ctrl-C then lands while it boots, however
-    slow or fast the host is."""
+def held_boot(lab: Path, machine: str) -> Path:
+    """A copy of ``lab`` whose ``machine`` does not finish its boot (a startup script that waits for ten minutes): a
+    Ctrl-C then lands while it boots, however slow or fast the host is."""
     folder = lab.parent / "held" / lab.name
     shutil.copytree(lab, folder)
     (folder / "startup").mkdir(exist_ok=True)
     (folder / "startup" / f"hold-{machine}.sh").write_text(
-        "[ -e /root/.booted-before ] && exit 0\ntouch /root/.booted-before; sync; sleep 600\n")
+        "sleep 600\n")
     toml = folder / "lab.toml"
     toml.write_text(toml.read_text().replace(f"[machines.{machine}]\n",
                                              f'[machines.{machine}]\nstartup = ["startup/hold-{machine}.sh"]\n', 1))
@@ -168,10 +167,10 @@ def held_first_boot(lab: Path, machine: str) -> Path:
 
 
 def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Path) -> None:
-    path, bobs = str(held_first_boot(lab, "a")), str(lab)
+    path, held = str(lab), str(held_boot(lab, "a"))
     alice = as_user(lk, "alice")
-    # Ctrl-C (SIGINT to the command's process group) once b runs, while a boots (held in its first boot)
-    start = subprocess.Popen([LABKIT, "lab", "up", path], env=alice.env, stdout=subprocess.PIPE,
+    # Ctrl-C (SIGINT to the command's process group) once b runs, while a boots (held)
+    start = subprocess.Popen([LABKIT, "lab", "up", held], env=alice.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not any(s in ("starting", "running") for s in machine_states(alice.env["LABKIT_HOME"]).values()):
@@ -184,8 +183,9 @@ def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Pa
     # what started stays recorded, and crash kills it by its PID
     started = [m for up in alice.json("lab", "ps") for m in up["machines"] if m["state"] != "stopped"]  # type: ignore
     assert started, "the machine booted before Ctrl-C is not listed"
-    assert "0 of 2 machines running" in alice("lab", "crash", path).stdout
-    assert "is not running" in fails(alice, "lab", "crash", path)
+    assert "0 of 2 machines running" in alice("lab", "crash", held).stdout
+    assert "is not running" in fails(alice, "lab", "crash", held)
+    alice("lab", "clean", held)
 
     # alice's lab up again; then bob brings up the same folder, inside his tmux session
     alice("lab", "up", path)
@@ -198,9 +198,9 @@ def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Pa
                             capture_output=True, text=True, check=True).stdout.strip()
     bob = as_user(lk, "bob")
     assert "no labs are up" in bob("lab", "ps").stdout  # alice's lab is not his
-    assert "is not up" in fails(bob, "lab", "down", bobs)
+    assert "is not up" in fails(bob, "lab", "down", path)
     bob.env["TMUX"] = f"{sock},{server.split(',')[0]},{server.split(',')[1].lstrip('$')}"
-    out = bob("lab", "up", bobs, "--console", "tmux").stdout  # his copy boots at once
+    out = bob("lab", "up", path, "--console", "tmux").stdout
     assert "opened 2 tmux windows in this session" in out
     windows = subprocess.run(["tmux", "-S", str(sock), "list-windows", "-t", "=bobs", "-F", "#{window_name}"],
                              capture_output=True, text=True).stdout.split()
@@ -208,8 +208,8 @@ def test_ctrl_c_then_crash_and_a_second_user(lk: Labkit, lab: Path, tmux_dir: Pa
     bob_lab = json.loads(bob("lab", "ps", "--json").stdout)
     assert len(bob_lab) == 1 and not set(m["name"] for m in bob_lab[0]["machines"]) & set(alice_machines)
     assert "b:/#" in pane(sock, "=bobs:b", "b:/#")
-    bob("lab", "crash", bobs)
-    bob("lab", "clean", bobs)
+    bob("lab", "crash", path)
+    bob("lab", "clean", path)
     # alice's machines went on running through all of bob's
     assert {m["name"]: m["state"] for up in alice.json("lab", "ps") for m in up["machines"]} == alice_machines  # type: ignore
     assert set(alice_machines.values()) == {"running"}

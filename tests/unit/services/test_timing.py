@@ -26,7 +26,15 @@ from labkit.services.sweeper import Sweeper
 from labkit.services.timing import Timing, parse_minutes, parse_moment
 
 LABS = Path(__file__).resolve().parents[3] / "labs"
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # set again as each test begins: see `_now`
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """``NOW`` is the real time at the start of each test, not of the module's import: starts read the real clock,
+    and a suite may reach this test many minutes after it collected it."""
+    global NOW
+    NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 MIN = dt.timedelta(minutes=1)
 
 
