@@ -13,6 +13,7 @@ the suite leaves the tree as it was.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ from playwright.sync_api import Error as PlaywrightError
 from labkit.config import Settings
 from labkit.services.db import Database
 from labkit.services.machines import Machines
+from labkit.services.sweeper import Sweeper
+from labkit.services.timing import now_utc
 
 pytestmark = [pytest.mark.browser, pytest.mark.guest]
 
@@ -374,3 +377,55 @@ def test_a_class_in_the_browser(site: Site, playwright: Playwright, tmp_path: Pa
     finally:
         student_browser.close()
         teacher_browser.close()
+
+
+def test_an_idle_machine_pauses_and_goes_on_when_the_student_is_back(site: Site, playwright: Playwright,
+                                                                     tmp_path: Path) -> None:
+    """Issue 14: a lab with an idle time. The real sweeper, its clock moved past that time, pauses the student's
+    running machine; opening the workspace resumes it, and a process started in the console before goes on (the
+    same kernel boot, the same PID, still counting)."""
+    labkit(site.env, "course", "time", "demo", "intro-shell", "--idle", "1m")
+    browser = open_browser(playwright, tmp_path / "student2-profile")
+    try:
+        student = browser.new_page()
+        log_in(student, site, "student2")
+        workspace = f"{site.base}/my/courses/demo/labs/intro-shell"
+        student.goto(workspace)
+        machine = student.locator(".ws-machine").first.get_attribute("data-machine")
+        assert machine
+        page = f"{site.base}/my/machines/{machine}"
+        student.goto(page)
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        console_run(student, "(i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 1; done) >/dev/null 2>&1 &"
+                             " echo $! > /root/pid")
+        before = console_run(student, "cat /proc/sys/kernel/random/boot_id /root/pid").split()
+
+        db = Database(site.settings)
+        try:
+            report = Sweeper(site.settings, db).sweep(now_utc() + dt.timedelta(minutes=2))
+            assert machine in report.paused, report
+            assert Machines(site.settings, db, actor="test").status(machine)[0].state == "paused"
+            student.goto(page)  # the machine's own page shows it paused (it does not resume it)
+            expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "paused")
+
+            student.goto(workspace)  # the student is back
+            deadline = time.monotonic() + JOB / 1000
+            while Machines(site.settings, db, actor="test").status(machine)[0].state != "running":
+                assert time.monotonic() < deadline, "opening the workspace did not resume the paused machine"
+                time.sleep(0.2)
+        finally:
+            db.close()
+        student.goto(page)
+        expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "running")
+        expect(student.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+        alive = "p=$(cat /root/pid); [ -d /proc/$p ] && echo alive; cat /proc/sys/kernel/random/boot_id /root/pid"
+        after = console_run(student, alive).split()
+        assert after == ["alive", *before], (before, after)
+        first = int(console_run(student, "cat /root/count").strip())
+        deadline = time.monotonic() + 20
+        while int(console_run(student, "cat /root/count").strip()) <= first:
+            assert time.monotonic() < deadline, "the counter did not go on after the resume"
+            time.sleep(0.5)
+    finally:
+        browser.close()
