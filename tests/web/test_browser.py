@@ -406,10 +406,14 @@ def test_an_idle_machine_pauses_and_goes_on_when_the_student_is_back(site: Site,
             report = Sweeper(site.settings, db).sweep(now_utc() + dt.timedelta(minutes=2))
             assert machine in report.paused, report
             assert Machines(site.settings, db, actor="test").status(machine)[0].state == "paused"
-            student.goto(page)  # the machine's own page shows it paused (it does not resume it)
+            # the student's list shows it paused (a page with a console, or the workspace, would resume it)
+            student.goto(f"{site.base}/my/")
             expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "paused")
+            assert Machines(site.settings, db, actor="test").status(machine)[0].state == "paused"
 
             student.goto(workspace)  # the student is back
+            # the workspace is rendered with the machine paused, then its scripts resume it
+            expect(student.locator(".ws-machine").first).to_have_attribute("data-state", "paused")
             deadline = time.monotonic() + JOB / 1000
             while Machines(site.settings, db, actor="test").status(machine)[0].state != "running":
                 assert time.monotonic() < deadline, "opening the workspace did not resume the paused machine"
