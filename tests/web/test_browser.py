@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,17 +142,22 @@ def stop_guests(settings: Settings) -> None:
         db.close()
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    home = make_short_dir("lkb")
+@contextmanager
+def served_demo(prefix: str, *demo_args: str, env_extra: dict[str, str] | None = None,
+                prepare: Callable[[Path, int], Sequence[str]] | None = None) -> Iterator[Site]:
+    """The demo course (``labkit demo`` with ``demo_args``) served by a real ``labkit serve`` on a free loopback port,
+    in a short home of its own (UML's socket paths are short); the server and every guest are stopped afterwards, by
+    PID. ``prepare(home, port)`` runs first and returns more arguments for ``labkit demo`` (a lab needing the port)."""
+    home = make_short_dir(prefix)
     settings = make_settings(home / "home")
-    env = {**os.environ, **settings_env(settings)}
+    env = {**os.environ, **settings_env(settings), **(env_extra or {})}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process: subprocess.Popen[bytes] | None = None
     try:
+        more = list(prepare(home, port)) if prepare else []
         labkit(env, "image", "build", "tiny", "--if-missing")
-        labkit(env, "demo", "--url", base)
+        labkit(env, "demo", "--url", base, *demo_args, *more)
         logins = json.loads((settings.home / "demo-logins.txt").read_text())
         with (home / "serve.log").open("wb") as log:
             process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
@@ -163,6 +169,12 @@ def site() -> Iterator[Site]:
             stop_server(process)
         stop_guests(settings)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    with served_demo("lkb") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
