@@ -13,6 +13,7 @@ the suite leaves the tree as it was.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from playwright.sync_api import Error as PlaywrightError
 from labkit.config import Settings
 from labkit.services.db import Database
 from labkit.services.machines import Machines
+from labkit.services.sweeper import Sweeper
+from labkit.services.timing import now_utc
 
 pytestmark = [pytest.mark.browser, pytest.mark.guest]
 
@@ -138,17 +142,22 @@ def stop_guests(settings: Settings) -> None:
         db.close()
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    home = make_short_dir("lkb")
+@contextmanager
+def served_demo(prefix: str, *demo_args: str, env_extra: dict[str, str] | None = None,
+                prepare: Callable[[Path, int], Sequence[str]] | None = None) -> Iterator[Site]:
+    """The demo course (``labkit demo`` with ``demo_args``) served by a real ``labkit serve`` on a free loopback port,
+    in a short home of its own (UML's socket paths are short); the server and every guest are stopped afterwards, by
+    PID. ``prepare(home, port)`` runs first and returns more arguments for ``labkit demo`` (a lab needing the port)."""
+    home = make_short_dir(prefix)
     settings = make_settings(home / "home")
-    env = {**os.environ, **settings_env(settings)}
+    env = {**os.environ, **settings_env(settings), **(env_extra or {})}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process: subprocess.Popen[bytes] | None = None
     try:
+        more = list(prepare(home, port)) if prepare else []
         labkit(env, "image", "build", "tiny", "--if-missing")
-        labkit(env, "demo", "--url", base)
+        labkit(env, "demo", "--url", base, *demo_args, *more)
         logins = json.loads((settings.home / "demo-logins.txt").read_text())
         with (home / "serve.log").open("wb") as log:
             process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
@@ -160,6 +169,12 @@ def site() -> Iterator[Site]:
             stop_server(process)
         stop_guests(settings)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    with served_demo("lkb") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +389,59 @@ def test_a_class_in_the_browser(site: Site, playwright: Playwright, tmp_path: Pa
     finally:
         student_browser.close()
         teacher_browser.close()
+
+
+def test_an_idle_machine_pauses_and_goes_on_when_the_student_is_back(site: Site, playwright: Playwright,
+                                                                     tmp_path: Path) -> None:
+    """Issue 14: a lab with an idle time. The real sweeper, its clock moved past that time, pauses the student's
+    running machine; opening the workspace resumes it, and a process started in the console before goes on (the
+    same kernel boot, the same PID, still counting)."""
+    labkit(site.env, "course", "time", "demo", "intro-shell", "--idle", "1m")
+    browser = open_browser(playwright, tmp_path / "student2-profile")
+    try:
+        student = browser.new_page()
+        log_in(student, site, "student2")
+        workspace = f"{site.base}/my/courses/demo/labs/intro-shell"
+        student.goto(workspace)
+        machine = student.locator(".ws-machine").first.get_attribute("data-machine")
+        assert machine
+        page = f"{site.base}/my/machines/{machine}"
+        student.goto(page)
+        student.click("button[data-action=start]")
+        wait_running_with_console(student, machine)
+        console_run(student, "(i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 1; done) >/dev/null 2>&1 &"
+                             " echo $! > /root/pid")
+        before = console_run(student, "cat /proc/sys/kernel/random/boot_id /root/pid").split()
+
+        db = Database(site.settings)
+        try:
+            report = Sweeper(site.settings, db).sweep(now_utc() + dt.timedelta(minutes=2))
+            assert machine in report.paused, report
+            assert Machines(site.settings, db, actor="test").status(machine)[0].state == "paused"
+            # the student's list shows it paused (a page with a console, or the workspace, would resume it)
+            student.goto(f"{site.base}/my/")
+            expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "paused")
+            assert Machines(site.settings, db, actor="test").status(machine)[0].state == "paused"
+
+            student.goto(workspace)  # the student is back
+            # the workspace is rendered with the machine paused, then its scripts resume it
+            expect(student.locator(".ws-machine").first).to_have_attribute("data-state", "paused")
+            deadline = time.monotonic() + JOB / 1000
+            while Machines(site.settings, db, actor="test").status(machine)[0].state != "running":
+                assert time.monotonic() < deadline, "opening the workspace did not resume the paused machine"
+                time.sleep(0.2)
+        finally:
+            db.close()
+        student.goto(page)
+        expect(student.locator(f"#machine-{machine}")).to_have_attribute("data-state", "running")
+        expect(student.locator(".lk-console")).to_have_attribute("data-state", "connected", timeout=JOB)
+        alive = "p=$(cat /root/pid); [ -d /proc/$p ] && echo alive; cat /proc/sys/kernel/random/boot_id /root/pid"
+        after = console_run(student, alive).split()
+        assert after == ["alive", *before], (before, after)
+        first = int(console_run(student, "cat /root/count").strip())
+        deadline = time.monotonic() + 20
+        while int(console_run(student, "cat /root/count").strip()) <= first:
+            assert time.monotonic() < deadline, "the counter did not go on after the resume"
+            time.sleep(0.5)
+    finally:
+        browser.close()

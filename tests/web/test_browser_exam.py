@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LABS, make_settings, make_short_dir, settings_env
+from conftest import LABS
 from playwright.sync_api import Playwright, expect
 
 from labkit.runtime.process import ProcessRecord
@@ -30,18 +28,14 @@ from labkit.runtime.rundir import RunDir
 from .test_browser import (
     BOOT,
     JOB,
-    LABKIT,
     Site,
     console_run,
-    free_port,
     labkit,
     log_in,
     open_browser,
     playwright,  # noqa: F401  (the shared fixture)
+    served_demo,
     shot,
-    stop_guests,
-    stop_server,
-    wait_for,
     wait_running_with_console,
 )
 
@@ -53,30 +47,16 @@ COURSE, LAB = "demo", "intro-shell"
 @pytest.fixture(scope="module")
 def exam_site() -> Iterator[Site]:
     """The demo course on a copy of intro-shell whose guests may reach the web app's port (outside exams)."""
-    home = make_short_dir("lke")
-    settings = make_settings(home / "home")
-    port = free_port()
-    env = {**os.environ, **settings_env(settings), "LABKIT_SWEEP_SECONDS": "1"}
-    lab = home / LAB
-    shutil.copytree(LABS / LAB, lab)
-    with (lab / "lab.toml").open("a") as toml:
-        toml.write(f"\n[reach]\nhost_ports = [{port}]\n")
-    base = f"http://127.0.0.1:{port}"
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        labkit(env, "image", "build", "tiny", "--if-missing")
-        labkit(env, "demo", "--url", base, "--lab", str(lab))
-        logins = json.loads((settings.home / "demo-logins.txt").read_text())
-        with (home / "serve.log").open("wb") as log:
-            process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
-        wait_for(f"{base}/login", process)
-        yield Site(base, settings, env, logins)
-    finally:
-        if process is not None:
-            stop_server(process)
-        stop_guests(settings)
-        shutil.rmtree(home, ignore_errors=True)
+
+    def lab_reaching(home: Path, port: int) -> list[str]:
+        lab = home / LAB
+        shutil.copytree(LABS / LAB, lab)
+        with (lab / "lab.toml").open("a") as toml:
+            toml.write(f"\n[reach]\nhost_ports = [{port}]\n")
+        return ["--lab", str(lab)]
+
+    with served_demo("lke", env_extra={"LABKIT_SWEEP_SECONDS": "1"}, prepare=lab_reaching) as served:
+        yield served
 
 
 def namespace_links(pid: int) -> tuple[set[str], bool]:

@@ -10,16 +10,12 @@ With ``LABKIT_SCREENSHOTS=1`` the run saves docs/screenshots/workspace.png (1280
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir, settings_env
 from playwright.sync_api import Page, Playwright, expect
 from sqlalchemy import select
 
@@ -29,19 +25,15 @@ from labkit.services.models import Event
 from .test_browser import (  # noqa: F401  (playwright: the shared fixture)
     BOOT,
     JOB,
-    LABKIT,
     REPO,
     SCREENSHOTS,
     Site,
-    free_port,
     job_done,
     labkit,
     log_in,
     open_browser,
     playwright,
-    stop_guests,
-    stop_server,
-    wait_for,
+    served_demo,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.guest]
@@ -73,26 +65,8 @@ CURSOR = "(machine) => { const view = (" + VIEW + """)(machine);
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    home = make_short_dir("lkbw")
-    settings = make_settings(home / "home")
-    env = {**os.environ, **settings_env(settings)}
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        labkit(env, "image", "build", "tiny", "--if-missing")
-        labkit(env, "demo", "--url", base, "--lab", str(REPO / "labs" / "two-hosts"))
-        logins = json.loads((settings.home / "demo-logins.txt").read_text())
-        with (home / "serve.log").open("wb") as log:
-            process = subprocess.Popen([LABKIT, "serve", "--port", str(port), "--threads", "16"], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
-        wait_for(f"{base}/login", process)
-        yield Site(base, settings, env, logins)
-    finally:
-        if process is not None:
-            stop_server(process)
-        stop_guests(settings)
-        shutil.rmtree(home, ignore_errors=True)
+    with served_demo("lkbw", "--lab", str(REPO / "labs" / "two-hosts")) as served:
+        yield served
 
 
 def shot(page: Page, name: str) -> None:
