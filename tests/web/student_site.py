@@ -30,18 +30,20 @@ from .conftest import LABS, session_client
 class Site:
     app: Flask
     state: WebState
-    machine: str  # alice's intro-shell box
+    machine: str  # alice's first machine (her intro-shell box)
+    machines: dict[str, str]  # alice's lab machine -> labkit machine name
 
 
 @contextmanager
-def student_site(prefix: str, secret_key: str, edit_lab_toml: Callable[[str], str] | None = None) -> Iterator[Site]:
-    """The app over a new installation whose course ``c1`` has alice's intro-shell machine provisioned (the lab's
-    lab.toml passed through ``edit_lab_toml`` first, on a copy, if given). Afterwards whatever a failed test left
-    running is stopped by PID (the services' kill) and the home removed."""
+def student_site(prefix: str, secret_key: str, edit_lab_toml: Callable[[str], str] | None = None,
+                 lab_name: str = "intro-shell") -> Iterator[Site]:
+    """The app over a new installation whose course ``c1`` has alice's machines of ``lab_name`` provisioned (the
+    lab's lab.toml passed through ``edit_lab_toml`` first, on a copy, if given). Afterwards whatever a failed test
+    left running is stopped by PID (the services' kill) and the home removed."""
     home = make_short_dir(prefix)
     settings = make_settings(home / "home")
     ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    lab = LABS / "intro-shell"
+    lab = LABS / lab_name
     if edit_lab_toml is not None:
         lab = shutil.copytree(lab, home / "lab")
         (lab / "lab.toml").write_text(edit_lab_toml((lab / "lab.toml").read_text()))
@@ -54,9 +56,10 @@ def student_site(prefix: str, secret_key: str, edit_lab_toml: Callable[[str], st
     courses.import_roster("c1", roster)
     courses.provision("c1")
     Accounts(settings, state.db, "teach").create_links("c1")
-    machine = str(courses.status("c1")[0]["name"])
+    rows = courses.status("c1")
+    machines = {str(row["machine"]): str(row["name"]) for row in rows}
     try:
-        yield Site(app, state, machine)
+        yield Site(app, state, str(rows[0]["name"]), machines)
     finally:
         for view in state.machines("test").status():
             if view.state != "stopped":
