@@ -6,7 +6,6 @@ network of the same name sees none of it; Ctrl-C; who may capture what, and bad 
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from conftest import make_settings, make_short_dir, settings_env
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from web_login import csrf_token, session_client
 
 from labkit.errors import ConfigError, NotFoundError
 from labkit.images.recipe import find_recipe
@@ -33,7 +33,6 @@ from labkit.services.captures import Captures
 from labkit.services.courses import Courses
 from labkit.services.models import Event, Machine
 from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
 
 from .labkit_cli import LABKIT, Labkit
@@ -171,32 +170,14 @@ def test_ctrl_c_ends_the_capture_and_keeps_the_file(klass: Class) -> None:
     icmp(out)  # a whole pcap file: tcpdump reads it
 
 
-def session_client(app: Flask, username: str) -> FlaskClient:
-    """A client logged in as ``username`` (the session the login form makes, without the form)."""
-    state: WebState = app.extensions["labkit"]
-    accounts = state.accounts("test")
-    user = accounts.get(username)
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-        session[SESSION_SECRET] = accounts.open_session(user.id)
-    return client
-
-
-def csrf(client: FlaskClient, page: str) -> str:
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get(page).get_data(as_text=True))
-    assert found
-    return found.group(1)
-
-
 def test_the_capture_buttons_download_pcaps(klass: Class) -> None:
     alice, teacher = session_client(klass.app, "alice"), session_client(klass.app, "teacher")
     page = alice.get("/my/courses/net/labs/two-hosts").get_data(as_text=True)
     assert 'action="/my/courses/net/labs/two-hosts/capture/lan"' in page and "Capture lan" in page
     assert 'action="/teach/courses/net/students/bob/labs/two-hosts/capture/lan"' in teacher.get(
         "/teach/courses/net/capture").get_data(as_text=True)
-    mine = ("/my/courses/net/labs/two-hosts/capture/lan", csrf(alice, "/my/"), alice)
-    theirs = ("/teach/courses/net/students/alice/labs/two-hosts/capture/lan", csrf(teacher, "/teach/"), teacher)
+    mine = ("/my/courses/net/labs/two-hosts/capture/lan", csrf_token(alice, "/my/"), alice)
+    theirs = ("/teach/courses/net/students/alice/labs/two-hosts/capture/lan", csrf_token(teacher, "/teach/"), teacher)
     ping = Ping(klass)
     try:
         def download(target: tuple[str, str, FlaskClient]) -> tuple[int, dict[str, str], bytes]:
@@ -224,7 +205,7 @@ def test_the_capture_buttons_download_pcaps(klass: Class) -> None:
 
 def test_who_may_capture_what_and_bad_input(klass: Class) -> None:
     alice, teacher = session_client(klass.app, "alice"), session_client(klass.app, "teacher")
-    token, teacher_token = csrf(alice, "/my/"), csrf(teacher, "/teach/")
+    token, teacher_token = csrf_token(alice, "/my/"), csrf_token(teacher, "/teach/")
 
     def post(client: FlaskClient, path: str, duration: str = "1", csrf_token: str = token) -> tuple[int, str]:
         answer = client.post(path, data={"csrf_token": csrf_token, "duration": duration})
