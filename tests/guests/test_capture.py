@@ -18,21 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir, settings_env
+from conftest import settings_env
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from web_login import csrf_token, session_client
+from web_app import app_home, csrf_token, session_client
 
 from labkit.errors import ConfigError, NotFoundError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.runtime.capture import TapRecord
 from labkit.services.accounts import Accounts
 from labkit.services.captures import Captures
 from labkit.services.courses import Courses
 from labkit.services.models import Event, Machine
-from web import create_app
 from web.state import WebState
 
 from .labkit_cli import LABKIT, Labkit
@@ -65,13 +62,9 @@ def eth1(courses: Courses, machine: str) -> str:
 def klass() -> Iterator[Class]:
     """Course ``net`` with two-hosts, alice, bob and carol on the roster (with accounts) and teacher as its owner;
     alice's and bob's machines running."""
-    home = make_short_dir("lkp")
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": "capture-test"})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teacher")
-    try:
+    with app_home("lkp", "capture-test") as made:
+        home, settings, app, state = made.home, made.settings, made.app, made.state
+        courses = Courses(settings, state.db, actor="teacher")
         courses.create("net", [LABS / "two-hosts"])
         roster = home / "roster.csv"
         roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,Bob,b@example.org\ncarol,C,c@example.org\n")
@@ -86,12 +79,6 @@ def klass() -> Iterator[Class]:
         names = {(str(r["student"]), str(r["machine"])): str(r["name"]) for r in courses.status("net")}
         lan = {s: (eth1(courses, names[(s, "a")]), eth1(courses, names[(s, "b")])) for s in ("alice", "bob")}
         yield Class(home, app, state, courses, Labkit(settings_env(settings)), names, lan)
-    finally:
-        for view in state.machines("test").status():
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 class Ping:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from web_login import csrf_token, session_client  # noqa: F401  (the web tests import both from here)
+from web_app import csrf_token, session_client  # noqa: F401  (the web tests import both from here)
 
 from labkit.config import Settings
 from labkit.images.recipe import find_recipe
