@@ -29,8 +29,6 @@ import argparse
 import datetime as dt
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,16 +41,13 @@ from sqlalchemy import select
 
 from bench.installation import Installation
 from bench.report import REPO, Row, load_row, show_rows
+from bench.served import CHROMIUM, CHROMIUM_ARGS, percentile, serve, stop
 from labkit.services.accounts import Accounts
 from labkit.services.class_grid import GridReader
 from labkit.services.models import Attempt, Course, CourseLab, GradeResult, GradeRun, Machine, Student
 
 SECTION = "## Class grid"
 COURSE = "bgrid"
-LABKIT = str(Path(sys.executable).parent / "labkit")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 #: stamps every change of a cell's state (the stream's script sets td.dataset.state) with the wall clock in ms
 OBSERVE = """() => {
@@ -72,17 +67,6 @@ TIMINGS = """() => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 class GridBench:
     def __init__(self, students: int) -> None:
         self.students = students
@@ -93,13 +77,7 @@ class GridBench:
         self.rows: list[Row] = []
 
     def close(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            os.kill(self.server.pid, signal.SIGTERM)
-            try:
-                self.server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.server.pid, signal.SIGKILL)
-                self.server.wait()
+        stop(self.server)
         self.lk.close()
 
     def setup(self) -> None:
@@ -128,23 +106,7 @@ class GridBench:
                     for i in range(3):
                         session.add(GradeResult(run_id=run.id, student_id=student.id, course_lab_id=lab.id,
                                                 check_id=f"c{i}", passed=i < 2))
-        env = {**os.environ, "LABKIT_HOME": str(lk.settings.home), "LABKIT_DB": lk.settings.db_url,
-               "LABKIT_RUN": str(lk.settings.run_dir), "LABKIT_CACHE": str(lk.settings.cache),
-               "LABKIT_RECIPES": str(lk.settings.recipes)}
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        with (lk.root / "serve.log").open("wb") as log:
-            self.server = subprocess.Popen([LABKIT, "serve", "--port", str(port)], env=env, stdout=log,
-                                           stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base}/login", timeout=2):
-                    break
-            except OSError:
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"labkit serve did not answer; see {lk.root / 'serve.log'}") from None
-                time.sleep(0.1)
+        self.server, self.base = serve(lk.settings, lk.root / "serve.log")
 
     def machines(self) -> list[str]:
         with self.lk.db.read() as session:
@@ -281,7 +243,7 @@ class GridBench:
                           "reads the grid every second)", "report",
                           f"{len(latencies)} of {len(commits)} shown without a reload ({missing} missing); commit "
                           f"to cell changed in the page: median {statistics.median(latencies):.0f} ms, p95 "
-                          f"{pct(latencies, 95):.0f} ms, max {max(latencies):.0f} ms", "reported"))
+                          f"{percentile(latencies, 95):.0f} ms, max {max(latencies):.0f} ms", "reported"))
         self.rows.append((f"pushed changes: a burst of {len(burst)} states changed in one transaction (a class "
                           "started at once)", "report",
                           f"{len(burst_seen)} of {len(burst)} shown; the last {max(burst_seen) - burst_done:.0f} ms "

@@ -33,11 +33,9 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from pathlib import Path
 
 from bench.installation import short_dir
 from bench.report import REPO, REPORT, Row, write_report
+from bench.served import CHROMIUM, CHROMIUM_ARGS, percentile, serve, stop
 from labkit.cli.serve import default_workers
 from labkit.config import Settings
 from labkit.images.recipe import find_recipe
@@ -57,10 +56,6 @@ SECTION = "## Web"
 MEASUREMENTS = ("dashboard", "console")
 COURSE = "bweb"
 STUDENT = "s001"
-LABKIT = str(Path(sys.executable).parent / "labkit")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 CONNECTIONS = 50
 TARGET_P95_MS = 100.0
 
@@ -100,17 +95,6 @@ KEY_PROBE = """() => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
-
-
 class Bench:
     def __init__(self, small: bool) -> None:
         self.small = small
@@ -121,9 +105,6 @@ class Bench:
             "LABKIT_RECIPES": str(REPO / "base_images"),
         })
         self.settings.ensure()
-        self.env = {**os.environ, "LABKIT_HOME": str(self.settings.home), "LABKIT_DB": self.settings.db_url,
-                    "LABKIT_RUN": str(self.settings.run_dir), "LABKIT_CACHE": str(self.settings.cache),
-                    "LABKIT_RECIPES": str(self.settings.recipes)}
         self.db = Database(self.settings)
         self.courses = Courses(self.settings, self.db, actor="bench")
         self.password = secrets.token_urlsafe(12)
@@ -134,13 +115,7 @@ class Bench:
         self.rows: list[Row] = []
 
     def close(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            os.kill(self.server.pid, signal.SIGTERM)
-            try:
-                self.server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.server.pid, signal.SIGKILL)
-                self.server.wait()
+        stop(self.server)
         for view in self.courses.machines.status():
             if view.state != "stopped":
                 self.courses.machines.kill(view.name)
@@ -165,20 +140,7 @@ class Bench:
         self.machine = str(views[0]["name"])
         if views[0]["state"] != "running":
             raise RuntimeError(f"{self.machine} did not start: {views[0]['state']}")
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        with (self.root / "serve.log").open("wb") as log:
-            self.server = subprocess.Popen([LABKIT, "serve", "--port", str(port)], env=self.env, stdout=log,
-                                           stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base}/login", timeout=2):
-                    break
-            except OSError:
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"labkit serve did not answer; see {self.root / 'serve.log'}") from None
-                time.sleep(0.1)
+        self.server, self.base = serve(self.settings, self.root / "serve.log")
         self.cookie = self.log_in()
 
     def log_in(self) -> str:

@@ -65,16 +65,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def make_course(settings: Settings, name: str, labs: Iterable[Path], students: Iterable[tuple[str, str, str]],
-                actor: str = "teacher") -> Courses:
-    """Course ``name`` on ``labs`` with ``students`` (id, name, email) on its roster and their machines provisioned,
-    the tiny image built first, over a new `Database` of ``settings``: the caller closes ``courses.db``."""
+                actor: str = "teacher", provision: bool = True) -> Courses:
+    """Course ``name`` on ``labs`` with ``students`` (id, name, email) on its roster and (unless ``provision`` is
+    false) their machines provisioned, the tiny image built first, over a new `Database` of ``settings``: the caller
+    closes ``courses.db``."""
     ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
     courses = Courses(settings, Database(settings), actor=actor)
     courses.create(name, list(labs))
     roster = settings.home / f"roster-{name}.csv"
     roster.write_text("id,name,email\n" + "".join(f"{sid},{full},{email}\n" for sid, full, email in students))
     courses.import_roster(name, roster)
-    courses.provision(name)
+    if provision:
+        courses.provision(name)
     return courses
 
 

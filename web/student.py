@@ -424,23 +424,47 @@ def _lab_target(place: Enrollment) -> str:
     return f"{place.course}/{place.student}/{place.lab}"
 
 
+def _to_lab(place: Enrollment, anchor: str = "") -> ResponseReturnValue:
+    return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + anchor, 303)
+
+
+def _lab_job(place: Enrollment, kind: str, run: Callable[[Reporter], dict[str, Any] | None], what: str,
+             anchor: str = "", target: str = "") -> ResponseReturnValue:
+    """Queue a job of the whole lab (target ``lab:course/student/lab`` unless given) and go back to the workspace
+    at ``anchor``, where its progress shows."""
+    _submit(kind, target or f"lab:{_lab_target(place)}", place.course_id, run, what)
+    return _to_lab(place, anchor)
+
+
+def _self_check(place: Enrollment, step: str | None = None) -> Callable[[Reporter], dict[str, Any]]:
+    """The job of a student's self-check of the lab (or of one guide step's checks)."""
+    state, who = services(), actor()
+    of = "" if step is None else " of this step"
+
+    def run(progress: Reporter) -> dict[str, Any]:
+        progress(ProgressEvent("self-check", 0, 1, "running the checks" if step is None else f"checking step {step}"))
+        report = state.grading(who).self_check(place.course, place.student, place.lab, step=step)
+        grades = [g for g in report.grades if g.lab == place.lab]
+        passed = sum(g.passed for g in grades)
+        checks = sum(len(g.results) for g in grades)
+        progress(ProgressEvent("self-check", 1, 1, f"{passed} of {checks} checks{of} pass"))
+        return {"run": report.run_id, **({} if step is None else {"step": step}), "passed": passed, "checks": checks}
+
+    return run
+
+
+def _states(rows: list[dict[str, object]]) -> tuple[dict[str, str], str]:
+    """Each lab machine's state from a lab-wide start or restore's rows, and the same as one line (by name)."""
+    states = {str(row["machine"]): str(row["state"]) for row in rows}
+    return states, ", ".join(f"{m} {s}" for m, s in sorted(states.items()))
+
+
 @bp.post("/courses/<course>/labs/<lab>/self-check")
 @student_required
 def self_check(course: str, lab: str) -> ResponseReturnValue:
     place = _enrolled(course, lab)
-    state, who = services(), actor()
-
-    def run(progress: Reporter) -> dict[str, Any]:
-        progress(ProgressEvent("self-check", 0, 1, "running the checks"))
-        report = state.grading(who).self_check(place.course, place.student, place.lab)
-        grades = [g for g in report.grades if g.lab == place.lab]
-        passed = sum(g.passed for g in grades)
-        checks = sum(len(g.results) for g in grades)
-        progress(ProgressEvent("self-check", 1, 1, f"{passed} of {checks} checks pass"))
-        return {"run": report.run_id, "passed": passed, "checks": checks}
-
-    _submit("self-check", f"check:{_lab_target(place)}", place.course_id, run, "A self-check")
-    return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + "#self-check", 303)
+    return _lab_job(place, "self-check", _self_check(place), "A self-check", "#self-check",
+                    f"check:{_lab_target(place)}")
 
 
 @bp.post("/courses/<course>/labs/<lab>/submit")
@@ -458,15 +482,10 @@ def submit(course: str, lab: str) -> ResponseReturnValue:
         return {"submissions": [{"id": v.id, "created_at": v.created_at.isoformat(), "machines": v.machines}
                                 for v in views]}
 
-    _submit("submit", f"submit:{_lab_target(place)}", place.course_id, run, "A submission")
-    return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + "#submit", 303)
+    return _lab_job(place, "submit", run, "A submission", "#submit", f"submit:{_lab_target(place)}")
 
 
 # ---- the workspace's lab-wide actions ----------------------------------------------------------------------------
-def _to_lab(place: Enrollment, anchor: str = "") -> ResponseReturnValue:
-    return redirect(url_for(".lab_page", course=place.course, lab=place.lab) + anchor, 303)
-
-
 @bp.post("/courses/<course>/labs/<lab>/start")
 @student_required
 def start_lab(course: str, lab: str) -> ResponseReturnValue:
@@ -476,13 +495,11 @@ def start_lab(course: str, lab: str) -> ResponseReturnValue:
 
     def run(progress: Reporter) -> dict[str, Any]:
         rows = state.courses(who).start(place.course, student=place.student, lab=place.lab, progress=progress)
-        states = {str(row["machine"]): str(row["state"]) for row in rows}
-        progress(ProgressEvent("start", len(rows), len(rows),
-                               ", ".join(f"{m} {s}" for m, s in sorted(states.items()))))
+        states, line = _states(rows)
+        progress(ProgressEvent("start", len(rows), len(rows), line))
         return {"machines": states}
 
-    _submit("start-lab", f"lab:{_lab_target(place)}", place.course_id, run, "Starting the lab")
-    return _to_lab(place)
+    return _lab_job(place, "start-lab", run, "Starting the lab")
 
 
 @bp.post("/courses/<course>/labs/<lab>/stop")
@@ -496,8 +513,7 @@ def stop_lab(course: str, lab: str) -> ResponseReturnValue:
         progress(ProgressEvent("stop", len(rows), len(rows), "every machine of the lab is stopped"))
         return {"machines": {str(row["machine"]): str(row["state"]) for row in rows}}
 
-    _submit("stop-lab", f"lab:{_lab_target(place)}", place.course_id, run, "Stopping the lab")
-    return _to_lab(place)
+    return _lab_job(place, "stop-lab", run, "Stopping the lab")
 
 
 @bp.post("/courses/<course>/labs/<lab>/checkpoints")
@@ -520,8 +536,7 @@ def take_checkpoint(course: str, lab: str) -> ResponseReturnValue:
                                                                    progress=progress)
         return {"checkpoint": point.name, "machines": list(point.machines)}
 
-    _submit("checkpoint", f"lab:{_lab_target(place)}", place.course_id, run, "A checkpoint of the lab")
-    return _to_lab(place, "#checkpoints")
+    return _lab_job(place, "checkpoint", run, "A checkpoint of the lab", "#checkpoints")
 
 
 @bp.post("/courses/<course>/labs/<lab>/checkpoints/<name>/restore")
@@ -546,13 +561,11 @@ def restore_checkpoint(course: str, lab: str, name: str) -> ResponseReturnValue:
 
         rows = LabCheckpoints(state.settings, state.db, who).restore(place.course, place.student, place.lab, name,
                                                                      start=was_live, progress=progress)
-        states = {str(row["machine"]): str(row["state"]) for row in rows}
-        progress(ProgressEvent("restore", 1, 1, f"back at {name}: "
-                                                + ", ".join(f"{m} {s}" for m, s in sorted(states.items()))))
+        states, line = _states(rows)
+        progress(ProgressEvent("restore", 1, 1, f"back at {name}: {line}"))
         return {"checkpoint": name, "machines": states}
 
-    _submit("restore-checkpoint", f"lab:{_lab_target(place)}", place.course_id, run, "Restoring a checkpoint")
-    return _to_lab(place, "#checkpoints")
+    return _lab_job(place, "restore-checkpoint", run, "Restoring a checkpoint", "#checkpoints")
 
 
 @bp.post("/courses/<course>/labs/<lab>/steps/<step>/check")
@@ -566,19 +579,8 @@ def check_step(course: str, lab: str, step: str) -> ResponseReturnValue:
         abort(404)
     if step not in space.step_checks or not space.step_checks[step]:
         abort(404)
-    state, who = services(), actor()
-
-    def run(progress: Reporter) -> dict[str, Any]:
-        progress(ProgressEvent("self-check", 0, 1, f"checking step {step}"))
-        report = state.grading(who).self_check(place.course, place.student, place.lab, step=step)
-        grades = [g for g in report.grades if g.lab == place.lab]
-        passed = sum(g.passed for g in grades)
-        checks = sum(len(g.results) for g in grades)
-        progress(ProgressEvent("self-check", 1, 1, f"{passed} of {checks} checks of this step pass"))
-        return {"run": report.run_id, "step": step, "passed": passed, "checks": checks}
-
-    _submit("self-check", f"check:{_lab_target(place)}:{step}", place.course_id, run, "A check of this step")
-    return _to_lab(place, f"#step-{step}")
+    return _lab_job(place, "self-check", _self_check(place, step), "A check of this step", f"#step-{step}",
+                    f"check:{_lab_target(place)}:{step}")
 
 # ---- packet capture (web/capture.py; the buttons are student/_capture.html) -----------------------------------------
 @bp.post("/courses/<course>/labs/<lab>/capture/<network>")

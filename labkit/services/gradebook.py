@@ -59,10 +59,7 @@ class Grades:
         check_student_id(student)
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
-            one = next((s for s in course_row.students if s.sid == student), None)
-            if one is None:
-                raise NotFoundError(f"course {course} has no student {student!r}")
-            history = self._history(session, course_row, kinds, one.id, include_hidden)
+            history = self._history(session, course_row, kinds, _student_pk(course_row, student), include_hidden)
             # the student's view (no hidden checks) shows nothing of an exam lab until its results are released
             held = {cl.lab_id for cl in course_row.labs if cl.exam and cl.results_released_at is None}
             return [grades[-1] for (_, lab), grades in sorted(history.items())
@@ -75,10 +72,7 @@ class Grades:
         check_student_id(student)
         with self.db.transaction() as session:
             course_row = course_by_name(session, course)
-            one = next((s for s in course_row.students if s.sid == student), None)
-            if one is None:
-                raise NotFoundError(f"course {course} has no student {student!r}")
-            history = self._history(session, course_row, kinds, one.id, include_hidden)
+            history = self._history(session, course_row, kinds, _student_pk(course_row, student), include_hidden)
             return next((grades for (_sid, lab_id), grades in history.items() if lab_id == lab), [])
 
     def _history(self, session: Session, course: Course, kinds: Sequence[str], student_pk: int | None = None,
@@ -189,3 +183,11 @@ class Grades:
 
 __all__ = ["DEFAULT_POLICY", "GRADED_KINDS", "LIVE", "POLICIES", "REGRADE", "SELF_CHECK", "SUBMISSION", "SUBMIT",
            "BookEntry", "Gradebook", "Grades", "StudentGrade", "SubmissionGrade", "choose", "submission_label"]
+
+
+def _student_pk(course: Course, student: str) -> int:
+    """The row id of ``student`` in ``course``; NotFoundError if the course has no such student."""
+    one = next((s for s in course.students if s.sid == student), None)
+    if one is None:
+        raise NotFoundError(f"course {course.name} has no student {student!r}")
+    return one.id

@@ -6,7 +6,6 @@ network of the same name sees none of it; Ctrl-C; who may capture what, and bad 
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import socket
@@ -19,21 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir, settings_env
+from conftest import settings_env
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from web_app import app_home, csrf_token, session_client
 
 from labkit.errors import ConfigError, NotFoundError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.runtime.capture import TapRecord
 from labkit.services.accounts import Accounts
 from labkit.services.captures import Captures
 from labkit.services.courses import Courses
 from labkit.services.models import Event, Machine
-from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
 
 from .labkit_cli import LABKIT, Labkit
@@ -66,13 +62,9 @@ def eth1(courses: Courses, machine: str) -> str:
 def klass() -> Iterator[Class]:
     """Course ``net`` with two-hosts, alice, bob and carol on the roster (with accounts) and teacher as its owner;
     alice's and bob's machines running."""
-    home = make_short_dir("lkp")
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": "capture-test"})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teacher")
-    try:
+    with app_home("lkp", "capture-test") as made:
+        home, settings, app, state = made.home, made.settings, made.app, made.state
+        courses = Courses(settings, state.db, actor="teacher")
         courses.create("net", [LABS / "two-hosts"])
         roster = home / "roster.csv"
         roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,Bob,b@example.org\ncarol,C,c@example.org\n")
@@ -87,12 +79,6 @@ def klass() -> Iterator[Class]:
         names = {(str(r["student"]), str(r["machine"])): str(r["name"]) for r in courses.status("net")}
         lan = {s: (eth1(courses, names[(s, "a")]), eth1(courses, names[(s, "b")])) for s in ("alice", "bob")}
         yield Class(home, app, state, courses, Labkit(settings_env(settings)), names, lan)
-    finally:
-        for view in state.machines("test").status():
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 class Ping:
@@ -171,32 +157,14 @@ def test_ctrl_c_ends_the_capture_and_keeps_the_file(klass: Class) -> None:
     icmp(out)  # a whole pcap file: tcpdump reads it
 
 
-def session_client(app: Flask, username: str) -> FlaskClient:
-    """A client logged in as ``username`` (the session the login form makes, without the form)."""
-    state: WebState = app.extensions["labkit"]
-    accounts = state.accounts("test")
-    user = accounts.get(username)
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-        session[SESSION_SECRET] = accounts.open_session(user.id)
-    return client
-
-
-def csrf(client: FlaskClient, page: str) -> str:
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get(page).get_data(as_text=True))
-    assert found
-    return found.group(1)
-
-
 def test_the_capture_buttons_download_pcaps(klass: Class) -> None:
     alice, teacher = session_client(klass.app, "alice"), session_client(klass.app, "teacher")
     page = alice.get("/my/courses/net/labs/two-hosts").get_data(as_text=True)
     assert 'action="/my/courses/net/labs/two-hosts/capture/lan"' in page and "Capture lan" in page
     assert 'action="/teach/courses/net/students/bob/labs/two-hosts/capture/lan"' in teacher.get(
         "/teach/courses/net/capture").get_data(as_text=True)
-    mine = ("/my/courses/net/labs/two-hosts/capture/lan", csrf(alice, "/my/"), alice)
-    theirs = ("/teach/courses/net/students/alice/labs/two-hosts/capture/lan", csrf(teacher, "/teach/"), teacher)
+    mine = ("/my/courses/net/labs/two-hosts/capture/lan", csrf_token(alice, "/my/"), alice)
+    theirs = ("/teach/courses/net/students/alice/labs/two-hosts/capture/lan", csrf_token(teacher, "/teach/"), teacher)
     ping = Ping(klass)
     try:
         def download(target: tuple[str, str, FlaskClient]) -> tuple[int, dict[str, str], bytes]:
@@ -224,7 +192,7 @@ def test_the_capture_buttons_download_pcaps(klass: Class) -> None:
 
 def test_who_may_capture_what_and_bad_input(klass: Class) -> None:
     alice, teacher = session_client(klass.app, "alice"), session_client(klass.app, "teacher")
-    token, teacher_token = csrf(alice, "/my/"), csrf(teacher, "/teach/")
+    token, teacher_token = csrf_token(alice, "/my/"), csrf_token(teacher, "/teach/")
 
     def post(client: FlaskClient, path: str, duration: str = "1", csrf_token: str = token) -> tuple[int, str]:
         answer = client.post(path, data={"csrf_token": csrf_token, "duration": duration})

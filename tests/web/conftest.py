@@ -6,7 +6,6 @@ does the same for any other form.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from web_app import csrf_token, session_client  # noqa: F401  (the web tests import both from here)
 
 from labkit.config import Settings
 from labkit.images.recipe import find_recipe
@@ -21,7 +21,6 @@ from labkit.images.store import ImageStore
 from labkit.services.accounts import UserView
 from labkit.services.courses import Courses
 from web import create_app
-from web.access import SESSION_SECRET, SESSION_STAMP, SESSION_USER
 from web.state import WebState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,26 +57,6 @@ def client(app: Flask) -> FlaskClient:
 
 def state(app: Flask) -> WebState:
     return app.extensions["labkit"]
-
-
-def session_client(app: Flask, username: str) -> FlaskClient:
-    """A client logged in as existing user ``username`` with a session like the login form makes, without the form
-    (so no rate limit or CSRF round trip is involved)."""
-    accounts = state(app).accounts("test")
-    user = accounts.get(username)
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session[SESSION_USER], session[SESSION_STAMP] = user.id, user.stamp
-        session[SESSION_SECRET] = accounts.open_session(user.id)
-    return client
-
-
-def csrf_token(client: FlaskClient, path: str = "/login") -> str:
-    """The CSRF token of the client's session, read from a page's meta tag."""
-    page = client.get(path).get_data(as_text=True)
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
-    assert found, f"no csrf meta tag on {path}"
-    return found.group(1)
 
 
 @pytest.fixture

@@ -12,15 +12,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from conftest import make_settings, make_short_dir
 from flask import Flask
 from flask.testing import FlaskClient
+from web_app import app_home
 
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.services.accounts import Accounts
 from labkit.services.courses import Courses
-from web import create_app
 from web.state import WebState
 
 from .conftest import LABS, session_client
@@ -30,39 +27,32 @@ from .conftest import LABS, session_client
 class Site:
     app: Flask
     state: WebState
-    machine: str  # alice's intro-shell box
+    machine: str  # alice's first machine (her intro-shell box)
+    machines: dict[str, str]  # alice's lab machine -> labkit machine name
 
 
 @contextmanager
-def student_site(prefix: str, secret_key: str, edit_lab_toml: Callable[[str], str] | None = None) -> Iterator[Site]:
-    """The app over a new installation whose course ``c1`` has alice's intro-shell machine provisioned (the lab's
-    lab.toml passed through ``edit_lab_toml`` first, on a copy, if given). Afterwards whatever a failed test left
-    running is stopped by PID (the services' kill) and the home removed."""
-    home = make_short_dir(prefix)
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    lab = LABS / "intro-shell"
-    if edit_lab_toml is not None:
-        lab = shutil.copytree(lab, home / "lab")
-        (lab / "lab.toml").write_text(edit_lab_toml((lab / "lab.toml").read_text()))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": secret_key})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teach")
-    courses.create("c1", [lab])
-    roster = home / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
-    Accounts(settings, state.db, "teach").create_links("c1")
-    machine = str(courses.status("c1")[0]["name"])
-    try:
-        yield Site(app, state, machine)
-    finally:
-        for view in state.machines("test").status():
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
+def student_site(prefix: str, secret_key: str, edit_lab_toml: Callable[[str], str] | None = None,
+                 lab_name: str = "intro-shell") -> Iterator[Site]:
+    """The app over a new installation whose course ``c1`` has alice's machines of ``lab_name`` provisioned (the
+    lab's lab.toml passed through ``edit_lab_toml`` first, on a copy, if given). Afterwards whatever a failed test
+    left running is stopped by PID (the services' kill) and the home removed."""
+    with app_home(prefix, secret_key) as made:
+        home, settings, app, state = made.home, made.settings, made.app, made.state
+        lab = LABS / lab_name
+        if edit_lab_toml is not None:
+            lab = shutil.copytree(lab, home / "lab")
+            (lab / "lab.toml").write_text(edit_lab_toml((lab / "lab.toml").read_text()))
+        courses = Courses(settings, state.db, actor="teach")
+        courses.create("c1", [lab])
+        roster = home / "roster.csv"
+        roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
+        courses.import_roster("c1", roster)
+        courses.provision("c1")
+        Accounts(settings, state.db, "teach").create_links("c1")
+        rows = courses.status("c1")
+        machines = {str(row["machine"]): str(row["name"]) for row in rows}
+        yield Site(app, state, str(rows[0]["name"]), machines)
 
 
 def alice_client(site: Site) -> FlaskClient:

@@ -8,74 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import make_settings, make_short_dir
-from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from labkit.errors import ConflictError, NotFoundError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
-from labkit.services.accounts import Accounts
-from labkit.services.courses import Courses
 from labkit.services.lab_checkpoints import LabCheckpoints
 from labkit.services.models import Course, CourseLab, Event
-from web import create_app
-from web.state import WebState
 
-from .conftest import session_client
+from .student_site import Site, alice_client, post, student_site
 
-LABS = Path(__file__).resolve().parents[2] / "labs"
 PAGE = "/my/courses/c1/labs/two-hosts"
-
-
-@dataclass
-class Site:
-    app: Flask
-    state: WebState
-    machines: dict[str, str]  # alice's lab machine -> labkit machine name
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    home = make_short_dir("lkw")
-    settings = make_settings(home / "home")
-    ImageStore(settings).build(find_recipe(settings.recipes, "tiny"))
-    app = create_app({"LABKIT_SETTINGS": settings, "SECRET_KEY": "workspace-test"})
-    state: WebState = app.extensions["labkit"]
-    courses = Courses(settings, state.db, actor="teach")
-    courses.create("c1", [LABS / "two-hosts"])
-    roster = home / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\n")
-    courses.import_roster("c1", roster)
-    Accounts(settings, state.db, "teach").create_links("c1")
-    courses.provision("c1")
-    machines = {str(row["machine"]): str(row["name"]) for row in courses.status("c1")}
-    try:
-        yield Site(app, state, machines)
-    finally:
-        for view in state.machines("test").status():
-            if view.state != "stopped":
-                state.machines("test").kill(view.name)
-        state.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def alice(site: Site) -> FlaskClient:
-    return session_client(site.app, "alice")
-
-
-def post(client: FlaskClient, path: str, data: dict[str, str] | None = None) -> object:
-    page = client.get("/my/").get_data(as_text=True)
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
-    assert found
-    return client.post(path, data={**(data or {}), "csrf_token": found.group(1)})
+    with student_site("lkw", "workspace-test", lab_name="two-hosts") as site:
+        yield site
 
 
 def job(site: Site, kind: str, target: str) -> dict[str, object]:
@@ -92,7 +42,7 @@ def set_exam(site: Site, exam: bool, released: dt.datetime | None = None) -> Non
 
 
 def test_the_workspace_shows_guide_steps_and_a_tab_per_machine(site: Site) -> None:
-    page = alice(site).get(PAGE).get_data(as_text=True)
+    page = alice_client(site).get(PAGE).get_data(as_text=True)
     assert [m for m in re.findall(r'class="card ws-step" id="step-([a-z-]+)"', page)] == [
         "look-around", "address", "service", "route"]
     assert "Step 2 of 4" in page and "Give b its service address" in page
@@ -109,7 +59,7 @@ def test_the_workspace_shows_guide_steps_and_a_tab_per_machine(site: Site) -> No
 
 
 def test_a_steps_check_runs_that_steps_checks_only(site: Site) -> None:
-    client = alice(site)
+    client = alice_client(site)
     answer = post(client, f"{PAGE}/steps/look-around/check")
     assert answer.status_code == 303 and answer.headers["Location"].endswith("#step-look-around")
     done = job(site, "self-check", "check:c1/alice/two-hosts:look-around")
@@ -131,7 +81,7 @@ def test_a_steps_check_runs_that_steps_checks_only(site: Site) -> None:
 
 
 def test_exam_mode_hides_check_buttons_and_feedback_until_released(site: Site) -> None:
-    client = alice(site)
+    client = alice_client(site)
     post(client, f"{PAGE}/steps/look-around/check")
     job(site, "self-check", "check:c1/alice/two-hosts:look-around")
     set_exam(site, True)
@@ -148,7 +98,7 @@ def test_exam_mode_hides_check_buttons_and_feedback_until_released(site: Site) -
 
 
 def test_checkpoints_are_all_or_nothing(site: Site) -> None:
-    client, state = alice(site), site.state
+    client, state = alice_client(site), site.state
     points = LabCheckpoints(state.settings, state.db, "test")
     post(client, f"{PAGE}/checkpoints", {"checkpoint": "cp1"})
     assert job(site, "checkpoint", "lab:c1/alice/two-hosts")["state"] == "done"
@@ -178,7 +128,7 @@ def test_checkpoints_are_all_or_nothing(site: Site) -> None:
 
 
 def test_starting_a_starts_b_first_and_stop_lab_stops_both(site: Site) -> None:
-    client, machines = alice(site), site.state.machines("test")
+    client, machines = alice_client(site), site.state.machines("test")
     post(client, f"/my/machines/{site.machines['a']}/start")
     done = job(site, "start", site.machines["a"])
     assert done["state"] == "done", done

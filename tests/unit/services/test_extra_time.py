@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_course
 from sqlalchemy import select
 
 from labkit.cli import main
 from labkit.config import Settings
 from labkit.errors import BadNameError, NotFoundError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.services.audit_view import AuditView
-from labkit.services.courses import Courses
 from labkit.services.db import Database
 from labkit.services.extra_time import MAX_GRANT_MINUTES, ExtraTime, check_minutes
 from labkit.services.lab_time import Clock
@@ -30,13 +28,10 @@ CLOSES = dt.datetime(2026, 12, 8, 12, 0, tzinfo=dt.UTC)
 @pytest.fixture
 def course(lk_settings: Settings, tmp_path: Path) -> Database:
     """Course c1 (intro-shell, closing at noon) with s1 and s2 on its roster, s3 archived; not provisioned."""
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
-    db = Database(lk_settings)
-    courses = Courses(lk_settings, db, actor="teacher")
-    courses.create("c1", [LABS / "intro-shell"])
+    courses = make_course(lk_settings, "c1", [LABS / "intro-shell"],
+                          [("s1", "One", ""), ("s2", "Two", ""), ("s3", "Three", "")], provision=False)
+    db = courses.db
     roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,email\ns1,One,\ns2,Two,\ns3,Three,\n")
-    courses.import_roster("c1", roster)
     roster.write_text("id,name,email\ns1,One,\ns2,Two,\n")
     courses.import_roster("c1", roster)
     with db.transaction() as session:

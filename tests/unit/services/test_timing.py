@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_course
 from sqlalchemy import select
 
 from labkit.cli import main
 from labkit.config import Settings
 from labkit.errors import AdmissionError, BadNameError, ConflictError
-from labkit.images.recipe import find_recipe
-from labkit.images.store import ImageStore
 from labkit.services.course_admission import Limits, Target, admit
 from labkit.services.courses import Courses
-from labkit.services.db import Database
 from labkit.services.grading import Grading
 from labkit.services.models import Attempt, Event, Machine, Student, User
 from labkit.services.sweeper import Sweeper
@@ -39,17 +37,11 @@ MIN = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
-def courses(lk_settings: Settings, tmp_path: Path) -> Iterator[Courses]:
-    ImageStore(lk_settings).build(find_recipe(lk_settings.recipes, "tiny"))
-    db = Database(lk_settings)
-    courses = Courses(lk_settings, db, actor="teacher")
-    courses.create("c1", [LABS / "intro-shell"])
-    roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,email\nalice,Alice,a@example.org\nbob,Bob,b@example.org\n")
-    courses.import_roster("c1", roster)
-    courses.provision("c1")
+def courses(lk_settings: Settings) -> Iterator[Courses]:
+    courses = make_course(lk_settings, "c1", [LABS / "intro-shell"],
+                          [("alice", "Alice", "a@example.org"), ("bob", "Bob", "b@example.org")])
     yield courses
-    db.close()
+    courses.db.close()
 
 
 def timing(courses: Courses, actor: str = "teacher") -> Timing:
