@@ -410,14 +410,7 @@ def cross_problems(
     if cycle := _cycle(graph):
         problems.append((f"machines.{cycle[0]}.depends_on", f"machines depend on each other in a cycle: "
                                                             f"{' -> '.join(cycle)}"))
-    index: dict[str, int] = {}
-    for i, (check_id, _check) in enumerate(checks):
-        if check_id is None:
-            continue
-        if check_id in index:
-            problems.append((f"checks[{i}].id", f"check id {check_id!r} is already used by checks[{index[check_id]}]"))
-        else:
-            index[check_id] = i
+    index = _first_uses([check_id for check_id, _check in checks], "check", problems)
     for i, (_check_id, check) in enumerate(checks):
         if check is None:
             continue
@@ -441,17 +434,24 @@ def cross_problems(
     return problems
 
 
+def _first_uses(ids: Sequence[str | None], kind: str, problems: Problems) -> dict[str, int]:
+    """Where each id of a lab.toml array (``checks`` or ``steps``, as ``kind``) is first used; a second use is a problem
+    at its ``<kind>s[i].id``. None stands for a broken entry."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(ids):
+        if item is None:
+            continue
+        if item in first:
+            problems.append((f"{kind}s[{i}].id", f"{kind} id {item!r} is already used by {kind}s[{first[item]}]"))
+        else:
+            first[item] = i
+    return first
+
+
 def _step_problems(steps: Sequence[str | None], checks: Sequence[tuple[str | None, CheckDef | None]]) -> Problems:
     """Step ids used once; a check's ``step`` names a step (``steps`` holds the ids, None for a broken entry)."""
     problems: Problems = []
-    first: dict[str, int] = {}
-    for i, step_id in enumerate(steps):
-        if step_id is None:
-            continue
-        if step_id in first:
-            problems.append((f"steps[{i}].id", f"step id {step_id!r} is already used by steps[{first[step_id]}]"))
-        else:
-            first[step_id] = i
+    _first_uses(steps, "step", problems)
     for i, (_check_id, check) in enumerate(checks):
         if check is None or check.step is None or check.step in steps:
             continue
