@@ -6,11 +6,8 @@ tests/guests/test_capture.py).
 from __future__ import annotations
 
 import shutil
-import signal
 import struct
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,6 @@ import pytest
 from labkit.errors import ConflictError, StateError
 from labkit.runtime.base import NetworkSpec
 from labkit.runtime.capture import CaptureStats, FrameStream, pcap_chunks, pcap_header, pcap_record
-from labkit.runtime.process import ProcessRecord
 from labkit.runtime.vde import NetworkDir, VdeNetworks
 
 needs_vde = pytest.mark.skipif(shutil.which("vde_plug") is None, reason="vde_plug (Debian package vdeplug) missing")
@@ -43,15 +39,9 @@ def test_frame_stream_joins_frames_cut_across_reads() -> None:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    """A short folder (sockets live in it); switches and plugs started in it are ended by PID afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="lkc", dir="/tmp"))
-    yield path
-    for pid_file in path.rglob("switch.pid"):
-        record = ProcessRecord.read(pid_file)
-        if record is not None:
-            record.send(signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
+def root(switch_root: Path) -> Path:
+    """`switch_root` (conftest.py): its switches are ended by PID afterwards."""
+    return switch_root
 
 
 class Plug:

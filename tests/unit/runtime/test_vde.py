@@ -7,9 +7,7 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +23,9 @@ needs_vde = pytest.mark.skipif(shutil.which("vde_switch") is None, reason="vde_s
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    """A short folder (the switch's sockets live in it); every switch started in it is stopped by PID afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="lkv", dir="/tmp"))
-    yield path
-    for pid_file in path.rglob("switch.pid"):
-        record = ProcessRecord.read(pid_file)
-        if record is not None:
-            record.send(signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
+def root(switch_root: Path) -> Path:
+    """`switch_root` (conftest.py): its switches are ended by PID afterwards."""
+    return switch_root
 
 
 def make_machine(root: Path, name: str = "a", networks: tuple[NetworkAttachment, ...] = ()) -> MachineSpec:
